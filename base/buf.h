@@ -1,0 +1,39 @@
+/*
+ * buf.h - a growable byte buffer (the strbuf/sds of stmfs).
+ *
+ * data is always NUL-terminated after len bytes, so buf_cstr is free.
+ * Allocation failure aborts the process with a message: every caller would
+ * otherwise need an error path for a condition it cannot handle anyway.
+ * A zeroed buf ({0}) is a valid empty buffer.
+ */
+#ifndef STM_BUF_H
+#define STM_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+typedef struct {
+    char *data;
+    size_t len;
+    size_t cap;
+} buf;
+
+void buf_free(buf *b);                        /* releases memory, leaves an empty buf */
+void buf_reset(buf *b);                       /* len = 0, keeps capacity */
+void buf_reserve(buf *b, size_t extra);       /* room for extra more bytes + NUL */
+void buf_add(buf *b, const void *p, size_t n);
+void buf_puts(buf *b, const char *s);
+void buf_putc(buf *b, char c);
+void buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_vprintf(buf *b, const char *fmt, va_list ap);
+const char *buf_cstr(buf *b);                 /* "" for an empty, never-used buf */
+char *buf_detach(buf *b, size_t *len);        /* caller owns the returned malloc'd text */
+
+/* malloc/strdup that abort on failure, for the same reason as above. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+#endif

@@ -1,0 +1,237 @@
+#include "base/json.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool json_utf8_valid(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        unsigned min;
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2;
+            min = 0x80;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            min = 0x800;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            min = 0x10000;
+        } else {
+            return false;
+        }
+        if (i + len > n) return false;
+        unsigned cp = c & (0xFF >> (len + 1));
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+        i += len;
+    }
+    return true;
+}
+
+/* Removes earlier duplicates so that the last occurrence of a key wins, as
+ * in serde_json; checks depth on the way. Returns false when too deep. */
+static bool normalise(cJSON *v, int depth)
+{
+    if (depth > JSON_MAX_DEPTH) return false;
+    if (cJSON_IsObject(v)) {
+        for (cJSON *c = v->child; c;) {
+            cJSON *next = c->next;
+            for (cJSON *d = next; d; d = d->next) {
+                if (strcmp(c->string, d->string) == 0) {
+                    cJSON_Delete(cJSON_DetachItemViaPointer(v, c));
+                    break;
+                }
+            }
+            c = next;
+        }
+    }
+    if (cJSON_IsObject(v) || cJSON_IsArray(v))
+        for (cJSON *c = v->child; c; c = c->next)
+            if (!normalise(c, depth + 1)) return false;
+    return true;
+}
+
+cJSON *json_parse(const char *text, size_t len, stm_err *err)
+{
+    if (!json_utf8_valid(text, len)) {
+        stm_fail(err, STM_BAD_REQUEST, "invalid JSON: text is not valid UTF-8");
+        return NULL;
+    }
+    if (memchr(text, 0, len)) {
+        stm_fail(err, STM_BAD_REQUEST, "invalid JSON: NUL byte in input");
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *v = cJSON_ParseWithLengthOpts(text, len, &end, false);
+    if (!v) {
+        size_t pos = end && end >= text ? (size_t)(end - text) : 0;
+        if (len == 0 || pos >= len)
+            stm_fail(err, STM_BAD_REQUEST, "invalid JSON: unexpected end of input");
+        else
+            stm_fail(err, STM_BAD_REQUEST, "invalid JSON at byte %zu", pos);
+        return NULL;
+    }
+    size_t pos = (size_t)(end - text);
+    while (pos < len && (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\n' ||
+                         text[pos] == '\r'))
+        pos++;
+    if (pos < len) {
+        cJSON_Delete(v);
+        stm_fail(err, STM_BAD_REQUEST, "invalid JSON: trailing characters at byte %zu", pos);
+        return NULL;
+    }
+    if (!normalise(v, 1)) {
+        cJSON_Delete(v);
+        stm_fail(err, STM_BAD_REQUEST, "invalid JSON: nested deeper than %d levels",
+                 JSON_MAX_DEPTH);
+        return NULL;
+    }
+    return v;
+}
+
+void json_write_strn(buf *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    buf_reserve(out, n + 2);
+    buf_putc(out, '"');
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        buf_add(out, s + run, i - run);
+        run = i + 1;
+        switch (c) {
+        case '"': buf_add(out, "\\\"", 2); break;
+        case '\\': buf_add(out, "\\\\", 2); break;
+        case '\n': buf_add(out, "\\n", 2); break;
+        case '\r': buf_add(out, "\\r", 2); break;
+        case '\t': buf_add(out, "\\t", 2); break;
+        case '\b': buf_add(out, "\\b", 2); break;
+        case '\f': buf_add(out, "\\f", 2); break;
+        default: {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            buf_add(out, e, 6);
+        }
+        }
+    }
+    buf_add(out, s + run, n - run);
+    buf_putc(out, '"');
+}
+
+void json_write_str(buf *out, const char *s)
+{
+    json_write_strn(out, s, strlen(s));
+}
+
+void json_write_num(buf *out, double d)
+{
+    char tmp[40];
+    if (!isfinite(d)) {
+        buf_puts(out, "null");
+        return;
+    }
+    if (d == floor(d) && fabs(d) < 9.2e18) {
+        snprintf(tmp, sizeof tmp, "%lld", (long long)d);
+        buf_puts(out, tmp);
+        return;
+    }
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*g", prec, d);
+        if (strtod(tmp, NULL) == d) break;
+    }
+    /* %g writes "1e+100" and "1.5e-07"; serde_json writes "1e100", "1.5e-7". */
+    char *e = strchr(tmp, 'e');
+    if (e) {
+        char *p = e + 1, *w = e + 1;
+        if (*p == '+') p++;
+        else if (*p == '-') *w++ = *p++;
+        while (*p == '0' && p[1]) p++;
+        memmove(w, p, strlen(p) + 1);
+    }
+    buf_puts(out, tmp);
+}
+
+static int cmp_keys(const void *a, const void *b)
+{
+    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+    return strcmp(x->string, y->string);
+}
+
+void json_write(buf *out, const cJSON *v, bool sort_keys)
+{
+    if (!v) {
+        buf_puts(out, "null");
+        return;
+    }
+    switch (v->type & 0xFF) {
+    case cJSON_NULL: buf_puts(out, "null"); return;
+    case cJSON_True: buf_puts(out, "true"); return;
+    case cJSON_False: buf_puts(out, "false"); return;
+    case cJSON_Number: json_write_num(out, v->valuedouble); return;
+    case cJSON_String: json_write_str(out, v->valuestring ? v->valuestring : ""); return;
+    case cJSON_Raw: buf_puts(out, v->valuestring ? v->valuestring : "null"); return;
+    case cJSON_Array:
+        buf_putc(out, '[');
+        for (const cJSON *c = v->child; c; c = c->next) {
+            if (c != v->child) buf_putc(out, ',');
+            json_write(out, c, sort_keys);
+        }
+        buf_putc(out, ']');
+        return;
+    case cJSON_Object: {
+        buf_putc(out, '{');
+        size_t n = 0;
+        for (const cJSON *c = v->child; c; c = c->next) n++;
+        const cJSON *small[16];
+        const cJSON **kids = n <= 16 ? small : xmalloc(n * sizeof *kids);
+        size_t i = 0;
+        for (const cJSON *c = v->child; c; c = c->next) kids[i++] = c;
+        if (sort_keys && n > 1) qsort(kids, n, sizeof *kids, cmp_keys);
+        for (i = 0; i < n; i++) {
+            if (i) buf_putc(out, ',');
+            json_write_str(out, kids[i]->string ? kids[i]->string : "");
+            buf_putc(out, ':');
+            json_write(out, kids[i], sort_keys);
+        }
+        if (kids != small) free(kids);
+        buf_putc(out, '}');
+        return;
+    }
+    default: buf_puts(out, "null"); return;
+    }
+}
+
+char *json_canonical(const cJSON *v, size_t *len)
+{
+    buf b = {0};
+    json_write(&b, v, true);
+    return buf_detach(&b, len);
+}
+
+cJSON *json_get(const cJSON *obj, const char *key)
+{
+    if (!cJSON_IsObject(obj)) return NULL;
+    return cJSON_GetObjectItemCaseSensitive(obj, key);
+}
+
+bool json_get_uint(const cJSON *v, uint64_t max, uint64_t *out)
+{
+    if (!cJSON_IsNumber(v)) return false;
+    double d = v->valuedouble;
+    if (!(d >= 0) || d != floor(d) || d > (double)max) return false;
+    *out = (uint64_t)d;
+    return true;
+}

@@ -1,0 +1,52 @@
+/*
+ * json.h - strict parsing and canonical writing of JSON, over cJSON.
+ *
+ * Canonical text is what rstmdb emits: compact, raw UTF-8, only '"', '\\'
+ * and control characters escaped (\n \r \t \b \f, others \u00xx), '/' not
+ * escaped, integers exact, other numbers in their shortest round-trip form
+ * ("99.99", "1e100"). With sort_keys, object keys are sorted by bytes at
+ * every level; that is how user data (ctx, payload, definitions) is stored
+ * and hashed, so equal values always give equal bytes.
+ *
+ * cJSON's GetObjectItem is case-INsensitive: always use
+ * cJSON_GetObjectItemCaseSensitive (or json_get below).
+ */
+#ifndef STM_JSON_H
+#define STM_JSON_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/buf.h"
+#include "base/err.h"
+
+#define JSON_MAX_DEPTH 128
+
+/* Parses exactly len bytes: valid UTF-8, one value, nothing but whitespace
+ * after it, nesting <= JSON_MAX_DEPTH. Duplicate object keys: the last one
+ * wins (earlier ones are removed). On failure returns NULL and sets err
+ * (BAD_REQUEST) with the byte position. Caller owns the result. */
+cJSON *json_parse(const char *text, size_t len, stm_err *err);
+
+/* Appends the canonical text of v. cJSON_Raw nodes are copied verbatim (they
+ * must already be canonical: that is how stored ctx text is embedded). */
+void json_write(buf *out, const cJSON *v, bool sort_keys);
+/* Appends s as a quoted, escaped JSON string (n bytes, may contain NUL). */
+void json_write_strn(buf *out, const char *s, size_t n);
+void json_write_str(buf *out, const char *s);
+/* Appends a number in canonical form. */
+void json_write_num(buf *out, double d);
+/* malloc'd canonical text of v (sorted keys); caller frees. */
+char *json_canonical(const cJSON *v, size_t *len);
+
+/* True when [s, s+n) is well-formed UTF-8 (no overlongs, no surrogates). */
+bool json_utf8_valid(const char *s, size_t n);
+
+/* Case-sensitive member lookup; NULL when obj is not an object or lacks key. */
+cJSON *json_get(const cJSON *obj, const char *key);
+/* True when v is a number holding an integer in [0, max]; stores it in *out. */
+bool json_get_uint(const cJSON *v, uint64_t max, uint64_t *out);
+
+#endif

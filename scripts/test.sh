@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds stmfs twice (plain, and with ASan+UBSan),
+# and runs every test: Check unit tests, crash tests, and integration tests
+# on a real FUSE mount and a real TCP listener. Needs root (or sudo) for
+# apt-get and /dev/fuse. Ends with one line "N passed, N failed".
+#
+#   scripts/test.sh            everything
+#   STMFS_SOAK=1 scripts/test.sh   longer crash and soak rounds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_packages
+build build
+build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dfault_injection=true
+
+status=0
+meson test -C build --print-errorlogs --num-processes 2 || status=1
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 || status=1
+
+python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json <<'PY'
+import json, sys
+passed = failed = skipped = 0
+for path in sys.argv[1:]:
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        continue
+    for line in lines:
+        r = json.loads(line)
+        res = r.get("result")
+        if res in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif res == "SKIP":
+            skipped += 1
+        else:
+            failed += 1
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY
+exit $status
