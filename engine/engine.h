@@ -165,7 +165,9 @@ typedef struct {
     const char *payload_json;    /* canonical text, "null" when none */
     const char *ctx_json;        /* context after the record (create/apply) */
     const char *event_id;        /* NULL when none */
-    const char *history_line;    /* the line eng_history_read shows for it, with '\n' */
+    const char *history_line;    /* the line eng_history_read shows for it, with '\n';
+                                    NULL when replayed from the WAL for a subscription */
+    const char *entry_line;      /* the line eng_entries_read shows for it, with '\n' */
 } eng_event;
 
 typedef struct {

@@ -1,0 +1,194 @@
+/*
+ * internal.h - what the files of engine/ share. Not part of the API: only
+ * the engine's own .c files include it. engine.h is the module's one public header.
+ *
+ * The model in memory:
+ *   machines   name -> versions (sorted) -> def + submitted text + checksum
+ *   instances  hash by id for lookups, skip list by id for sorted listing
+ *   history    per instance: one entry per WAL record of it (offset, chain,
+ *              rendered line length), so the history file's size is exact
+ *              and any byte range is found without scanning the WAL
+ *   idempotency  (scope, key) -> record offset + request fingerprint, in a
+ *              hash with FIFO eviction at the configured bound
+ * One mutex (e->lock) guards all of it. Records are appended to the WAL
+ * while holding it, so the WAL order is the apply order; nobody waits for
+ * the disk while holding it.
+ */
+#ifndef STM_ENGINE_INTERNAL_H
+#define STM_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "base/buf.h"
+#include "base/json.h"
+#include "engine/def.h"
+#include "engine/engine.h"
+#include "wal/wal.h"
+
+#define SKIP_MAX_LEVEL 24
+
+typedef struct mversion {
+    uint32_t version;
+    def *d;
+    char *submitted;            /* canonical text of the definition as submitted */
+    int64_t created_at;         /* ms, from the WAL record */
+    uint64_t offset, seq;
+} mversion;
+
+typedef struct machine {
+    char *name;
+    mversion **versions;        /* ascending by version */
+    size_t n_versions, cap_versions;
+    struct machine *hnext;      /* hash chain */
+} machine;
+
+typedef struct hist_entry {
+    uint64_t offset;
+    uint64_t seq;
+    uint32_t line_len;
+    uint8_t chain[32];
+} hist_entry;
+
+typedef struct instance {
+    char *id;
+    machine *m;
+    mversion *mv;
+    const char *state;          /* interned in mv->d */
+    char *ctx;                  /* canonical text */
+    char *last_event_id;
+    uint64_t last_offset, last_seq;
+    int64_t created_at, updated_at;
+    bool deleted;
+    hist_entry *hist;
+    uint32_t n_hist, cap_hist;
+    uint64_t hist_bytes;
+    struct instance *hnext;     /* hash chain */
+    int level;
+    struct instance *next[];    /* skip list forward pointers, level entries */
+} instance;
+
+typedef struct idem_entry {
+    char *scope;                /* instance id, or "" for creates without an id */
+    char *key;
+    uint8_t type;               /* WAL_T_* of the request */
+    uint64_t fingerprint;       /* hash of what the request asked for */
+    uint64_t offset;            /* its WAL record */
+    uint64_t seq;
+    struct idem_entry *hnext;
+    struct idem_entry *fifo_next;
+} idem_entry;
+
+typedef struct hub hub;
+
+struct eng {
+    eng_opts opts;
+    char *data_dir;
+    wal *w;
+    pthread_mutex_t lock;
+    bool failed;                /* WAL failed: read-only until restart */
+    bool replaying;
+
+    /* machines */
+    machine **mtab;
+    size_t mtab_size, n_machines, n_versions;
+
+    /* instances */
+    instance **itab;
+    size_t itab_size, n_instances, n_deleted;
+    instance *head;             /* skip list sentinel */
+    int skip_level;
+    uint64_t rng;
+
+    /* idempotency */
+    idem_entry **ktab;
+    size_t ktab_size, n_keys;
+    idem_entry *fifo_head, *fifo_tail;
+
+    /* entries file: total bytes and a sparse index (every ENTRY_INDEX_STEP
+     * records: byte position -> WAL offset) */
+    uint64_t entries_bytes, entries_count;
+    uint64_t *eidx_pos, *eidx_off;
+    size_t n_eidx, cap_eidx;
+
+    /* durability */
+    _Atomic uint64_t acked;
+    pthread_mutex_t wait_lock;
+    pthread_cond_t wait_cond;
+    pthread_mutex_t listen_lock;
+    struct listener { int id; void (*fn)(void *, uint64_t); void *arg; } *listeners;
+    size_t n_listeners;
+    int next_listener_id;
+
+    hub *hub;
+
+    /* atomic batches (atomic.c): a dry run records how to undo each change;
+     * the real run marks its records with a countdown */
+    bool dry_run;
+    struct undo *undo;
+    size_t n_undo, cap_undo;
+    uint64_t txn_total, txn_written;
+
+    uint64_t events_since_compact;
+    int64_t last_compact_ms;
+    pthread_t compactor;
+    bool compactor_running, stopping;
+    pthread_cond_t stop_cond;
+};
+
+#define ENTRY_INDEX_STEP 256
+
+/* engine.c */
+/* Opens applying only records at offsets <= stop_at. */
+stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recovery *rep,
+                    stm_err *err);
+instance *inst_find(eng *e, const char *id);
+/* First instance with id > after (NULL: the first), deleted ones included. */
+instance *inst_after(eng *e, const char *after);
+machine *machine_find(eng *e, const char *name);
+mversion *mversion_find(machine *m, uint32_t version);
+/* Applies one decoded WAL record to memory (live writes and replay share it). */
+stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm_err *err);
+/* Appends an entry (JSON text) to the WAL and applies it; rec receives where. */
+stm_code eng_write(eng *e, uint8_t type, buf *entry, wal_record *rec, stm_err *err);
+/* Renders the history line of one record of an instance. */
+void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t offset,
+                        uint64_t seq, const uint8_t chain[32]);
+/* Renders the wal/entries (and WAL_READ) form of a record: keys sorted. */
+void eng_render_entry(buf *out, const cJSON *entry, uint64_t offset, uint64_t seq);
+
+/* idem.c-ish helpers in engine.c */
+idem_entry *idem_find(eng *e, const char *scope, const char *key);
+void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t fp,
+              uint64_t offset, uint64_t seq);
+uint64_t fingerprint(const char *a, const char *b, const char *c, const char *d);
+void idem_unlink(eng *e, idem_entry *k);
+void free_instance(instance *in);
+
+/* atomic.c: called by eng_apply_record before it changes anything while
+ * e->dry_run is set. */
+void undo_new_instance(eng *e, instance *in);
+void undo_save_instance(eng *e, instance *in);
+void undo_new_version(eng *e, machine *m, mversion *mv, bool machine_is_new);
+void undo_new_key(eng *e, idem_entry *k);
+/* The version a U_NEW_VERSION entry made, once it exists. */
+void undo_set_version(eng *e, mversion *mv);
+/* atomic.c: ops functions by name, for the batch runner */
+typedef stm_code (*op_fn)(eng *, const cJSON *, cJSON **, uint64_t *, stm_err *);
+op_fn ops_lookup(const char *op, bool *locked);
+
+/* hub.c */
+hub *hub_new(eng *e);
+void hub_free(hub *h);
+/* Publishes a record (under e->lock, in WAL order). */
+void hub_publish(hub *h, const wal_record *rec, const cJSON *entry, const instance *in,
+                 const char *history_line, size_t history_len);
+/* The acked watermark advanced: wake subscribers. */
+void hub_wake(hub *h);
+size_t hub_count(hub *h);
+
+/* ops.c */
+stm_code ops_call(eng *e, const char *op, const cJSON *params, cJSON **result, uint64_t *seq,
+                  stm_err *err);
+
+#endif
