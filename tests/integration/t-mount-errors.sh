@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Test bodies are here-documents eval'd by lib.sh; shellcheck cannot see
+# the variables they use.
+# shellcheck disable=SC2034,SC2016,SC2317
+test_description='bad input gets a clear error and changes nothing: rejected
+events, junk bytes, oversize writes, malformed JSON, odd names, writes to
+files that only read; and the mount stays alive through all of it'
+. "$(dirname "$0")/lib.sh"
+
+M=$TEST_DIR/mnt
+I=$M/instances
+O=$M/machines/order
+
+# snapshot ID: what a user could notice of an instance, to compare later.
+snapshot() {
+    cat "$I/$1/state" "$I/$1/ctx.json" "$I/$1/history"
+}
+
+# rejected FILE TEXT: `echo TEXT > FILE` fails with "write error: <reason>",
+# which lands in the file "msg" (and the log).
+rejected() {
+    test_must_fail write_line "$1" "$2" 2>msg || return 1
+    cat msg
+    grep -q "write error: ." msg || grep -q ": ." msg
+}
+
+test_expect_success 'setup: an order machine and an instance' - <<\EOT
+    start_mount data mnt &&
+    mkdir "$O" &&
+    order_definition >order.json &&
+    cp order.json "$O/definition.json" &&
+    echo 'o-1 {"customer": "alice"}' >"$O/new" &&
+    snapshot o-1 >o-1.before
+EOT
+
+# The errno of each code: a user sees the message the shell prints. What
+# matters is that it is an error message that reads sensibly, that error
+# names the code, and that nothing changed; the exact errno of each code
+# is the README's table, checked below when the README has one.
+test_expect_success 'a wrong event: write error, error names INVALID_TRANSITION' - <<\EOT
+    rejected "$I/o-1/events" SHIP &&
+    ! grep -E "Success|Input/output error" msg &&
+    cp msg msg.INVALID_TRANSITION &&
+    grep INVALID_TRANSITION "$I/o-1/error" &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'an unknown event: the same' - <<\EOT
+    rejected "$I/o-1/events" FLY &&
+    grep INVALID_TRANSITION "$I/o-1/error" &&
+    grep FLY "$I/o-1/error" &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'a conflict on expected_state: write error, error names CONFLICT' - <<\EOT
+    rejected "$I/o-1/events" '{"event": "PAY", "expected_state": "paid"}' &&
+    ! grep -E "Success|Input/output error" msg &&
+    cp msg msg.CONFLICT &&
+    grep CONFLICT "$I/o-1/error" &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'a false guard: write error, error names GUARD_FAILED' - <<\EOT
+    echo o-2 >"$O/new" &&
+    echo PAY >"$I/o-2/events" &&
+    snapshot o-2 >o-2.before &&
+    rejected "$I/o-2/events" SHIP &&
+    ! grep -E "Success|Input/output error" msg &&
+    cp msg msg.GUARD_FAILED &&
+    grep GUARD_FAILED "$I/o-2/error" &&
+    snapshot o-2 >now && test_cmp o-2.before now
+EOT
+
+test_expect_success 'an id that exists: new fails' - <<\EOT
+    rejected "$O/new" o-1 &&
+    ! grep -E "Success|Input/output error" msg &&
+    cp msg msg.INSTANCE_EXISTS &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'new on a machine with no version yet fails' - <<\EOT
+    mkdir "$M/machines/empty" &&
+    test_must_fail write_line "$M/machines/empty/new" e-1 2>msg &&
+    cat msg &&
+    ! test -e "$I/e-1"
+EOT
+
+test_expect_success 'malformed JSON after an event: write error, nothing changes' - <<\EOT
+    rejected "$I/o-1/events" 'PAY {"amount":' &&
+    ! grep -E "Success|Input/output error" msg &&
+    cp msg msg.BAD_REQUEST &&
+    test -s "$I/o-1/error" &&
+    rejected "$I/o-1/events" '{"event": "PAY", "payload": [1, 2' &&
+    rejected "$I/o-1/events" '{"event": 5}' &&
+    rejected "$I/o-1/events" '{"payload": {}}' &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'malformed context in new: write error, no instance' - <<\EOT
+    rejected "$O/new" 'o-9 {"customer":' &&
+    ! test -e "$I/o-9" &&
+    rejected "$O/new" '{"instance_id": "o-9", "initial_ctx": ' &&
+    ! test -e "$I/o-9"
+EOT
+
+test_expect_success PYTHON 'the README errno table is what the shell sees' - <<\EOT
+    python3 - "$TEST_SRC_DIR/../../README.md" <<-\PY
+	import errno, os, re, sys
+	# A table row names a code and its errno (e.g. | INVALID_TRANSITION | EINVAL |).
+	rows = [l for l in open(sys.argv[1], encoding="utf-8") if l.lstrip().startswith("|")]
+	checked = 0
+	for code in ["INVALID_TRANSITION", "CONFLICT", "GUARD_FAILED", "INSTANCE_EXISTS", "BAD_REQUEST"]:
+	    names = [t for l in rows if re.search(r"\b%s\b" % code, l)
+	             for t in re.findall(r"\bE[A-Z0-9]{2,}\b", l) if hasattr(errno, t)]
+	    if not names:
+	        continue
+	    text = os.strerror(getattr(errno, names[0]))
+	    seen = open("msg." + code).read()
+	    print("%s -> %s (%s): %s" % (code, names[0], text, seen.strip()))
+	    assert text in seen, "README says %s for %s, the shell said: %s" % (names[0], code, seen)
+	    checked += 1
+	print("checked %d codes against the README" % checked)
+	PY
+EOT
+    readme=$TEST_SRC_DIR/../../README.md &&
+    if ! grep -qE "INVALID_TRANSITION.*\bE[A-Z]+\b" "$readme"; then
+        echo "# no errno table in the README yet: nothing to compare" &&
+        exit 0
+    fi &&
+    for code in INVALID_TRANSITION CONFLICT GUARD_FAILED INSTANCE_EXISTS BAD_REQUEST; do
+        name=$(grep -E "\b$code\b" "$readme" | grep -oE "\bE[A-Z0-9]{2,}\b" | head -n 1) &&
+        text=$(python3 -c "import errno, os, sys; print(os.strerror(getattr(errno, sys.argv[1])))" "$name") &&
+        echo "$code -> $name ($text)" &&
+        grep -F "$text" "msg.$code" || exit 1
+    done
+EOT
+
+test_expect_success PYTHON 'binary junk to events: write error, nothing changes' - <<\EOT
+    python3 -c "import random, sys; r = random.Random(5); sys.stdout.buffer.write(bytes(r.randrange(256) for _ in range(4096)) + b'\n')" >junk &&
+    test_must_fail cat junk >"$I/o-1/events" 2>msg &&
+    cat msg &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'NUL bytes and invalid UTF-8 in an event line: write error' - <<\EOT
+    test_must_fail eval 'printf "PAY\0\n" >"$I/o-1/events"' &&
+    test_must_fail eval 'printf "PAY \xff\xfe\n" >"$I/o-1/events"' &&
+    test_must_fail eval 'printf "\xc3\x28\n" >"$I/o-1/events"' &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success PYTHON 'binary junk to new: write error, no instance appears' - <<\EOT
+    ls "$I" >before &&
+    test_must_fail cat junk >"$O/new" 2>msg &&
+    printf "\xff\xfe\xfd\n" >bad-id &&
+    test_must_fail cat bad-id >"$O/new" &&
+    ls "$I" >after &&
+    test_cmp before after
+EOT
+
+test_expect_success PYTHON 'binary junk to definition.json: cp fails, versions stay' - <<\EOT
+    ls "$O/versions" >before &&
+    test_must_fail cp junk "$O/definition.json" &&
+    ls "$O/versions" >after &&
+    test_cmp before after
+EOT
+
+test_expect_success 'a 17 MiB line to events: write error, nothing changes' - <<\EOT
+    head -c $((17 * 1024 * 1024)) /dev/zero | tr "\0" A >big &&
+    echo >>big &&
+    test_must_fail cat big >"$I/o-1/events" 2>msg &&
+    cat msg &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'a 17 MiB payload: write error, nothing changes' - <<\EOT
+    { printf "PAY {\"blob\": \""; head -c $((17 * 1024 * 1024)) /dev/zero | tr "\0" B; printf "\"}\n"; } >bigpay &&
+    test_must_fail cat bigpay >"$I/o-1/events" 2>msg &&
+    cat msg &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'malformed definitions fail cp and define nothing' - <<\EOT
+    ls "$O/versions" >before &&
+    cp "$O/definition.json" def.before &&
+    for bad in '{"states": ["a"], "initial": ' \
+               '[]' \
+               '{"states": ["a", "b"], "transitions": []}' \
+               '{"states": ["a"], "initial": "a", "transitions": [{"from": "a", "event": "E", "to": "zz"}]}' \
+               '{"states": ["a"], "initial": "a", "transitions": [{"from": "a", "event": "E", "to": "a", "guard": "ctx.x >"}]}' \
+               '{"states": ["a", "b"], "initial": "a", "transitions": [{"from": "a", "event": "E", "to": "b"}, {"from": "a", "event": "E", "to": "a"}]}'
+    do
+        printf "%s\n" "$bad" >bad.json &&
+        test_must_fail cp bad.json "$O/definition.json" 2>msg &&
+        cat msg || exit 1
+    done &&
+    ls "$O/versions" >after &&
+    test_cmp before after &&
+    test_cmp def.before "$O/definition.json"
+EOT
+
+test_expect_success 'malformed YAML to definition.yaml fails and defines nothing' - <<\EOT
+    ls "$O/versions" >before &&
+    printf "states: [a, b\ninitial: : a\n" >bad.yaml &&
+    test_must_fail cp bad.yaml "$O/definition.yaml" &&
+    ls "$O/versions" >after &&
+    test_cmp before after
+EOT
+
+test_expect_success 'files that only read refuse writes' - <<\EOT
+    for f in "$I/o-1/state" "$I/o-1/ctx.json" "$I/o-1/info.json" "$I/o-1/history" \
+             "$I/o-1/error" "$M/wal/entries" "$M/wal/stats.json" "$O/graph.dot" \
+             "$O/versions/1.json"; do
+        test_must_fail write_line "$f" junk 2>msg || { echo "$f took a write"; exit 1; }
+        cat msg
+    done &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'files of an instance cannot be removed, added or renamed' - <<\EOT
+    test_must_fail rm "$I/o-1/state" &&
+    test_must_fail touch "$I/o-1/extra" &&
+    test_must_fail mv "$I/o-1/ctx.json" "$I/o-1/ctx2.json" &&
+    test_must_fail mkdir "$I/o-1/sub" &&
+    test -f "$I/o-1/state" && ! test -e "$I/o-1/extra" &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'an instance cannot be renamed' - <<\EOT
+    test_must_fail mv "$I/o-1" "$I/o-renamed" &&
+    test -d "$I/o-1" && ! test -e "$I/o-renamed"
+EOT
+
+test_expect_success 'names that do not exist say No such file or directory' - <<\EOT
+    test_must_fail cat "$I/nope/state" 2>msg &&
+    grep "No such file or directory" msg &&
+    test_must_fail write_line "$I/nope/events" PAY 2>msg &&
+    grep "No such file or directory" msg &&
+    test_must_fail cat "$O/versions/99.json" 2>msg &&
+    grep "No such file or directory" msg
+EOT
+
+test_expect_success JQ 'odd names through the mount: spaces, unicode, dashes' - <<\EOT
+    mkdir "$M/machines/my order" "$M/machines/caf$(printf "\303\251")" &&
+    cp order.json "$M/machines/my order/definition.json" &&
+    echo '{"instance_id": "with space"}' >"$M/machines/my order/new" &&
+    echo "-leading-dash" >"$M/machines/my order/new" &&
+    echo "$(printf "\303\251t\303\251")" >"$M/machines/my order/new" &&
+    echo created >expect &&
+    test_cmp expect "$I/with space/state" &&
+    test_cmp expect "$I/-leading-dash/state" &&
+    test_cmp expect "$I/$(printf "\303\251t\303\251")/state" &&
+    jq -e '.machine == "my order"' "$I/with space/info.json" &&
+    ls "$M/machines" >actual &&
+    grep -x "my order" actual &&
+    grep -x "caf$(printf "\303\251")" actual
+EOT
+
+test_expect_success 'truncating events applies nothing' - <<\EOT
+    : >"$I/o-1/events" &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'after all of that the mount and RCP still answer' - <<\EOT
+    echo created >expect &&
+    test_cmp expect "$I/o-1/state" &&
+    echo PAY >"$I/o-1/events" &&
+    echo paid >expect &&
+    test_cmp expect "$I/o-1/state" &&
+    rcp_call PING &&
+    stop_mount "$M"
+EOT
+
+test_done

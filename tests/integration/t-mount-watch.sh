@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Test bodies are here-documents eval'd by lib.sh; shellcheck cannot see
+# the variables they use.
+# shellcheck disable=SC2034,SC2016,SC2317
+test_description='following changes: tail -f history, cat watch, poll(2),
+inotifywait and entr, for changes made in the mount and over RCP'
+. "$(dirname "$0")/lib.sh"
+
+M=$TEST_DIR/mnt
+I=$M/instances
+O=$M/machines/order
+T=$M/machines/tick
+
+test_have_prereq PYTHON || skip_all "needs python3 (the RCP client)"
+
+# tick_until_seen OUT MARK: a watch shows what happens after it is opened,
+# and a background reader may not have opened it yet: tick t-1 with MARK
+# in the payload until OUT shows it.
+tick_until_seen() {
+    local deadline=$((SECONDS + 20))
+    until grep -q "$2" "$1"; do
+        [ "$SECONDS" -le "$deadline" ] || return 1
+        echo "TICK {\"m\": \"$2\"}" >"$I/t-1/events" || return 1
+        sleep 0.2
+    done
+}
+
+test_expect_success 'setup: a mount with an order machine and a ticker' - <<\EOT
+    start_mount data mnt &&
+    mkdir "$O" "$T" &&
+    order_definition >order.json &&
+    cp order.json "$O/definition.json" &&
+    ticker_definition >tick.json &&
+    cp tick.json "$T/definition.json" &&
+    echo t-1 >"$T/new" &&
+    test -d "$I/t-1"
+EOT
+
+test_expect_success 'tail -f history follows new lines, from the mount and from RCP' - <<\EOT
+    bg_run tailer tail -f "$I/t-1/history" >tail.out 2>tail.err &&
+    test_poll 10 "[ \$(wc -l <tail.out) -ge 1 ]" &&
+    echo 'TICK {"from": "mount"}' >"$I/t-1/events" &&
+    test_poll 10 "grep -q mount tail.out" &&
+    rcp_call APPLY_EVENT '{"instance_id":"t-1","event":"TICK","payload":{"from":"rcp"}}' &&
+    test_poll 10 "grep -q rcp tail.out" &&
+    bg_stop "$tailer" &&
+    test_line_count = 3 tail.out &&
+    test_cmp "$I/t-1/history" tail.out
+EOT
+
+test_expect_success 'cat instances/<id>/watch streams new history lines and can be killed' - <<\EOT
+    bg_run catter cat "$I/t-1/watch" >watch.out 2>watch.err &&
+    tick_until_seen watch.out first &&
+    rcp_call APPLY_EVENT '{"instance_id":"t-1","event":"TICK","payload":{"m":"over-rcp"}}' &&
+    test_poll 10 "grep -q over-rcp watch.out" &&
+    echo 'TICK {"m": "in-mount"}' >"$I/t-1/events" &&
+    test_poll 10 "grep -q in-mount watch.out" &&
+    ! proc_gone "$catter" &&
+    bg_stop "$catter"
+EOT
+
+test_expect_success JQ 'watch lines are history lines' - <<\EOT
+    while read -r line; do
+        printf "%s\n" "$line" | jq -e . >/dev/null || exit 1
+        grep -qxF "$line" "$I/t-1/history" || { echo "not in history: $line"; exit 1; }
+    done <watch.out
+EOT
+
+test_expect_success 'a reader parked in watch stops on SIGINT and under timeout(1)' - <<\EOT
+    bg_run catter cat "$I/t-1/watch" >/dev/null &&
+    test_poll 5 "[ -e /proc/$catter/fd/3 ]" &&
+    sleep 0.3 &&
+    kill -INT "$catter" &&
+    test_poll 5 "proc_gone $catter" &&
+    { timeout 1 cat "$I/t-1/watch"; test $? = 124; }
+EOT
+
+test_expect_success 'cat wal/watch streams every new entry, whoever made it' - <<\EOT
+    bg_run catter cat "$M/wal/watch" >wal.out 2>wal.err &&
+    tick_until_seen wal.out wal-first &&
+    echo t-2 >"$T/new" &&
+    test_poll 10 "grep -q t-2 wal.out" &&
+    rcp_call APPLY_EVENT '{"instance_id":"t-2","event":"TICK","payload":{"m":"wal-rcp"}}' &&
+    test_poll 10 "grep -q wal-rcp wal.out" &&
+    bg_stop "$catter"
+EOT
+
+test_expect_success 'poll(2) on a watch file waits, then wakes when a change comes' - <<\EOT
+    python3 - "$I/t-1/watch" "$RCPC" "$RCP_ADDR" <<-\PY
+	import os, select, subprocess, sys
+	watch, rcpc, addr = sys.argv[1:]
+	fd = os.open(watch, os.O_RDONLY)
+	p = select.poll()
+	p.register(fd, select.POLLIN)
+	ready = p.poll(300)
+	assert ready == [], "readable before anything happened: %r" % ready
+	subprocess.run([sys.executable, rcpc, "--addr", addr, "APPLY_EVENT",
+	                '{"instance_id":"t-1","event":"TICK","payload":{"m":"polled"}}'],
+	               check=True, stdout=subprocess.DEVNULL)
+	ready = p.poll(20000)
+	assert ready and ready[0][1] & select.POLLIN, "poll did not wake: %r" % ready
+	data = os.read(fd, 65536)
+	assert b"polled" in data, data
+	os.close(fd)
+	PY
+EOT
+
+# Which inotify event a change shows as (MODIFY, CLOSE_WRITE, ATTRIB, ...)
+# is the mount's choice; that it fires, and on the right names, is the test.
+start_inotify() {
+    bg_run inw inotifywait -m -e modify,attrib,close_write,create,delete,moved_to,moved_from \
+        --format '%e %w%f' "$@" >inotify.out 2>inotify.err &&
+        test_poll 10 "grep -q 'Watches established' inotify.err"
+}
+
+test_expect_success INOTIFY 'inotifywait on an instance fires for a transition made in the mount' - <<\EOT
+    echo i-1 >"$O/new" &&
+    start_inotify "$I/i-1" &&
+    echo 'PAY {"amount": 5}' >"$I/i-1/events" &&
+    test_poll 10 "grep -q ' $I/i-1/state\$' inotify.out" &&
+    test_poll 10 "grep -q ' $I/i-1/history\$' inotify.out" &&
+    test_poll 10 "grep -q ' $I/i-1/ctx.json\$' inotify.out" &&
+    bg_stop "$inw"
+EOT
+
+test_expect_success INOTIFY 'inotifywait on an instance fires for a transition made over RCP' - <<\EOT
+    start_inotify "$I/i-1" &&
+    rcp_call APPLY_EVENT '{"instance_id":"i-1","event":"SHIP","payload":{"by":"rcp"}}' &&
+    test_poll 10 "grep -q ' $I/i-1/state\$' inotify.out" &&
+    test_poll 10 "grep -q ' $I/i-1/history\$' inotify.out" &&
+    test_poll 10 "grep -q ' $I/i-1/ctx.json\$' inotify.out" &&
+    bg_stop "$inw"
+EOT
+
+test_expect_success INOTIFY 'inotifywait on the files themselves fires for an RCP transition' - <<\EOT
+    echo i-2 >"$O/new" &&
+    start_inotify "$I/i-2/state" "$I/i-2/ctx.json" "$I/i-2/history" &&
+    rcp_call APPLY_EVENT '{"instance_id":"i-2","event":"PAY","payload":{"amount":1}}' &&
+    test_poll 10 "grep -q ' $I/i-2/state\$' inotify.out" &&
+    test_poll 10 "grep -q ' $I/i-2/ctx.json\$' inotify.out" &&
+    test_poll 10 "grep -q ' $I/i-2/history\$' inotify.out" &&
+    bg_stop "$inw"
+EOT
+
+test_expect_success INOTIFY 'creating an instance fires in instances/, by new and by RCP' - <<\EOT
+    start_inotify "$I" &&
+    echo c-1 >"$O/new" &&
+    test_poll 10 "grep -q '^CREATE.* $I/c-1\$' inotify.out" &&
+    rcp_call CREATE_INSTANCE '{"machine":"order","version":1,"instance_id":"c-2"}' &&
+    test_poll 10 "grep -q '^CREATE.* $I/c-2\$' inotify.out" &&
+    bg_stop "$inw"
+EOT
+
+test_expect_success INOTIFY 'deleting an instance fires in instances/, by rmdir and by RCP' - <<\EOT
+    start_inotify "$I" &&
+    rmdir "$I/c-1" &&
+    test_poll 10 "grep -q '^DELETE.* $I/c-1\$' inotify.out" &&
+    rcp_call DELETE_INSTANCE '{"instance_id":"c-2"}' &&
+    test_poll 10 "grep -q '^DELETE.* $I/c-2\$' inotify.out" &&
+    bg_stop "$inw"
+EOT
+
+test_expect_success ENTR 'entr reruns a command when state changes, whoever changed it' - <<\EOT
+    echo e-1 >"$O/new" &&
+    printf "%s\n" "$I/e-1/state" >watched &&
+    bg_run entrpid entr -n sh -c "echo run >>\"$TEST_DIR/marker\"" <watched >entr.out 2>&1 &&
+    : "entr runs the command once when its watches are set up" &&
+    test_poll 10 "[ -s marker ]" &&
+    rcp_call APPLY_EVENT '{"instance_id":"e-1","event":"PAY"}' &&
+    test_poll 10 "[ \$(wc -l <marker) -ge 2 ]" &&
+    n=$(wc -l <marker) &&
+    echo CANCEL >"$I/e-1/events" &&
+    test_poll 10 "[ \$(wc -l <marker) -gt $n ]" &&
+    bg_stop "$entrpid"
+EOT
+
+test_expect_success ENTR 'entr on history fires for every change' - <<\EOT
+    rm -f marker &&
+    printf "%s\n" "$I/t-1/history" >watched &&
+    bg_run entrpid entr -n sh -c "echo run >>\"$TEST_DIR/marker\"" <watched >entr.out 2>&1 &&
+    test_poll 10 "[ -s marker ]" &&
+    echo TICK >"$I/t-1/events" &&
+    test_poll 10 "[ \$(wc -l <marker) -ge 2 ]" &&
+    n=$(wc -l <marker) &&
+    rcp_call APPLY_EVENT '{"instance_id":"t-1","event":"TICK"}' &&
+    test_poll 10 "[ \$(wc -l <marker) -gt $n ]" &&
+    bg_stop "$entrpid"
+EOT
+
+test_expect_success 'after all that the mount unmounts cleanly' - <<\EOT
+    stop_mount "$M"
+EOT
+
+test_done
