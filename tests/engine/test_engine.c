@@ -1,0 +1,534 @@
+/*
+ * test_engine.c - the engine through its public API, on real data
+ * directories: operations and their errors, durability ordering,
+ * idempotency across restarts, atomic batches, history, subscriptions,
+ * time travel, and rstmdb's own data directories (clean and torn).
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/json.h"
+#include "engine/engine.h"
+
+static const char *testdata; /* ../shared/testdata, from the environment */
+
+static char *tmpdir(void)
+{
+    char *t = strdup("/tmp/stmfs-engine-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(t));
+    return t;
+}
+
+static void rmrf(const char *dir)
+{
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static eng *open_dir(const char *dir, const char *sync)
+{
+    eng_opts o;
+    eng_opts_defaults(&o);
+    o.data_dir = dir;
+    stm_err err;
+    ck_assert_int_eq(wal_sync_policy_parse(sync ? sync : "every_write", &o.sync, &err), STM_OK);
+    eng *e = NULL;
+    stm_code rc = eng_open(&o, &e, NULL, &err);
+    ck_assert_msg(rc == STM_OK, "eng_open: %s", err.msg);
+    return e;
+}
+
+/* Runs op with params given as JSON text; returns the code, result text in *out. */
+static stm_code call(eng *e, const char *op, const char *params, char **out, stm_err *err)
+{
+    cJSON *p = params ? cJSON_Parse(params) : NULL;
+    if (params) ck_assert_msg(p != NULL, "bad test JSON: %s", params);
+    cJSON *r = NULL;
+    uint64_t seq = 0;
+    stm_code rc = eng_call(e, op, p, &r, &seq, err);
+    cJSON_Delete(p);
+    if (rc == STM_OK) {
+        ck_assert_int_eq(eng_wait(e, seq, err), STM_OK);
+        buf b = {0};
+        json_write(&b, r, true);
+        cJSON_Delete(r);
+        if (out) *out = buf_detach(&b, NULL);
+        else buf_free(&b);
+    } else if (out) {
+        *out = NULL;
+    }
+    return rc;
+}
+
+static cJSON *ok(eng *e, const char *op, const char *params)
+{
+    stm_err err;
+    char *out;
+    stm_code rc = call(e, op, params, &out, &err);
+    ck_assert_msg(rc == STM_OK, "%s %s: %s %s", op, params ? params : "", stm_code_name(rc),
+                  err.msg);
+    cJSON *r = cJSON_Parse(out);
+    free(out);
+    return r;
+}
+
+static void fails(eng *e, const char *op, const char *params, stm_code want, const char *msg_part)
+{
+    stm_err err = {0};
+    stm_code rc = call(e, op, params, NULL, &err);
+    ck_assert_msg(rc == want, "%s %s: wanted %s, got %s (%s)", op, params, stm_code_name(want),
+                  stm_code_name(rc), err.msg);
+    if (msg_part)
+        ck_assert_msg(strstr(err.msg, msg_part), "message '%s' lacks '%s'", err.msg, msg_part);
+}
+
+static const char *ORDER =
+    "{\"machine\":\"order\",\"version\":1,\"definition\":{\"states\":[\"created\",\"paid\","
+    "\"shipped\"],\"initial\":\"created\",\"transitions\":[{\"from\":\"created\",\"event\":"
+    "\"PAY\",\"to\":\"paid\"},{\"from\":\"paid\",\"event\":\"SHIP\",\"to\":\"shipped\","
+    "\"guard\":\"ctx.amount > 0\"}]}}";
+
+static const char *str(const cJSON *o, const char *k)
+{
+    const cJSON *v = json_get(o, k);
+    ck_assert_msg(cJSON_IsString(v), "no string %s", k);
+    return v->valuestring;
+}
+
+static double num(const cJSON *o, const char *k)
+{
+    const cJSON *v = json_get(o, k);
+    ck_assert_msg(cJSON_IsNumber(v), "no number %s", k);
+    return v->valuedouble;
+}
+
+START_TEST(put_get_create_apply)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, NULL);
+    cJSON *r = ok(e, "PUT_MACHINE", ORDER);
+    ck_assert(cJSON_IsTrue(json_get(r, "created")));
+    ck_assert_str_eq(str(r, "stored_checksum"), "404b5006");
+    cJSON_Delete(r);
+    r = ok(e, "PUT_MACHINE", ORDER); /* identical: no-op */
+    ck_assert(cJSON_IsFalse(json_get(r, "created")));
+    cJSON_Delete(r);
+    fails(e, "PUT_MACHINE",
+          "{\"machine\":\"order\",\"version\":1,\"definition\":{\"states\":[\"a\"],\"initial\":\"a\","
+          "\"transitions\":[]}}",
+          STM_MACHINE_VERSION_EXISTS, "order v1");
+    fails(e, "PUT_MACHINE",
+          "{\"machine\":\"bad\",\"version\":1,\"definition\":{\"states\":[\"a\"],\"initial\":\"b\","
+          "\"transitions\":[]}}",
+          STM_BAD_REQUEST, NULL);
+
+    r = ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"o-1\"}");
+    ck_assert_str_eq(str(r, "state"), "created");
+    uint64_t create_off = (uint64_t)num(r, "wal_offset");
+    ck_assert_uint_eq(create_off >> 40, 1);
+    cJSON_Delete(r);
+    fails(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"o-1\"}",
+          STM_INSTANCE_EXISTS, "o-1");
+    fails(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":2}", STM_MACHINE_NOT_FOUND,
+          "order v2");
+    fails(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"initial_ctx\":[1]}",
+          STM_BAD_REQUEST, "initial_ctx");
+
+    r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"o-1\"}");
+    ck_assert(cJSON_IsObject(json_get(r, "ctx"))); /* {} not null: rstmdb-py needs an object */
+    cJSON_Delete(r);
+
+    fails(e, "APPLY_EVENT", "{\"instance_id\":\"o-1\",\"event\":\"SHIP\"}", STM_INVALID_TRANSITION,
+          "cannot apply 'SHIP' in state 'created'");
+    r = ok(e, "APPLY_EVENT", "{\"instance_id\":\"o-1\",\"event\":\"PAY\",\"payload\":{\"amount\":0}}");
+    ck_assert_str_eq(str(r, "from_state"), "created");
+    ck_assert_str_eq(str(r, "to_state"), "paid");
+    ck_assert(cJSON_IsTrue(json_get(r, "applied")));
+    ck_assert_int_eq((int)num(json_get(r, "ctx"), "amount"), 0);
+    cJSON_Delete(r);
+    fails(e, "APPLY_EVENT", "{\"instance_id\":\"o-1\",\"event\":\"SHIP\"}", STM_GUARD_FAILED,
+          "ctx.amount > 0");
+    fails(e, "APPLY_EVENT",
+          "{\"instance_id\":\"o-1\",\"event\":\"SHIP\",\"expected_state\":\"created\"}",
+          STM_CONFLICT, "expected 'created', actual 'paid'");
+    r = ok(e, "APPLY_EVENT",
+           "{\"instance_id\":\"o-1\",\"event\":\"SHIP\",\"payload\":{\"amount\":5}}");
+    cJSON_Delete(r);
+    fails(e, "APPLY_EVENT", "{\"instance_id\":\"o-1\",\"event\":\"SHIP\"}", STM_GUARD_FAILED, NULL);
+
+    r = ok(e, "LIST_INSTANCES", NULL);
+    ck_assert_int_eq((int)num(r, "total"), 1);
+    cJSON_Delete(r);
+
+    /* delete: gone for reads and events, id stays taken, history stays */
+    r = ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"o-1\"}");
+    uint64_t del_off = (uint64_t)num(r, "wal_offset");
+    cJSON_Delete(r);
+    r = ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"o-1\"}");
+    ck_assert_uint_eq((uint64_t)num(r, "wal_offset"), del_off);
+    cJSON_Delete(r);
+    fails(e, "GET_INSTANCE", "{\"instance_id\":\"o-1\"}", STM_INSTANCE_NOT_FOUND, NULL);
+    fails(e, "APPLY_EVENT", "{\"instance_id\":\"o-1\",\"event\":\"PAY\"}", STM_INSTANCE_NOT_FOUND,
+          NULL);
+    fails(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"o-1\"}",
+          STM_INSTANCE_EXISTS, NULL);
+    r = ok(e, "LIST_INSTANCES", "{}");
+    ck_assert_int_eq((int)num(r, "total"), 0);
+    cJSON_Delete(r);
+    buf h = {0};
+    uint64_t total = 0;
+    stm_err err;
+    ck_assert_int_eq(eng_history_read(e, "o-1", 0, 1 << 20, &h, &total, &err), STM_OK);
+    ck_assert_uint_eq(h.len, total);
+    int lines = 0;
+    for (size_t i = 0; i < h.len; i++) lines += h.data[i] == '\n';
+    ck_assert_int_eq(lines, 4); /* create, PAY, SHIP, delete */
+    ck_assert_ptr_nonnull(strstr(h.data, "\"event\":\"PAY\""));
+    buf_free(&h);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+/* Everything acknowledged is there after a restart, byte for byte. */
+START_TEST(restart_keeps_everything)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, NULL);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    char p[256];
+    for (int i = 0; i < 50; i++) {
+        snprintf(p, sizeof p, "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"i-%02d\","
+                              "\"initial_ctx\":{\"n\":%d,\"s\":\"Jos\\u00e9 \\\"q\\\"\"}}", i, i);
+        cJSON_Delete(ok(e, "CREATE_INSTANCE", p));
+        if (i % 2) {
+            snprintf(p, sizeof p, "{\"instance_id\":\"i-%02d\",\"event\":\"PAY\",\"event_id\":\"e%d\","
+                                  "\"payload\":{\"amount\":%d.5}}", i, i, i);
+            cJSON_Delete(ok(e, "APPLY_EVENT", p));
+        }
+    }
+    cJSON_Delete(ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"i-07\"}"));
+    char *before[50];
+    for (int i = 0; i < 50; i++) {
+        snprintf(p, sizeof p, "{\"instance_id\":\"i-%02d\"}", i);
+        stm_err err;
+        stm_code rc = call(e, "GET_INSTANCE", p, &before[i], &err);
+        ck_assert_int_eq(rc, i == 7 ? STM_INSTANCE_NOT_FOUND : STM_OK);
+    }
+    buf h1 = {0};
+    uint64_t t1;
+    stm_err err;
+    ck_assert_int_eq(eng_history_read(e, "i-03", 0, 1 << 20, &h1, &t1, &err), STM_OK);
+    eng_close(e);
+
+    e = open_dir(dir, NULL);
+    for (int i = 0; i < 50; i++) {
+        snprintf(p, sizeof p, "{\"instance_id\":\"i-%02d\"}", i);
+        char *after;
+        stm_code rc = call(e, "GET_INSTANCE", p, &after, &err);
+        ck_assert_int_eq(rc, i == 7 ? STM_INSTANCE_NOT_FOUND : STM_OK);
+        if (rc == STM_OK) ck_assert_str_eq(after, before[i]);
+        free(after);
+        free(before[i]);
+    }
+    buf h2 = {0};
+    uint64_t t2;
+    ck_assert_int_eq(eng_history_read(e, "i-03", 0, 1 << 20, &h2, &t2, &err), STM_OK);
+    ck_assert_uint_eq(t1, t2);
+    ck_assert_str_eq(buf_cstr(&h1), buf_cstr(&h2));
+    buf_free(&h1);
+    buf_free(&h2);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+START_TEST(idempotency_survives_restart)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, NULL);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    cJSON *a = ok(e, "CREATE_INSTANCE",
+                  "{\"machine\":\"order\",\"version\":1,\"idempotency_key\":\"k1\"}");
+    const char *id = str(a, "instance_id");
+    ck_assert_int_eq((int)strlen(id), 36);
+    char p[256];
+    snprintf(p, sizeof p, "{\"instance_id\":\"%s\",\"event\":\"PAY\",\"idempotency_key\":\"pay-1\","
+                          "\"payload\":{\"amount\":3}}", id);
+    cJSON *r1 = ok(e, "APPLY_EVENT", p);
+    eng_close(e);
+
+    e = open_dir(dir, NULL);
+    /* a retried create without an id finds the same instance */
+    cJSON *b = ok(e, "CREATE_INSTANCE",
+                  "{\"machine\":\"order\",\"version\":1,\"idempotency_key\":\"k1\"}");
+    ck_assert_str_eq(str(b, "instance_id"), id);
+    ck_assert(cJSON_IsFalse(json_get(b, "applied")));
+    cJSON *r2 = ok(e, "APPLY_EVENT", p);
+    ck_assert(cJSON_IsFalse(json_get(r2, "applied")));
+    ck_assert_uint_eq((uint64_t)num(r1, "wal_offset"), (uint64_t)num(r2, "wal_offset"));
+    ck_assert_str_eq(str(r2, "to_state"), "paid");
+    /* the same key for something else is a conflict */
+    snprintf(p, sizeof p, "{\"instance_id\":\"%s\",\"event\":\"SHIP\",\"idempotency_key\":\"pay-1\"}",
+             id);
+    fails(e, "APPLY_EVENT", p, STM_CONFLICT, "pay-1");
+    cJSON *l = ok(e, "LIST_INSTANCES", NULL);
+    ck_assert_int_eq((int)num(l, "total"), 1);
+    cJSON_Delete(l);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    cJSON_Delete(r1);
+    cJSON_Delete(r2);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+START_TEST(atomic_batch_all_or_nothing)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, NULL);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    wal_stats st0;
+    eng_stats es;
+    eng_get_stats(e, &es);
+    st0 = es.wal;
+    const char *ops[3] = {"CREATE_INSTANCE", "APPLY_EVENT", "APPLY_EVENT"};
+    cJSON *params[3] = {
+        cJSON_Parse("{\"machine\":\"order\",\"version\":1,\"instance_id\":\"b-1\"}"),
+        cJSON_Parse("{\"instance_id\":\"b-1\",\"event\":\"PAY\"}"),
+        cJSON_Parse("{\"instance_id\":\"b-1\",\"event\":\"SHIP\"}"), /* guard fails */
+    };
+    cJSON *results[3];
+    uint64_t seq;
+    size_t failed = 99;
+    stm_err err;
+    stm_code rc = eng_call_atomic(e, 3, ops, (const cJSON *const *)params, results, &seq, &failed,
+                                  &err);
+    ck_assert_int_eq(rc, STM_GUARD_FAILED);
+    ck_assert_uint_eq(failed, 2);
+    fails(e, "GET_INSTANCE", "{\"instance_id\":\"b-1\"}", STM_INSTANCE_NOT_FOUND, NULL);
+    eng_get_stats(e, &es);
+    ck_assert_uint_eq(es.wal.entry_count, st0.entry_count); /* nothing written */
+
+    cJSON_Delete(params[2]);
+    params[2] = cJSON_Parse("{\"instance_id\":\"b-1\",\"event\":\"SHIP\",\"payload\":{\"amount\":1}}");
+    rc = eng_call_atomic(e, 3, ops, (const cJSON *const *)params, results, &seq, &failed, &err);
+    ck_assert_msg(rc == STM_OK, "%s", err.msg);
+    ck_assert_int_eq(eng_wait(e, seq, &err), STM_OK);
+    for (int i = 0; i < 3; i++) {
+        cJSON_Delete(results[i]);
+        cJSON_Delete(params[i]);
+    }
+    eng_close(e);
+    e = open_dir(dir, NULL);
+    cJSON *r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"b-1\"}");
+    ck_assert_str_eq(str(r, "state"), "shipped");
+    cJSON_Delete(r);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+static void wake_noop(void *arg)
+{
+    (void)arg;
+}
+
+/* Catch-up from an offset, then live, with no gap and no duplicate. */
+START_TEST(subscription_catch_up_then_live)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, "never");
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    cJSON *c = ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"w\"}");
+    uint64_t from = (uint64_t)num(c, "wal_offset");
+    cJSON_Delete(c);
+    cJSON_Delete(ok(e, "APPLY_EVENT", "{\"instance_id\":\"w\",\"event\":\"PAY\"}"));
+    eng_close(e);
+    e = open_dir(dir, "never"); /* the ring is empty now: catch-up must read the WAL */
+    eng_filter f = {.instance_id = "w", .from_offset = from};
+    eng_sub *s;
+    stm_err err;
+    ck_assert_int_eq(eng_subscribe(e, &f, wake_noop, NULL, &s, &err), STM_OK);
+    cJSON_Delete(ok(e, "APPLY_EVENT", "{\"instance_id\":\"w\",\"event\":\"SHIP\",\"payload\":{\"amount\":2}}"));
+    const char *want[] = {"create_instance", "PAY", "SHIP"};
+    for (int i = 0; i < 3; i++) {
+        eng_event ev;
+        uint64_t resume;
+        int r = eng_sub_next(s, &ev, &resume);
+        ck_assert_int_eq(r, 1);
+        if (i == 0) ck_assert_int_eq(ev.type, WAL_T_CREATE_INSTANCE);
+        else ck_assert_str_eq(ev.event, want[i]);
+    }
+    eng_event ev;
+    ck_assert_int_eq(eng_sub_next(s, &ev, NULL), 0);
+    eng_unsubscribe(s);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+START_TEST(replay_at_offset)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, NULL);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    cJSON_Delete(ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"t\"}"));
+    cJSON *r = ok(e, "APPLY_EVENT", "{\"instance_id\":\"t\",\"event\":\"PAY\",\"payload\":{\"amount\":1}}");
+    uint64_t pay = (uint64_t)num(r, "wal_offset");
+    cJSON_Delete(r);
+    cJSON_Delete(ok(e, "APPLY_EVENT", "{\"instance_id\":\"t\",\"event\":\"SHIP\"}"));
+    eng_close(e);
+    buf out = {0};
+    stm_err err;
+    ck_assert_int_eq(eng_replay(dir, pay - 1, "t", &out, &err), STM_OK);
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&out), "\"state\": \"created\""));
+    buf_reset(&out);
+    ck_assert_int_eq(eng_replay(dir, pay, "t", &out, &err), STM_OK);
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&out), "\"state\": \"paid\""));
+    buf_reset(&out);
+    ck_assert_int_eq(eng_replay_verify(dir, &out, &err), STM_OK);
+    buf_free(&out);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+/* rstmdb's own data directory opens to the state it had (expected.json). */
+static void check_fixture(const char *name, bool torn)
+{
+    if (!testdata) return;
+    char *dir = tmpdir();
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "cp -r '%s/%s/wal' '%s/%s/snapshots' '%s/'", testdata, name,
+             testdata, name, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s/rstmdb-data/expected.json", testdata);
+    FILE *f = fopen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    buf b = {0};
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_add(&b, chunk, n);
+    fclose(f);
+    cJSON *exp = cJSON_Parse(b.data);
+    buf_free(&b);
+    ck_assert_ptr_nonnull(exp);
+
+    eng *e = open_dir(dir, NULL);
+    const cJSON *insts = json_get(exp, "instances");
+    const cJSON *it;
+    cJSON_ArrayForEach(it, insts) {
+        const char *id = str(it, "instance_id");
+        const cJSON *want = json_get(it, "get_instance");
+        if (torn && strcmp(id, "o2-01") == 0) {
+            cJSON *r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"o2-01\"}");
+            ck_assert_str_eq(str(r, "state"), "shipped");
+            ck_assert_uint_eq((uint64_t)num(r, "last_wal_offset"), 2199023270551ull);
+            cJSON_Delete(r);
+            continue;
+        }
+        char p[256];
+        snprintf(p, sizeof p, "{\"instance_id\":\"%s\"}", id);
+        if (cJSON_IsTrue(json_get(it, "deleted"))) {
+            fails(e, "GET_INSTANCE", p, STM_INSTANCE_NOT_FOUND, NULL);
+            continue;
+        }
+        cJSON *r = ok(e, "GET_INSTANCE", p);
+        ck_assert_str_eq(str(r, "state"), str(want, "state"));
+        ck_assert_str_eq(str(r, "machine"), str(want, "machine"));
+        ck_assert_uint_eq((uint64_t)num(r, "last_wal_offset"), (uint64_t)num(want, "last_wal_offset"));
+        ck_assert_msg(cJSON_Compare(json_get(r, "ctx"), json_get(want, "ctx"), true),
+                      "ctx of %s differs", id);
+        const cJSON *le = json_get(want, "last_event_id");
+        if (le) ck_assert_str_eq(str(r, "last_event_id"), le->valuestring);
+        else ck_assert_ptr_null(json_get(r, "last_event_id"));
+        cJSON_Delete(r);
+    }
+    const cJSON *m;
+    cJSON_ArrayForEach(m, json_get(exp, "machines")) {
+        const cJSON *gm = json_get(m, "get_machine");
+        const cJSON *sub = json_get(m, "submitted_definition");
+        (void)sub;
+        const cJSON *rec = json_get(m, "put_machine_record");
+        (void)rec;
+        cJSON *lm = ok(e, "LIST_MACHINES", NULL);
+        ck_assert_int_eq(cJSON_GetArraySize(json_get(lm, "items")), 2);
+        cJSON_Delete(lm);
+        ck_assert(cJSON_IsString(json_get(gm, "checksum")));
+    }
+    cJSON *li = ok(e, "LIST_INSTANCES", "{\"limit\":1000}");
+    ck_assert_int_eq((int)num(li, "total"), 19);
+    const cJSON *ids = json_get(json_get(exp, "list_instances"), "ids_sorted");
+    int i = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, json_get(li, "instances")) {
+        ck_assert_str_eq(str(x, "id"), cJSON_GetArrayItem(ids, i)->valuestring);
+        i++;
+    }
+    cJSON_Delete(li);
+    cJSON *ws = ok(e, "WAL_STATS", NULL);
+    if (!torn) ck_assert_uint_eq((uint64_t)num(ws, "latest_offset"), 2199023271077ull);
+    else ck_assert_uint_eq((uint64_t)num(ws, "latest_offset"), 2199023270802ull);
+    cJSON_Delete(ws);
+    /* and it keeps working: a new record goes right after the last good one */
+    cJSON *r = ok(e, "APPLY_EVENT", "{\"instance_id\":\"o2-03\",\"event\":\"CANCEL\"}");
+    ck_assert_uint_eq((uint64_t)num(r, "wal_offset"), torn ? 2199023270802ull : 2199023271077ull);
+    cJSON_Delete(r);
+    eng_close(e);
+    e = open_dir(dir, NULL);
+    r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"o2-03\"}");
+    ck_assert_str_eq(str(r, "state"), "cancelled");
+    cJSON_Delete(r);
+    eng_close(e);
+    cJSON_Delete(exp);
+    rmrf(dir);
+    free(dir);
+}
+
+START_TEST(rstmdb_fixture)
+{
+    check_fixture("rstmdb-data", false);
+}
+END_TEST
+
+START_TEST(rstmdb_fixture_torn)
+{
+    check_fixture("rstmdb-data-torn", true);
+}
+END_TEST
+
+int main(void)
+{
+    testdata = getenv("STMFS_TESTDATA");
+    if (testdata && access(testdata, R_OK) != 0) testdata = NULL;
+    if (!testdata) fprintf(stderr, "note: STMFS_TESTDATA not found; fixture tests check nothing\n");
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("engine");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, put_get_create_apply);
+    tcase_add_test(tc, restart_keeps_everything);
+    tcase_add_test(tc, idempotency_survives_restart);
+    tcase_add_test(tc, atomic_batch_all_or_nothing);
+    tcase_add_test(tc, subscription_catch_up_then_live);
+    tcase_add_test(tc, replay_at_offset);
+    tcase_add_test(tc, rstmdb_fixture);
+    tcase_add_test(tc, rstmdb_fixture_torn);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
