@@ -146,7 +146,7 @@ static int random_level(eng *e)
     return level;
 }
 
-static instance *inst_add(eng *e, const char *id)
+instance *inst_add(eng *e, const char *id)
 {
     if (e->n_instances + e->n_deleted + 1 > e->itab_size) {
         size_t size = e->itab_size ? e->itab_size * 2 : 1024;
@@ -263,6 +263,7 @@ void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t
         e->fifo_head = old->fifo_next;
         if (!e->fifo_head) e->fifo_tail = NULL;
         idem_unlink(e, old);
+        free(old->result);
         free(old->scope);
         free(old->key);
         free(old);
@@ -518,6 +519,8 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
     default: break;
     }
     if (e->dry_run) return STM_OK;
+    e->applied_offset = rec->offset;
+    e->applied_seq = rec->seq;
     buf line = {0};
     if (in) {
         eng_render_history(&line, rec->type, entry, rec->offset, rec->seq, rec->chain);
@@ -629,7 +632,10 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
     e->replaying = true;
     while ((r = wal_iter_next(it, &rec, err)) == 1) {
         if (rec.offset > stop_at) break;
-        if (rec.type == WAL_T_CHECKPOINT || rec.type == WAL_T_NOOP || rec.type == WAL_T_SNAPSHOT) {
+        if (rec.type == WAL_T_CHECKPOINT || rec.type == WAL_T_NOOP || rec.type == WAL_T_SNAPSHOT ||
+            (e->snap_seq && rec.seq <= e->snap_seq)) {
+            /* Not a change, or already in the loaded snapshot: it only counts
+             * toward the entries file. */
             cJSON *entry = json_parse(rec.payload, rec.len, NULL);
             if (entry) entries_account(e, &rec, entry);
             cJSON_Delete(entry);
@@ -699,6 +705,45 @@ out:
     return rc;
 }
 
+/* Loads the newest database snapshot, unless a point in time before it is
+ * asked for and the log still holds everything from its start. Refuses when
+ * the log has a hole that no snapshot covers. */
+static stm_code load_snapshot(eng *e, uint64_t stop_at, stm_err *err)
+{
+    wal_stats st;
+    wal_get_stats(e->w, &st);
+    bool log_complete = st.first_offset == 0 || WAL_OFF_SEG(st.first_offset) == 1;
+    stm_code rc = snap_load(e, err);
+    if (rc != STM_OK) return rc;
+    if (e->snap_fd >= 0 && stop_at < e->snap_offset) {
+        if (!log_complete)
+            return stm_fail(err, STM_BAD_REQUEST,
+                            "offset %llu is before the oldest point kept: the log before offset "
+                            "%llu was compacted into snapshot db-%016llx.snap",
+                            (unsigned long long)stop_at, (unsigned long long)st.first_offset,
+                            (unsigned long long)e->snap_offset);
+        /* rebuild from the log alone */
+        eng_opts o = e->opts;
+        (void)o;
+        return stm_fail(err, STM_BAD_REQUEST,
+                        "replaying to offset %llu, before snapshot db-%016llx.snap, needs "
+                        "--from-log",
+                        (unsigned long long)stop_at, (unsigned long long)e->snap_offset);
+    }
+    if (e->snap_fd >= 0 && st.first_offset &&
+        st.first_offset > WAL_OFFSET(WAL_OFF_SEG(e->snap_offset), 0))
+        return stm_fail(err, STM_WAL_IO_ERROR,
+                        "the log starts at offset %llu but the newest valid snapshot ends at "
+                        "%llu: records between them are missing (a newer snapshot may be "
+                        "damaged); restore the snapshots/ directory from a backup",
+                        (unsigned long long)st.first_offset, (unsigned long long)e->snap_offset);
+    if (e->snap_fd < 0 && !log_complete)
+        log_warn("the log starts at segment %llu and no database snapshot covers the segments "
+                 "before it: what they held is lost (rstmdb's compaction does this)",
+                 (unsigned long long)WAL_OFF_SEG(st.first_offset));
+    return STM_OK;
+}
+
 stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recovery *rep,
                     stm_err *err)
 {
@@ -711,6 +756,8 @@ stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recover
     pthread_mutex_init(&e->listen_lock, NULL);
     pthread_cond_init(&e->wait_cond, NULL);
     pthread_cond_init(&e->stop_cond, NULL);
+    pthread_mutex_init(&e->compact_lock, NULL);
+    e->snap_fd = -1;
     e->head = xcalloc(1, sizeof *e->head + SKIP_MAX_LEVEL * sizeof(instance *));
     e->head->id = xstrdup("");
     e->skip_level = 1;
@@ -734,10 +781,12 @@ stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recover
         .io = o->io,
     };
     if ((rc = wal_open(&wo, &e->w, rep, err)) != STM_OK) goto fail;
+    if ((rc = load_snapshot(e, stop_at, err)) != STM_OK) goto fail;
     if ((rc = replay(e, stop_at, err)) != STM_OK) goto fail;
     atomic_store(&e->acked, wal_acked_seq(e->w));
     e->hub = hub_new(e);
     wal_set_listener(e->w, on_acked, e);
+    if (stop_at == UINT64_MAX) compactor_start(e);
     *out = e;
     return STM_OK;
 fail:
@@ -763,6 +812,8 @@ void free_instance(instance *in)
 void eng_close(eng *e)
 {
     if (!e) return;
+    compactor_stop(e);
+    snap_close(e);
     if (e->w) {
         stm_err err;
         if (wal_close(e->w, &err) != STM_OK) log_error("closing the WAL: %s", err.msg);
@@ -791,6 +842,7 @@ void eng_close(eng *e)
     free(e->mtab);
     for (idem_entry *k = e->fifo_head, *next; k; k = next) {
         next = k->fifo_next;
+        free(k->result);
         free(k->scope);
         free(k->key);
         free(k);
@@ -804,6 +856,7 @@ void eng_close(eng *e)
     pthread_mutex_destroy(&e->listen_lock);
     pthread_cond_destroy(&e->wait_cond);
     pthread_cond_destroy(&e->stop_cond);
+    pthread_mutex_destroy(&e->compact_lock);
     free(e->data_dir);
     free(e);
 }

@@ -46,6 +46,9 @@ typedef struct machine {
 typedef struct hist_entry {
     uint64_t offset;
     uint64_t seq;
+    uint64_t snap_pos;          /* where the line stands in the current database
+                                   snapshot (0 = not in one): read from there once
+                                   compaction has removed its WAL record */
     uint32_t line_len;
     uint8_t chain[32];
 } hist_entry;
@@ -75,6 +78,8 @@ typedef struct idem_entry {
     uint64_t fingerprint;       /* hash of what the request asked for */
     uint64_t offset;            /* its WAL record */
     uint64_t seq;
+    char *result;               /* the original result, kept once compaction
+                                   removed the record (NULL otherwise) */
     struct idem_entry *hnext;
     struct idem_entry *fifo_next;
 } idem_entry;
@@ -129,6 +134,12 @@ struct eng {
     size_t n_undo, cap_undo;
     uint64_t txn_total, txn_written;
 
+    /* compaction (compact.c): the newest database snapshot */
+    int snap_fd;                /* open on it for history lines, -1 if none */
+    uint64_t snap_offset, snap_seq; /* the last record it covers */
+    uint64_t applied_offset, applied_seq; /* the last record applied */
+    pthread_mutex_t compact_lock; /* one compaction at a time */
+
     uint64_t events_since_compact;
     int64_t last_compact_ms;
     pthread_t compactor;
@@ -143,6 +154,8 @@ struct eng {
 stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recovery *rep,
                     stm_err *err);
 instance *inst_find(eng *e, const char *id);
+/* Adds a new instance to both indexes (id must be new). */
+instance *inst_add(eng *e, const char *id);
 /* First instance with id > after (NULL: the first), deleted ones included. */
 instance *inst_after(eng *e, const char *after);
 machine *machine_find(eng *e, const char *name);
@@ -176,6 +189,19 @@ void undo_set_version(eng *e, mversion *mv);
 /* atomic.c: ops functions by name, for the batch runner */
 typedef stm_code (*op_fn)(eng *, const cJSON *, cJSON **, uint64_t *, stm_err *);
 op_fn ops_lookup(const char *op, bool *locked);
+
+/* compact.c */
+/* Loads the newest valid database snapshot, if any (before WAL replay). */
+stm_code snap_load(eng *e, stm_err *err);
+/* Takes a database snapshot and deletes the WAL segments it covers. */
+stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *bytes,
+                          stm_err *err);
+/* Reads one history line kept in the snapshot. */
+stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *err);
+void snap_close(eng *e);
+/* The background compactor of compaction.* settings. */
+void compactor_start(eng *e);
+void compactor_stop(eng *e);
 
 /* hub.c */
 hub *hub_new(eng *e);

@@ -110,6 +110,7 @@ static stm_code commit(eng *e, uint8_t type, cJSON *entry, wal_record *rec, stm_
  * record may still be in flight: wait for it without holding the lock. */
 static cJSON *read_entry(eng *e, uint64_t offset, uint64_t seq, stm_err *err)
 {
+    (void)0;
     /* Inside an atomic batch the lock must stay held: a retry of a request
      * that is not durable yet is then refused as retryable instead. */
     bool in_batch = e->dry_run || e->txn_total;
@@ -331,6 +332,13 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
                                 "idempotency key '%s' was already used for a different request",
                                 key);
             uint64_t kseq = k->seq, koff = k->offset;
+            if (k->result) {
+                cJSON *r = cJSON_Parse(k->result);
+                cJSON_AddBoolToObject(r, "applied", false);
+                *seq = kseq;
+                *res = r;
+                return STM_OK;
+            }
             cJSON *entry = read_entry(e, koff, kseq, err);
             if (!entry) return err ? err->code : STM_WAL_IO_ERROR;
             const cJSON *eid = json_get(entry, "instance_id");
@@ -539,6 +547,14 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
                                 "on instance '%s'",
                                 key, id);
             uint64_t kseq = k->seq, koff = k->offset;
+            if (k->result) {
+                cJSON *r = cJSON_Parse(k->result);
+                cJSON_ReplaceItemInObjectCaseSensitive(r, "applied", cJSON_CreateFalse());
+                if (!json_get(r, "applied")) cJSON_AddBoolToObject(r, "applied", false);
+                *seq = kseq;
+                *res = r;
+                return STM_OK;
+            }
             cJSON *entry = read_entry(e, koff, kseq, err);
             if (!entry) return err ? err->code : STM_WAL_IO_ERROR;
             const cJSON *f = json_get(entry, "from_state"), *t = json_get(entry, "to_state");

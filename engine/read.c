@@ -234,17 +234,27 @@ stm_code eng_history_read(eng *e, const char *id, uint64_t from, size_t max, buf
 
     stm_code rc = STM_OK;
     if (n) rc = eng_wait(e, copy[n - 1].seq, err);
+    wal_stats st;
+    wal_get_stats(e->w, &st);
     buf payload = {0}, line = {0};
     for (size_t k = 0; k < n && rc == STM_OK; k++) {
-        wal_record rec;
-        cJSON *entry = NULL;
-        if (!read_record(e, copy[k].offset, &payload, &rec, &entry, err)) {
-            rc = err ? err->code : STM_WAL_IO_ERROR;
-            break;
-        }
         buf_reset(&line);
-        eng_render_history(&line, rec.type, entry, rec.offset, rec.seq, copy[k].chain);
-        cJSON_Delete(entry);
+        if (copy[k].snap_pos && copy[k].offset < st.first_offset) {
+            /* its record was compacted away: the snapshot keeps the line */
+            pthread_mutex_lock(&e->lock);
+            rc = snap_read_line(e, copy[k].snap_pos, copy[k].line_len, &line, err);
+            pthread_mutex_unlock(&e->lock);
+            if (rc != STM_OK) break;
+        } else {
+            wal_record rec;
+            cJSON *entry = NULL;
+            if (!read_record(e, copy[k].offset, &payload, &rec, &entry, err)) {
+                rc = err ? err->code : STM_WAL_IO_ERROR;
+                break;
+            }
+            eng_render_history(&line, rec.type, entry, rec.offset, rec.seq, copy[k].chain);
+            cJSON_Delete(entry);
+        }
         /* the part of this line inside [from, from+max) */
         uint64_t lstart = pos, lend = pos + line.len;
         uint64_t a = from > lstart ? from : lstart;

@@ -1,0 +1,635 @@
+/*
+ * compact.c - database snapshots and compaction that never lose data.
+ *
+ * A database snapshot is one file, snapshots/db-<offset as 16 hex>.snap,
+ * holding everything the WAL up to that record produced, as JSON lines:
+ *   {"format":"stmfs-db-snapshot","version":1,"offset":X,"seq":S,"created_at":ms}
+ *   {"m":name,"v":version,"def":{submitted},"ts":..,"off":..,"seq":..}   a machine version
+ *   {"i":id,"machine":..,"version":..,"state":..,"ctx":{..},...}         an instance, then
+ *   <its history lines, verbatim as the history file shows them>
+ *   {"k":key,"scope":..,"type":..,"fp":"..","off":..,"seq":..,"result":{..}}  idempotency keys
+ *   {"end":true,"bytes":N,"crc":"xxxxxxxx"}      CRC-32C of the N bytes before it
+ * It is written to a temp file, fsynced, renamed into place and the
+ * directory fsynced; only then are WAL segments deleted, and only segments
+ * wholly before the segment holding the snapshot's last record. So at every
+ * moment either the old log or the new snapshot holds every machine,
+ * instance, context, history line and idempotency key.
+ *
+ * Startup loads the newest snapshot whose CRC holds (falling back to older
+ * ones) and replays only the records after it. History lines whose records
+ * were compacted away are read from the snapshot file.
+ */
+#include "engine/internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/crc32c.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "wal/io.h"
+
+static const wal_io *io_of(eng *e)
+{
+    return e->opts.io ? e->opts.io : &wal_posix_io;
+}
+
+static void snap_path(eng *e, uint64_t offset, char *out, size_t n)
+{
+    snprintf(out, n, "%s/snapshots/db-%016llx.snap", e->data_dir, (unsigned long long)offset);
+}
+
+void snap_close(eng *e)
+{
+    if (e->snap_fd >= 0) close(e->snap_fd);
+    e->snap_fd = -1;
+}
+
+stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *err)
+{
+    buf_reserve(out, len);
+    ssize_t n = pread(e->snap_fd, out->data + out->len, len, (off_t)pos);
+    if (n != (ssize_t)len)
+        return stm_fail(err, STM_WAL_IO_ERROR, "cannot read a history line from the snapshot: %s",
+                        n < 0 ? strerror(errno) : "short read");
+    out->len += len;
+    out->data[out->len] = 0;
+    return STM_OK;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+typedef struct {
+    char *id;
+    hist_entry *hist;
+    uint32_t n_hist;
+    uint64_t *new_pos;
+} plan_inst;
+
+static void write_machine_lines(eng *e, buf *out)
+{
+    for (size_t b = 0; b < e->mtab_size; b++)
+        for (machine *m = e->mtab[b]; m; m = m->hnext)
+            for (size_t v = 0; v < m->n_versions; v++) {
+                mversion *mv = m->versions[v];
+                if (!mv->d) continue;
+                buf_puts(out, "{\"m\":");
+                json_write_str(out, m->name);
+                buf_printf(out, ",\"v\":%u,\"def\":%s,\"ts\":%lld,\"off\":%llu,\"seq\":%llu}\n",
+                           mv->version, mv->submitted, (long long)mv->created_at,
+                           (unsigned long long)mv->offset, (unsigned long long)mv->seq);
+            }
+}
+
+static void write_instance_line(instance *in, buf *out)
+{
+    buf_puts(out, "{\"i\":");
+    json_write_str(out, in->id);
+    buf_puts(out, ",\"machine\":");
+    json_write_str(out, in->m->name);
+    buf_printf(out, ",\"version\":%u,\"state\":", in->mv->version);
+    json_write_str(out, in->state);
+    buf_printf(out, ",\"ctx\":%s", in->ctx);
+    if (in->last_event_id) {
+        buf_puts(out, ",\"event_id\":");
+        json_write_str(out, in->last_event_id);
+    }
+    buf_printf(out, ",\"last_off\":%llu,\"last_seq\":%llu,\"created_at\":%lld,"
+                    "\"updated_at\":%lld,\"deleted\":%s,\"hist\":%u}\n",
+               (unsigned long long)in->last_offset, (unsigned long long)in->last_seq,
+               (long long)in->created_at, (long long)in->updated_at,
+               in->deleted ? "true" : "false", in->n_hist);
+}
+
+/* The history line of h, from the snapshot or the WAL. */
+static stm_code render_line(eng *e, const hist_entry *h, uint64_t wal_first, buf *out,
+                            stm_err *err)
+{
+    if (h->snap_pos && e->snap_fd >= 0 && h->offset < wal_first)
+        return snap_read_line(e, h->snap_pos, h->line_len, out, err);
+    buf payload = {0};
+    wal_record rec;
+    stm_code rc = wal_read_at(e->w, h->offset, &payload, &rec, err);
+    if (rc == STM_OK) {
+        cJSON *entry = json_parse(payload.data, payload.len, err);
+        if (!entry) rc = STM_WAL_IO_ERROR;
+        else eng_render_history(out, rec.type, entry, rec.offset, rec.seq, h->chain);
+        cJSON_Delete(entry);
+    }
+    buf_free(&payload);
+    return rc;
+}
+
+/* The original result of an idempotent request, rebuilt from its record. */
+static stm_code key_result(eng *e, const idem_entry *k, buf *out, stm_err *err)
+{
+    if (k->result) {
+        buf_puts(out, k->result);
+        return STM_OK;
+    }
+    buf payload = {0};
+    wal_record rec;
+    stm_code rc = wal_read_at(e->w, k->offset, &payload, &rec, err);
+    cJSON *entry = rc == STM_OK ? json_parse(payload.data, payload.len, err) : NULL;
+    buf_free(&payload);
+    if (!entry) return STM_WAL_IO_ERROR;
+    cJSON *r = cJSON_CreateObject();
+    const cJSON *id = json_get(entry, "instance_id");
+    if (k->type == WAL_T_CREATE_INSTANCE) {
+        cJSON_AddItemToObject(r, "instance_id", cJSON_Duplicate(id, true));
+        cJSON_AddItemToObject(r, "state", cJSON_Duplicate(json_get(entry, "initial_state"), true));
+    } else if (k->type == WAL_T_APPLY_EVENT) {
+        cJSON_AddItemToObject(r, "ctx", cJSON_Duplicate(json_get(entry, "ctx"), true));
+        if (json_get(entry, "event_id"))
+            cJSON_AddItemToObject(r, "event_id", cJSON_Duplicate(json_get(entry, "event_id"), true));
+        cJSON_AddItemToObject(r, "from_state", cJSON_Duplicate(json_get(entry, "from_state"), true));
+        cJSON_AddItemToObject(r, "to_state", cJSON_Duplicate(json_get(entry, "to_state"), true));
+    } else {
+        cJSON_AddBoolToObject(r, "deleted", true);
+        cJSON_AddItemToObject(r, "instance_id", cJSON_Duplicate(id, true));
+    }
+    cJSON_AddNumberToObject(r, "wal_offset", (double)k->offset);
+    json_write(out, r, true);
+    cJSON_Delete(r);
+    cJSON_Delete(entry);
+    return STM_OK;
+}
+
+static stm_code write_file(eng *e, const char *path, const buf *content, stm_err *err)
+{
+    const wal_io *io = io_of(e);
+    char tmp[4300], dir[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    snprintf(dir, sizeof dir, "%s/snapshots", e->data_dir);
+    int fd = io->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot create %s: %s", tmp,
+                        strerror(errno));
+    size_t done = 0;
+    while (done < content->len) {
+        ssize_t n = io->pwrite(fd, content->data + done, content->len - done, (off_t)done);
+        if (n <= 0) break;
+        done += (size_t)n;
+    }
+    int saved = errno;
+    bool ok = done == content->len && io->fdatasync(fd) == 0;
+    if (!ok && done == content->len) saved = errno;
+    io->close(fd);
+    if (!ok || io->rename(tmp, path) != 0 || io->fsync_dir(dir) != 0) {
+        if (ok) saved = errno;
+        io->unlink(tmp);
+        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: writing %s failed: %s", path,
+                        strerror(saved));
+    }
+    return STM_OK;
+}
+
+/* Deletes db snapshots older than keep. */
+static void remove_older(eng *e, uint64_t keep)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/snapshots", e->data_dir);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        unsigned long long off;
+        char tail[8];
+        if (sscanf(de->d_name, "db-%16llx.%5s", &off, tail) == 2 && strcmp(tail, "snap") == 0 &&
+            off < keep) {
+            char path[4600];
+            snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+            io_of(e)->unlink(path);
+        }
+    }
+    closedir(d);
+}
+
+stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *bytes,
+                          stm_err *err)
+{
+    *created = false;
+    *segments = *bytes = 0;
+    if (e->opts.read_only) return stm_fail(err, STM_BAD_REQUEST, "the database is open read-only");
+    pthread_mutex_lock(&e->compact_lock);
+    stm_code rc = STM_OK;
+    pthread_mutex_lock(&e->lock);
+    uint64_t X = e->applied_offset, S = e->applied_seq;
+    bool fresh = S > e->snap_seq || e->snap_fd < 0;
+    buf content = {0};
+    plan_inst *plan = NULL;
+    size_t n_plan = 0;
+    idem_entry **keys = NULL;
+    size_t n_keys = 0;
+    if (fresh && S > 0) {
+        buf_printf(&content,
+                   "{\"format\":\"stmfs-db-snapshot\",\"version\":1,\"offset\":%llu,\"seq\":%llu,"
+                   "\"created_at\":%lld}\n",
+                   (unsigned long long)X, (unsigned long long)S, (long long)util_now_ms());
+        write_machine_lines(e, &content);
+        size_t total = e->n_instances + e->n_deleted;
+        plan = xcalloc(total + 1, sizeof *plan);
+        for (instance *in = e->head->next[0]; in; in = in->next[0]) {
+            plan_inst *p = &plan[n_plan++];
+            p->id = xstrdup(in->id);
+            p->n_hist = in->n_hist;
+            p->hist = xmalloc((in->n_hist + 1) * sizeof *p->hist);
+            memcpy(p->hist, in->hist, in->n_hist * sizeof *p->hist);
+            p->new_pos = xcalloc(in->n_hist + 1, sizeof *p->new_pos);
+        }
+        keys = xmalloc((e->n_keys + 1) * sizeof *keys);
+        for (idem_entry *k = e->fifo_head; k; k = k->fifo_next) keys[n_keys++] = k;
+        /* Instance lines are taken now, under the lock, so they match S. */
+        size_t i = 0;
+        buf *lines = xcalloc(n_plan + 1, sizeof *lines);
+        for (instance *in = e->head->next[0]; in; in = in->next[0]) write_instance_line(in, &lines[i++]);
+        pthread_mutex_unlock(&e->lock);
+
+        /* Everything in the snapshot must be durable before it stands in for the log. */
+        rc = eng_wait(e, S, err);
+        wal_stats st;
+        wal_get_stats(e->w, &st);
+        for (size_t j = 0; j < n_plan && rc == STM_OK; j++) {
+            buf_add(&content, lines[j].data, lines[j].len);
+            for (uint32_t h = 0; h < plan[j].n_hist && rc == STM_OK; h++) {
+                plan[j].new_pos[h] = content.len;
+                rc = render_line(e, &plan[j].hist[h], st.first_offset, &content, err);
+            }
+        }
+        for (size_t j = 0; j < n_plan; j++) buf_free(&lines[j]);
+        free(lines);
+        /* Keys: their records may be compacted, so carry their results. Key
+         * entries are only freed by eviction, which needs the lock we hold
+         * while reading them below. */
+        pthread_mutex_lock(&e->lock);
+        for (size_t j = 0; j < n_keys && rc == STM_OK; j++) {
+            idem_entry *k = NULL;
+            for (idem_entry *x = e->fifo_head; x; x = x->fifo_next)
+                if (x == keys[j]) {
+                    k = x;
+                    break;
+                }
+            if (!k || k->seq > S) continue;
+            buf_puts(&content, "{\"k\":");
+            json_write_str(&content, k->key);
+            buf_puts(&content, ",\"scope\":");
+            json_write_str(&content, k->scope);
+            buf_printf(&content, ",\"type\":%u,\"fp\":\"%016llx\",\"off\":%llu,\"seq\":%llu,\"result\":",
+                       k->type, (unsigned long long)k->fingerprint, (unsigned long long)k->offset,
+                       (unsigned long long)k->seq);
+            rc = key_result(e, k, &content, err);
+            buf_puts(&content, "}\n");
+            if (rc == STM_OK && !k->result && k->offset <= X) {
+                /* keep the result in memory too: its record may go below */
+                buf r = {0};
+                key_result(e, k, &r, err);
+                k->result = buf_detach(&r, NULL);
+            }
+        }
+        pthread_mutex_unlock(&e->lock);
+        if (rc == STM_OK) {
+            uint32_t crc = crc32c(0, content.data, content.len);
+            buf_printf(&content, "{\"end\":true,\"bytes\":%zu,\"crc\":\"%08x\"}\n", content.len, crc);
+            char path[4200];
+            snap_path(e, X, path, sizeof path);
+            rc = write_file(e, path, &content, err);
+            int fd = rc == STM_OK ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+            if (rc == STM_OK && fd < 0)
+                rc = stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot reopen %s: %s", path,
+                              strerror(errno));
+            if (rc == STM_OK) {
+                pthread_mutex_lock(&e->lock);
+                for (size_t j = 0; j < n_plan; j++) {
+                    instance *in = inst_find(e, plan[j].id);
+                    if (!in) continue;
+                    for (uint32_t h = 0; h < plan[j].n_hist && h < in->n_hist; h++)
+                        in->hist[h].snap_pos = plan[j].new_pos[h];
+                }
+                snap_close(e);
+                e->snap_fd = fd;
+                e->snap_offset = X;
+                e->snap_seq = S;
+                e->events_since_compact = 0;
+                pthread_mutex_unlock(&e->lock);
+                *created = true;
+                remove_older(e, X);
+            }
+        }
+    } else {
+        pthread_mutex_unlock(&e->lock);
+    }
+    for (size_t j = 0; j < n_plan; j++) {
+        free(plan[j].id);
+        free(plan[j].hist);
+        free(plan[j].new_pos);
+    }
+    free(plan);
+    free(keys);
+    buf_free(&content);
+
+    /* Delete segments wholly before the one holding the snapshot's last
+     * record; first take their lines out of the entries file's accounting. */
+    if (rc == STM_OK && e->snap_fd >= 0 && WAL_OFF_SEG(e->snap_offset) > 1) {
+        uint64_t boundary = WAL_OFFSET(WAL_OFF_SEG(e->snap_offset), 0);
+        wal_stats st;
+        wal_get_stats(e->w, &st);
+        if (st.first_offset && st.first_offset < boundary) {
+            uint64_t dropped = 0;
+            wal_iter *it;
+            rc = wal_iter_open(e->w, 0, false, &it, err);
+            wal_record rec;
+            buf line = {0};
+            while (rc == STM_OK && wal_iter_next(it, &rec, err) == 1 && rec.offset < boundary) {
+                cJSON *entry = json_parse(rec.payload, rec.len, NULL);
+                buf_reset(&line);
+                eng_render_entry(&line, entry, rec.offset, rec.seq);
+                cJSON_Delete(entry);
+                dropped += line.len;
+            }
+            buf_free(&line);
+            if (rc == STM_OK) wal_iter_close(it);
+            if (rc == STM_OK) rc = wal_delete_before(e->w, boundary, segments, bytes, err);
+            if (rc == STM_OK) {
+                pthread_mutex_lock(&e->lock);
+                e->entries_bytes -= dropped;
+                size_t w = 0;
+                e->eidx_pos[w] = 0;
+                e->eidx_off[w] = boundary;
+                w++;
+                for (size_t r = 0; r < e->n_eidx; r++)
+                    if (e->eidx_off[r] >= boundary && e->eidx_pos[r] >= dropped) {
+                        e->eidx_pos[w] = e->eidx_pos[r] - dropped;
+                        e->eidx_off[w] = e->eidx_off[r];
+                        w++;
+                    }
+                e->n_eidx = w;
+                pthread_mutex_unlock(&e->lock);
+            }
+        }
+    }
+    e->last_compact_ms = util_now_ms();
+    pthread_mutex_unlock(&e->compact_lock);
+    return rc;
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+static char *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    buf b = {0};
+    char chunk[1 << 16];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_add(&b, chunk, n);
+    fclose(f);
+    return buf_detach(&b, len);
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Checks the trailer; returns the byte count it covers, or 0 if damaged. */
+static size_t verify_trailer(const char *data, size_t len)
+{
+    if (len < 2 || data[len - 1] != '\n') return 0;
+    size_t start = len - 1;
+    while (start > 0 && data[start - 1] != '\n') start--;
+    cJSON *t = json_parse(data + start, len - start, NULL);
+    uint64_t bytes = 0;
+    const cJSON *crc = json_get(t, "crc");
+    bool ok = t && json_get_uint(json_get(t, "bytes"), UINT64_MAX, &bytes) && bytes == start &&
+              cJSON_IsString(crc);
+    if (ok) {
+        char want[9];
+        snprintf(want, sizeof want, "%08x", crc32c(0, data, start));
+        ok = strcmp(want, crc->valuestring) == 0;
+    }
+    cJSON_Delete(t);
+    return ok ? start : 0;
+}
+
+static stm_code load_one(eng *e, const char *path, const char *data, size_t len, stm_err *err)
+{
+    size_t pos = 0;
+    instance *cur = NULL;
+    bool header = true;
+    while (pos < len) {
+        const char *nl = memchr(data + pos, '\n', len - pos);
+        size_t end = nl ? (size_t)(nl - data) : len;
+        size_t line_len = end - pos + 1;
+        const char *line = data + pos;
+        if (cur && line[0] == '{' && strncmp(line, "{\"offset\":", 10) == 0) {
+            /* a history line of the current instance */
+            cJSON *h = json_parse(line, end - pos, err);
+            if (!h) return stm_fail(err, STM_INTERNAL_ERROR, "%s: bad history line at byte %zu", path, pos);
+            if (cur->n_hist == cur->cap_hist) {
+                cur->cap_hist = cur->cap_hist ? cur->cap_hist * 2 : 4;
+                cur->hist = xrealloc(cur->hist, cur->cap_hist * sizeof *cur->hist);
+            }
+            hist_entry *he = &cur->hist[cur->n_hist++];
+            memset(he, 0, sizeof *he);
+            json_get_uint(json_get(h, "offset"), UINT64_MAX, &he->offset);
+            json_get_uint(json_get(h, "seq"), UINT64_MAX, &he->seq);
+            const cJSON *c = json_get(h, "chain");
+            if (cJSON_IsString(c)) wal_unhex(c->valuestring, he->chain);
+            he->line_len = (uint32_t)line_len;
+            he->snap_pos = pos;
+            cur->hist_bytes += line_len;
+            cJSON_Delete(h);
+            pos = end + 1;
+            continue;
+        }
+        cJSON *o = json_parse(line, end - pos, err);
+        if (!o) return stm_fail(err, STM_INTERNAL_ERROR, "%s: bad line at byte %zu", path, pos);
+        if (header) {
+            header = false;
+            const cJSON *fmt = json_get(o, "format");
+            if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "stmfs-db-snapshot") != 0) {
+                cJSON_Delete(o);
+                return stm_fail(err, STM_INTERNAL_ERROR, "%s: not a database snapshot", path);
+            }
+            json_get_uint(json_get(o, "offset"), UINT64_MAX, &e->snap_offset);
+            json_get_uint(json_get(o, "seq"), UINT64_MAX, &e->snap_seq);
+        } else if (json_get(o, "m")) {
+            const char *name = json_get(o, "m")->valuestring;
+            uint64_t v = 0, off = 0, seq = 0, ts = 0;
+            json_get_uint(json_get(o, "v"), UINT32_MAX, &v);
+            json_get_uint(json_get(o, "off"), UINT64_MAX, &off);
+            json_get_uint(json_get(o, "seq"), UINT64_MAX, &seq);
+            json_get_uint(json_get(o, "ts"), UINT64_MAX, &ts);
+            /* Reuse the record path so a snapshot machine is built as replay builds it. */
+            cJSON *entry = cJSON_CreateObject();
+            cJSON_AddStringToObject(entry, "type", "put_machine");
+            cJSON_AddStringToObject(entry, "machine", name);
+            cJSON_AddNumberToObject(entry, "version", (double)v);
+            cJSON_AddItemToObject(entry, "definition", cJSON_Duplicate(json_get(o, "def"), true));
+            cJSON_AddNumberToObject(entry, "ts", (double)ts);
+            wal_record rec = {.offset = off, .seq = seq, .type = WAL_T_PUT_MACHINE};
+            bool saved = e->replaying;
+            e->replaying = true;
+            e->dry_run = true; /* no entries accounting, no history: not a live record */
+            eng_apply_record(e, &rec, entry, err);
+            e->dry_run = false;
+            e->replaying = saved;
+            e->n_undo = 0;
+            cJSON_Delete(entry);
+        } else if (json_get(o, "i")) {
+            const char *id = json_get(o, "i")->valuestring;
+            const char *mname = json_get(o, "machine")->valuestring;
+            uint64_t v = 0;
+            json_get_uint(json_get(o, "version"), UINT32_MAX, &v);
+            cur = inst_add(e, id);
+            cur->m = machine_find(e, mname);
+            if (!cur->m) {
+                cJSON_Delete(o);
+                return stm_fail(err, STM_INTERNAL_ERROR, "%s: instance %s names unknown machine %s",
+                                path, id, mname);
+            }
+            cur->mv = mversion_find(cur->m, (uint32_t)v);
+            if (!cur->mv) {
+                cur->mv = xcalloc(1, sizeof *cur->mv);
+                cur->mv->version = (uint32_t)v;
+                /* placeholder, as replay makes for a missing definition */
+                cur->m->versions = xrealloc(cur->m->versions, (cur->m->n_versions + 1) * sizeof(mversion *));
+                cur->m->versions[cur->m->n_versions++] = cur->mv;
+            }
+            cur->state = xstrdup(json_get(o, "state")->valuestring);
+            cur->ctx = json_canonical(json_get(o, "ctx"), NULL);
+            const cJSON *eid = json_get(o, "event_id");
+            cur->last_event_id = cJSON_IsString(eid) ? xstrdup(eid->valuestring) : NULL;
+            json_get_uint(json_get(o, "last_off"), UINT64_MAX, &cur->last_offset);
+            json_get_uint(json_get(o, "last_seq"), UINT64_MAX, &cur->last_seq);
+            const cJSON *ca = json_get(o, "created_at"), *ua = json_get(o, "updated_at");
+            cur->created_at = cJSON_IsNumber(ca) ? (int64_t)ca->valuedouble : 0;
+            cur->updated_at = cJSON_IsNumber(ua) ? (int64_t)ua->valuedouble : 0;
+            if (cJSON_IsTrue(json_get(o, "deleted"))) {
+                cur->deleted = true;
+                e->n_instances--;
+                e->n_deleted++;
+            }
+        } else if (json_get(o, "k")) {
+            uint64_t type = 0, off = 0, seq = 0, fp = 0;
+            json_get_uint(json_get(o, "type"), 255, &type);
+            json_get_uint(json_get(o, "off"), UINT64_MAX, &off);
+            json_get_uint(json_get(o, "seq"), UINT64_MAX, &seq);
+            const cJSON *fpv = json_get(o, "fp");
+            if (cJSON_IsString(fpv)) fp = strtoull(fpv->valuestring, NULL, 16);
+            idem_put(e, json_get(o, "scope")->valuestring, json_get(o, "k")->valuestring,
+                     (uint8_t)type, fp, off, seq);
+            idem_entry *k = idem_find(e, json_get(o, "scope")->valuestring,
+                                      json_get(o, "k")->valuestring);
+            if (k && !k->result) k->result = json_canonical(json_get(o, "result"), NULL);
+        } else if (json_get(o, "end")) {
+            cJSON_Delete(o);
+            break;
+        }
+        cJSON_Delete(o);
+        pos = end + 1;
+    }
+    e->applied_offset = e->snap_offset;
+    e->applied_seq = e->snap_seq;
+    return STM_OK;
+}
+
+stm_code snap_load(eng *e, stm_err *err)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/snapshots", e->data_dir);
+    DIR *d = opendir(dir);
+    if (!d) return STM_OK;
+    uint64_t offs[256];
+    size_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && n < 256) {
+        unsigned long long off;
+        char tail[8];
+        if (sscanf(de->d_name, "db-%16llx.%5s", &off, tail) == 2 && strcmp(tail, "snap") == 0)
+            offs[n++] = off;
+    }
+    closedir(d);
+    qsort(offs, n, sizeof *offs, cmp_desc);
+    for (size_t i = 0; i < n; i++) {
+        char path[4200];
+        snap_path(e, offs[i], path, sizeof path);
+        size_t len;
+        char *data = read_all(path, &len);
+        size_t body = data ? verify_trailer(data, len) : 0;
+        if (!body) {
+            log_warn("snapshot %s is damaged (its checksum does not hold); trying an older one",
+                     path);
+            free(data);
+            continue;
+        }
+        stm_code rc = load_one(e, path, data, body, err);
+        free(data);
+        if (rc != STM_OK) return rc;
+        e->snap_fd = open(path, O_RDONLY | O_CLOEXEC);
+        return STM_OK;
+    }
+    return STM_OK;
+}
+
+/* ---- the background compactor ------------------------------------------- */
+
+static void *compactor_main(void *arg)
+{
+    eng *e = arg;
+    pthread_mutex_lock(&e->wait_lock);
+    while (!e->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 10;
+        pthread_cond_timedwait(&e->stop_cond, &e->wait_lock, &ts);
+        if (e->stopping) break;
+        pthread_mutex_unlock(&e->wait_lock);
+        int64_t now = util_now_ms();
+        bool due = now - e->last_compact_ms >= (int64_t)e->opts.compact_min_interval_secs * 1000;
+        bool events = e->opts.compact_events_threshold &&
+                      e->events_since_compact >= e->opts.compact_events_threshold;
+        wal_stats st;
+        wal_get_stats(e->w, &st);
+        bool size = e->opts.compact_size_threshold_mb &&
+                    st.total_size_bytes >= e->opts.compact_size_threshold_mb * 1024 * 1024;
+        if (due && (events || size) && !e->failed) {
+            bool created;
+            uint64_t segs, bytes;
+            stm_err err;
+            if (snap_compact_now(e, &created, &segs, &bytes, &err) != STM_OK)
+                log_error("auto-compaction: %s", err.msg);
+            else if (created || segs)
+                log_info("auto-compaction: snapshot %s, %llu segment(s) deleted, %llu bytes",
+                         created ? "written" : "unchanged", (unsigned long long)segs,
+                         (unsigned long long)bytes);
+        }
+        pthread_mutex_lock(&e->wait_lock);
+    }
+    pthread_mutex_unlock(&e->wait_lock);
+    return NULL;
+}
+
+void compactor_start(eng *e)
+{
+    if (!e->opts.compact_enabled || e->opts.read_only) return;
+    if (!e->opts.compact_events_threshold && !e->opts.compact_size_threshold_mb) return;
+    if (pthread_create(&e->compactor, NULL, compactor_main, e) == 0) e->compactor_running = true;
+}
+
+void compactor_stop(eng *e)
+{
+    if (!e->compactor_running) return;
+    pthread_mutex_lock(&e->wait_lock);
+    e->stopping = true;
+    pthread_cond_broadcast(&e->stop_cond);
+    pthread_mutex_unlock(&e->wait_lock);
+    pthread_join(e->compactor, NULL);
+    e->compactor_running = false;
+}
