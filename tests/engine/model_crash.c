@@ -28,7 +28,7 @@
 #include "base/util.h"
 #include "engine/engine.h"
 
-#define N_IDS 24
+#define N_IDS 200
 
 static uint64_t rng;
 static uint64_t rnd(void)
@@ -91,17 +91,17 @@ static void child(const char *dir, uint64_t seed)
     static const char *events[] = {"PAY", "SHIP", "CANCEL", "NOTE", "BOGUS"};
     for (long n = 0;; n++) {
         char id[16], params[512];
-        snprintf(id, sizeof id, "x-%02d", (int)(rnd() % N_IDS));
-        int kind = (int)(rnd() % 10);
+        snprintf(id, sizeof id, "x-%03d", (int)(rnd() % N_IDS));
+        int kind = (int)(rnd() % 20);
         printf("B %ld %s\n", n, id);
         const char *op;
-        if (kind < 2) {
+        if (kind < 5) {
             op = "CREATE_INSTANCE";
             snprintf(params, sizeof params,
                      "{\"machine\":\"m\",\"version\":1,\"instance_id\":\"%s\",\"initial_ctx\":"
                      "{\"amount\":%d,\"tag\":\"t%ld\"}}",
                      id, (int)(rnd() % 30), n);
-        } else if (kind < 8) {
+        } else if (kind < 17) {
             op = "APPLY_EVENT";
             int k = (int)(rnd() % 6);
             snprintf(params, sizeof params,
@@ -109,7 +109,7 @@ static void child(const char *dir, uint64_t seed)
                      "\"n\":%ld}%s}",
                      id, events[k % 5], (int)(rnd() % 30), n,
                      k == 5 ? ",\"idempotency_key\":\"retry\"" : "");
-        } else if (kind < 9) {
+        } else if (kind < 18) {
             op = "DELETE_INSTANCE";
             snprintf(params, sizeof params, "{\"instance_id\":\"%s\"}", id);
         } else {
@@ -166,7 +166,7 @@ int main(int argc, char **argv)
     char dir[] = "/tmp/stmfs-model-XXXXXX";
     if (!mkdtemp(dir)) return 3;
     printf("model_crash: %d rounds, seed %llu, dir %s\n", rounds, (unsigned long long)seed, dir);
-    fact facts[N_IDS] = {0};
+    static fact facts[N_IDS];
     srand((unsigned)seed);
     int failures = 0;
     for (int round = 0; round < rounds && !failures; round++) {
@@ -182,7 +182,7 @@ int main(int argc, char **argv)
         close(pipefd[1]);
         /* let it run 20-300 ms, reading its reports */
         FILE *in = fdopen(pipefd[0], "r");
-        uint64_t deadline = util_mono_ns() + (uint64_t)(20 + rand() % 280) * 1000000ull;
+        uint64_t deadline = util_mono_ns() + (uint64_t)(50 + rand() % 450) * 1000000ull;
         char line[2048];
         char inflight[16] = "";
         long acked = 0;
@@ -197,7 +197,7 @@ int main(int argc, char **argv)
         eng *e = open_engine(dir);
         for (int k = 0; k < N_IDS; k++) {
             char id[16];
-            snprintf(id, sizeof id, "x-%02d", k);
+            snprintf(id, sizeof id, "x-%03d", k);
             bool maybe = strcmp(id, inflight) == 0;
             eng_instance_view v;
             stm_err err;
