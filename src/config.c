@@ -52,7 +52,7 @@ typedef enum {
 } kind;
 
 typedef struct {
-    const char *section, *key; /* YAML section.key; section NULL = not in YAML */
+    const char *section, *key; /* YAML section.key */
     const char *env;           /* suffix after RSTMDB_/STMFS_; NULL = none */
     bool stmfs_only;           /* rstmdb has no such variable */
     kind kind;
