@@ -1,0 +1,281 @@
+/*
+ * frame.c - the RCP codec (format and rules in frame.h).
+ */
+#include "rcp/frame.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "base/crc32c.h"
+#include "base/json.h"
+
+static const char *const op_names[RCP_OP_COUNT] = {
+    "HELLO",          "AUTH",          "PING",         "BYE",
+    "INFO",           "PUT_MACHINE",   "GET_MACHINE",  "LIST_MACHINES",
+    "CREATE_INSTANCE", "GET_INSTANCE", "LIST_INSTANCES", "DELETE_INSTANCE",
+    "APPLY_EVENT",    "BATCH",         "SNAPSHOT_INSTANCE", "WAL_READ",
+    "WAL_STATS",      "COMPACT",       "WATCH_INSTANCE", "WATCH_ALL",
+    "UNWATCH",
+};
+
+int rcp_op_lookup(const char *name)
+{
+    for (int i = 0; i < RCP_OP_COUNT; i++)
+        if (strcmp(op_names[i], name) == 0) return i;
+    return -1;
+}
+
+const char *rcp_op_name(int op)
+{
+    return op >= 0 && op < RCP_OP_COUNT ? op_names[op] : "UNKNOWN";
+}
+
+void rcp_decoder_init(rcp_decoder *d, bool auto_detect)
+{
+    d->mode = RCP_WIRE_BINARY;
+    d->auto_detect = auto_detect;
+    d->scanned = 0;
+}
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint16_t be16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static rcp_dec_rc decode_binary(const char *p, size_t n, const char **payload, size_t *len,
+                                size_t *consumed, stm_err *err)
+{
+    const unsigned char *h = (const unsigned char *)p;
+    if (n < RCP_HDR_LEN) return RCP_DEC_NEED;
+    if (memcmp(h, "RCPX", 4) != 0) {
+        stm_fail(err, STM_BAD_REQUEST, "frame error: invalid magic");
+        return RCP_DEC_ERROR;
+    }
+    uint16_t version = be16(h + 4), flags = be16(h + 6), hlen = be16(h + 8);
+    uint32_t plen = be32(h + 10), crc = be32(h + 14);
+    if (version != 1) {
+        stm_fail(err, STM_BAD_REQUEST, "frame error: unsupported version %u", version);
+        return RCP_DEC_ERROR;
+    }
+    if (flags & ~RCP_FLAGS_KNOWN) {
+        stm_fail(err, STM_BAD_REQUEST, "frame error: reserved flag bits 0x%04x", flags);
+        return RCP_DEC_ERROR;
+    }
+    if (plen > RCP_MAX_PAYLOAD) {
+        stm_fail(err, STM_BAD_REQUEST, "frame error: payload of %u bytes over the 16 MiB limit",
+                 plen);
+        return RCP_DEC_ERROR;
+    }
+    size_t total = RCP_HDR_LEN + (size_t)hlen + plen;
+    if (n < total) return RCP_DEC_NEED;
+    const char *pl = p + RCP_HDR_LEN + hlen;
+    if ((flags & RCP_FLAG_CRC) && crc32c(0, pl, plen) != crc) {
+        stm_fail(err, STM_BAD_REQUEST, "frame error: CRC mismatch");
+        return RCP_DEC_ERROR;
+    }
+    *payload = pl;
+    *len = plen;
+    *consumed = total;
+    return RCP_DEC_FRAME;
+}
+
+static bool blank(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r') return false;
+    return true;
+}
+
+static rcp_dec_rc decode_line(rcp_decoder *d, const char *p, size_t n, const char **payload,
+                              size_t *len, size_t *consumed, stm_err *err)
+{
+    size_t skip = 0;
+    for (;;) {
+        /* Resume the search where the last call stopped: a long line that
+         * arrives in many reads is scanned once, not once per read. */
+        size_t from = skip + d->scanned;
+        const char *nl = from < n ? memchr(p + from, '\n', n - from) : NULL;
+        if (!nl) {
+            d->scanned = n - skip;
+            *consumed = skip;
+            if (n - skip > RCP_MAX_PAYLOAD + 2) {
+                stm_fail(err, STM_BAD_REQUEST, "frame error: line over the 16 MiB limit");
+                return RCP_DEC_ERROR;
+            }
+            return RCP_DEC_NEED;
+        }
+        d->scanned = 0;
+        size_t line = (size_t)(nl - (p + skip));
+        size_t l = line;
+        if (l && p[skip + l - 1] == '\r') l--;
+        if (blank(p + skip, l)) {
+            skip += line + 1;
+            continue;
+        }
+        if (l > RCP_MAX_PAYLOAD) {
+            stm_fail(err, STM_BAD_REQUEST, "frame error: line over the 16 MiB limit");
+            return RCP_DEC_ERROR;
+        }
+        *payload = p + skip;
+        *len = l;
+        *consumed = skip + line + 1;
+        return RCP_DEC_FRAME;
+    }
+}
+
+rcp_dec_rc rcp_decode(rcp_decoder *d, const char *p, size_t n, const char **payload, size_t *len,
+                      size_t *consumed, stm_err *err)
+{
+    *consumed = 0;
+    if (d->auto_detect && n > 0) {
+        /* A binary frame starts with 'R'; a JSON line with '{' (or blanks). */
+        if (p[0] == '{' || p[0] == ' ' || p[0] == '\n' || p[0] == '\r' || p[0] == '\t')
+            d->mode = RCP_WIRE_JSONL;
+        d->auto_detect = false;
+    }
+    if (d->mode == RCP_WIRE_JSONL) return decode_line(d, p, n, payload, len, consumed, err);
+    return decode_binary(p, n, payload, len, consumed, err);
+}
+
+/* ---- envelope ------------------------------------------------------------ */
+
+void rcp_request_free(rcp_request *r)
+{
+    cJSON_Delete(r->root);
+    r->root = NULL;
+}
+
+rcp_env_rc rcp_request_parse(const char *p, size_t n, rcp_request *r, stm_err *err)
+{
+    memset(r, 0, sizeof *r);
+    r->op = -1;
+    stm_err perr;
+    r->root = json_parse(p, n, &perr);
+    if (!r->root) {
+        stm_fail(err, STM_BAD_REQUEST, "%s", perr.msg);
+        return RCP_ENV_FATAL;
+    }
+    if (!cJSON_IsObject(r->root)) {
+        stm_fail(err, STM_BAD_REQUEST, "invalid request: the message is not a JSON object");
+        return RCP_ENV_FATAL;
+    }
+    const cJSON *id = json_get(r->root, "id");
+    if (!cJSON_IsString(id)) {
+        stm_fail(err, STM_BAD_REQUEST, "invalid request: %s `id`",
+                 id ? "invalid type for field" : "missing field");
+        return RCP_ENV_FATAL;
+    }
+    r->id = id->valuestring;
+    /* From here on the request can be answered: an error is a response. */
+    const cJSON *type = json_get(r->root, "type");
+    if (!cJSON_IsString(type)) {
+        stm_fail(err, STM_BAD_REQUEST, "invalid request: %s `type`",
+                 type ? "invalid type for field" : "missing field");
+        return RCP_ENV_BAD;
+    }
+    const cJSON *op = json_get(r->root, "op");
+    if (!cJSON_IsString(op)) {
+        stm_fail(err, STM_BAD_REQUEST, "invalid request: %s `op`",
+                 op ? "invalid type for field" : "missing field");
+        return RCP_ENV_BAD;
+    }
+    r->op = rcp_op_lookup(op->valuestring);
+    if (r->op < 0) {
+        char shown[64];
+        size_t l = strlen(op->valuestring);
+        snprintf(shown, sizeof shown, "%.48s%s", op->valuestring, l > 48 ? "..." : "");
+        stm_fail(err, STM_BAD_REQUEST, "invalid request: unknown operation `%s`", shown);
+        return RCP_ENV_BAD;
+    }
+    const cJSON *params = json_get(r->root, "params");
+    r->params = cJSON_IsNull(params) ? NULL : params;
+    return RCP_ENV_OK;
+}
+
+/* ---- output -------------------------------------------------------------- */
+
+void rcp_frame_header(unsigned char h[RCP_HDR_LEN], const void *payload, size_t len)
+{
+    uint32_t crc = crc32c(0, payload, len);
+    memcpy(h, "RCPX", 4);
+    h[4] = 0, h[5] = 1;  /* version 1 */
+    h[6] = 0, h[7] = 1;  /* CRC present */
+    h[8] = 0, h[9] = 0;  /* no header extension */
+    h[10] = (unsigned char)(len >> 24), h[11] = (unsigned char)(len >> 16);
+    h[12] = (unsigned char)(len >> 8), h[13] = (unsigned char)len;
+    h[14] = (unsigned char)(crc >> 24), h[15] = (unsigned char)(crc >> 16);
+    h[16] = (unsigned char)(crc >> 8), h[17] = (unsigned char)crc;
+}
+
+size_t rcp_msg_begin(buf *out, enum rcp_wire mode)
+{
+    size_t start = out->len;
+    if (mode == RCP_WIRE_BINARY) {
+        buf_reserve(out, RCP_HDR_LEN + 256);
+        memset(out->data + out->len, 0, RCP_HDR_LEN);
+        out->len += RCP_HDR_LEN;
+        out->data[out->len] = 0;
+    }
+    return start;
+}
+
+bool rcp_msg_end(buf *out, size_t start, enum rcp_wire mode)
+{
+    size_t hdr = mode == RCP_WIRE_BINARY ? RCP_HDR_LEN : 0;
+    size_t plen = out->len - start - hdr;
+    if (plen > RCP_MAX_PAYLOAD) {
+        out->len = start;
+        out->data[start] = 0;
+        return false;
+    }
+    if (mode == RCP_WIRE_BINARY)
+        rcp_frame_header((unsigned char *)out->data + start, out->data + start + hdr, plen);
+    else
+        buf_putc(out, '\n');
+    return true;
+}
+
+static void begin_response(buf *out, const char *id)
+{
+    buf_puts(out, "{\"type\":\"response\",\"id\":");
+    json_write_str(out, id);
+}
+
+bool rcp_write_ok(buf *out, enum rcp_wire mode, const char *id, const cJSON *result)
+{
+    size_t start = rcp_msg_begin(out, mode);
+    begin_response(out, id);
+    buf_puts(out, ",\"status\":\"ok\",\"result\":");
+    if (result) json_write(out, result, true);
+    else buf_puts(out, "{}");
+    buf_putc(out, '}');
+    return rcp_msg_end(out, start, mode);
+}
+
+bool rcp_write_error(buf *out, enum rcp_wire mode, const char *id, stm_code code,
+                     const char *message)
+{
+    if (code <= STM_OK || code >= STM_CODE_COUNT) code = STM_INTERNAL_ERROR;
+    size_t start = rcp_msg_begin(out, mode);
+    begin_response(out, id);
+    buf_puts(out, ",\"status\":\"error\",\"error\":{\"code\":\"");
+    buf_puts(out, stm_code_name(code));
+    buf_puts(out, "\",\"message\":");
+    json_write_str(out, message ? message : "");
+    buf_puts(out, stm_code_retryable(code) ? ",\"retryable\":true}}" : ",\"retryable\":false}}");
+    return rcp_msg_end(out, start, mode);
+}
+
+bool rcp_write_result_or_error(buf *out, enum rcp_wire mode, const char *id,
+                               const cJSON *result)
+{
+    if (rcp_write_ok(out, mode, id, result)) return true;
+    return rcp_write_error(out, mode, id, STM_BAD_REQUEST,
+                           "invalid request: the response would exceed the 16 MiB frame limit; "
+                           "ask for less (limit, offset, from_offset)");
+}

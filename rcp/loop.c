@@ -1,0 +1,162 @@
+/*
+ * loop.c - the epoll event loop (API in loop.h).
+ *
+ * Handlers live in an array indexed by fd, grown on demand, so dispatching
+ * an event is one array access. A handler may delete or add descriptors,
+ * including its own: every event of a batch is checked against the current
+ * table before its callback runs.
+ */
+#include "rcp/loop.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/buf.h"
+
+#define MAX_EVENTS 256
+
+typedef struct {
+    unsigned mask;
+    bool used;
+    rcp_loop_fn fn;
+    void *arg;
+} handler;
+
+struct rcp_loop {
+    int epfd;
+    handler *h;
+    int cap;
+    bool stop;
+    int tick_ms;
+    void (*tick)(rcp_loop *, void *);
+    void *tick_arg;
+    bool (*before_sleep)(rcp_loop *, void *);
+    void *bs_arg;
+    long long next_tick;
+};
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+rcp_loop *rcp_loop_new(stm_err *err)
+{
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    if (fd < 0) {
+        stm_fail(err, STM_INTERNAL_ERROR, "epoll_create1: %s", strerror(errno));
+        return NULL;
+    }
+    rcp_loop *l = xcalloc(1, sizeof *l);
+    l->epfd = fd;
+    return l;
+}
+
+void rcp_loop_free(rcp_loop *l)
+{
+    if (!l) return;
+    close(l->epfd);
+    free(l->h);
+    free(l);
+}
+
+static uint32_t ep_mask(unsigned mask)
+{
+    return (mask & RCP_EV_READ ? EPOLLIN : 0) | (mask & RCP_EV_WRITE ? EPOLLOUT : 0);
+}
+
+int rcp_loop_add(rcp_loop *l, int fd, unsigned mask, rcp_loop_fn fn, void *arg)
+{
+    if (fd < 0) return -1;
+    if (fd >= l->cap) {
+        int ncap = l->cap ? l->cap : 64;
+        while (ncap <= fd) ncap *= 2;
+        l->h = xrealloc(l->h, (size_t)ncap * sizeof *l->h);
+        memset(l->h + l->cap, 0, (size_t)(ncap - l->cap) * sizeof *l->h);
+        l->cap = ncap;
+    }
+    struct epoll_event ev = {.events = ep_mask(mask), .data.fd = fd};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) return -1;
+    l->h[fd] = (handler){mask, true, fn, arg};
+    return 0;
+}
+
+int rcp_loop_set(rcp_loop *l, int fd, unsigned mask)
+{
+    if (fd < 0 || fd >= l->cap || !l->h[fd].used) return -1;
+    if (l->h[fd].mask == mask) return 0;
+    struct epoll_event ev = {.events = ep_mask(mask), .data.fd = fd};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &ev) != 0) return -1;
+    l->h[fd].mask = mask;
+    return 0;
+}
+
+void rcp_loop_del(rcp_loop *l, int fd)
+{
+    if (fd < 0 || fd >= l->cap || !l->h[fd].used) return;
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+    memset(&l->h[fd], 0, sizeof l->h[fd]);
+}
+
+void rcp_loop_set_tick(rcp_loop *l, int ms, void (*fn)(rcp_loop *, void *), void *arg)
+{
+    l->tick_ms = ms;
+    l->tick = fn;
+    l->tick_arg = arg;
+    l->next_tick = now_ms() + ms;
+}
+
+void rcp_loop_set_before_sleep(rcp_loop *l, bool (*fn)(rcp_loop *, void *), void *arg)
+{
+    l->before_sleep = fn;
+    l->bs_arg = arg;
+}
+
+void rcp_loop_stop(rcp_loop *l)
+{
+    l->stop = true;
+}
+
+void rcp_loop_run(rcp_loop *l)
+{
+    struct epoll_event evs[MAX_EVENTS];
+    l->stop = false;
+    while (!l->stop) {
+        bool busy = l->before_sleep ? l->before_sleep(l, l->bs_arg) : false;
+        if (l->stop) break;
+        int timeout = -1;
+        if (busy) {
+            timeout = 0;
+        } else if (l->tick) {
+            long long d = l->next_tick - now_ms();
+            timeout = d < 0 ? 0 : (int)d;
+        }
+        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, timeout);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            break; /* the epoll fd itself is broken: nothing sensible is left */
+        }
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd < 0 || fd >= l->cap || !l->h[fd].used) continue;
+            handler h = l->h[fd];
+            unsigned got = 0;
+            uint32_t e = evs[i].events;
+            if (e & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) got |= RCP_EV_READ;
+            if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) got |= RCP_EV_WRITE;
+            if (e & (EPOLLERR | EPOLLHUP)) got |= h.mask & (RCP_EV_READ | RCP_EV_WRITE);
+            got &= h.mask | ((e & (EPOLLERR | EPOLLHUP)) ? RCP_EV_READ : 0);
+            if (got) h.fn(l, fd, h.arg, got);
+        }
+        if (l->tick && now_ms() >= l->next_tick) {
+            l->next_tick = now_ms() + l->tick_ms;
+            l->tick(l, l->tick_arg);
+        }
+    }
+}
