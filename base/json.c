@@ -144,8 +144,14 @@ void json_write_num(buf *out, double d)
         return;
     }
     if (d == floor(d) && fabs(d) < 9.2e18) {
-        snprintf(tmp, sizeof tmp, "%lld", (long long)d);
-        buf_puts(out, tmp);
+        /* integers are most numbers in practice: no printf on this path */
+        long long v = (long long)d;
+        unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+        char *p = tmp + sizeof tmp;
+        do *--p = (char)('0' + u % 10);
+        while (u /= 10);
+        if (v < 0) *--p = '-';
+        buf_add(out, p, (size_t)(tmp + sizeof tmp - p));
         return;
     }
     for (int prec = 15; prec <= 17; prec++) {
@@ -199,7 +205,22 @@ void json_write(buf *out, const cJSON *v, bool sort_keys)
         const cJSON **kids = n <= 16 ? small : xmalloc(n * sizeof *kids);
         size_t i = 0;
         for (const cJSON *c = v->child; c; c = c->next) kids[i++] = c;
-        if (sort_keys && n > 1) qsort(kids, n, sizeof *kids, cmp_keys);
+        if (sort_keys && n > 1) {
+            if (n <= 16) {
+                /* insertion sort: objects are small and usually sorted already */
+                for (size_t a = 1; a < n; a++) {
+                    const cJSON *k = kids[a];
+                    size_t b = a;
+                    while (b > 0 && strcmp(kids[b - 1]->string, k->string) > 0) {
+                        kids[b] = kids[b - 1];
+                        b--;
+                    }
+                    kids[b] = k;
+                }
+            } else {
+                qsort(kids, n, sizeof *kids, cmp_keys);
+            }
+        }
         for (i = 0; i < n; i++) {
             if (i) buf_putc(out, ',');
             json_write_str(out, kids[i]->string ? kids[i]->string : "");

@@ -343,15 +343,9 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
             wal_iter *it;
             rc = wal_iter_open(e->w, 0, false, &it, err);
             wal_record rec;
-            buf line = {0};
             while (rc == STM_OK && wal_iter_next(it, &rec, err) == 1 && rec.offset < boundary) {
-                cJSON *entry = json_parse(rec.payload, rec.len, NULL);
-                buf_reset(&line);
-                eng_render_entry(&line, entry, rec.offset, rec.seq);
-                cJSON_Delete(entry);
-                dropped += line.len;
+                dropped += eng_entry_len(rec.len, rec.offset, rec.seq);
             }
-            buf_free(&line);
             if (rc == STM_OK) wal_iter_close(it);
             if (rc == STM_OK) rc = wal_delete_before(e->w, boundary, segments, bytes, err);
             if (rc == STM_OK) {

@@ -333,12 +333,28 @@ void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t off
     buf_printf(out, ",\"chain\":\"%s\"}\n", hex);
 }
 
-void eng_render_entry(buf *out, const cJSON *entry, uint64_t offset, uint64_t seq)
+void eng_render_entry(buf *out, const char *payload, size_t len, uint64_t offset, uint64_t seq)
 {
     buf_puts(out, "{\"entry\":");
-    json_write(out, entry, true);
+    buf_add(out, payload, len);
     buf_printf(out, ",\"offset\":%llu,\"sequence\":%llu}\n", (unsigned long long)offset,
                (unsigned long long)seq);
+}
+
+static size_t digits(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+size_t eng_entry_len(size_t payload_len, uint64_t offset, uint64_t seq)
+{
+    return sizeof "{\"entry\":" - 1 + payload_len + sizeof ",\"offset\":" - 1 + digits(offset) +
+           sizeof ",\"sequence\":" - 1 + digits(seq) + sizeof "}\n" - 1;
 }
 
 /* ---- applying records --------------------------------------------------- */
@@ -363,7 +379,7 @@ static char *canonical_or_null(const cJSON *v)
     return json_canonical(v, NULL);
 }
 
-static void entries_account(eng *e, const wal_record *rec, const cJSON *entry)
+static void entries_account(eng *e, const wal_record *rec)
 {
     if (e->entries_count % ENTRY_INDEX_STEP == 0) {
         if (e->n_eidx == e->cap_eidx) {
@@ -375,26 +391,13 @@ static void entries_account(eng *e, const wal_record *rec, const cJSON *entry)
         e->eidx_off[e->n_eidx] = rec->offset;
         e->n_eidx++;
     }
-    if (e->replaying || !rec->len) {
-        buf line = {0};
-        eng_render_entry(&line, entry, rec->offset, rec->seq);
-        e->entries_bytes += line.len;
-        buf_free(&line);
-    } else {
-        /* Live records are written canonical, so the line is the payload
-         * verbatim between fixed pieces: no need to render it again. */
-        char nums[64];
-        int n = snprintf(nums, sizeof nums, "%llu%llu", (unsigned long long)rec->offset,
-                         (unsigned long long)rec->seq);
-        e->entries_bytes += sizeof "{\"entry\":" - 1 + rec->len + sizeof ",\"offset\":" - 1 +
-                            (size_t)n + sizeof ",\"sequence\":" - 1 + sizeof "}\n" - 1;
-    }
+    e->entries_bytes += eng_entry_len(rec->len, rec->offset, rec->seq);
     e->entries_count++;
 }
 
 stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm_err *err)
 {
-    if (!e->dry_run) entries_account(e, rec, entry);
+    if (!e->dry_run) entries_account(e, rec);
     const char *key = entry_str(entry, "idempotency_key");
     int64_t ts = entry_ts(entry);
     instance *in = NULL;
@@ -636,9 +639,7 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
             (e->snap_seq && rec.seq <= e->snap_seq)) {
             /* Not a change, or already in the loaded snapshot: it only counts
              * toward the entries file. */
-            cJSON *entry = json_parse(rec.payload, rec.len, NULL);
-            if (entry) entries_account(e, &rec, entry);
-            cJSON_Delete(entry);
+            entries_account(e, &rec);
             continue;
         }
         stm_err perr;

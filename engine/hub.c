@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RING_EVENTS 65536
-#define RING_BYTES (64u * 1024 * 1024)
+#define RING_EVENTS 16384
+#define RING_BYTES (16u * 1024 * 1024)
 
 typedef struct hevent {
     int refs;
@@ -116,7 +116,7 @@ static hevent *make_event(const wal_record *rec, const cJSON *entry, const char 
         if (c) json_write(&ctxb, c, true);
         ctx_text = ctxb.len ? ctxb.data : NULL;
     }
-    eng_render_entry(&entry_line, entry, rec->offset, rec->seq);
+    if (rec->payload) eng_render_entry(&entry_line, rec->payload, rec->len, rec->offset, rec->seq);
     struct packer pk = {.n = 0};
     const char *id = str_of(entry, "instance_id");
     int i_id = pack_add(&pk, id, id ? strlen(id) : 0);

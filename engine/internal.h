@@ -167,8 +167,12 @@ stm_code eng_write(eng *e, uint8_t type, buf *entry, wal_record *rec, stm_err *e
 /* Renders the history line of one record of an instance. */
 void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t offset,
                         uint64_t seq, const uint8_t chain[32]);
-/* Renders the wal/entries (and WAL_READ) form of a record: keys sorted. */
-void eng_render_entry(buf *out, const cJSON *entry, uint64_t offset, uint64_t seq);
+/* Renders the wal/entries line of a record: its payload verbatim (records
+ * stmfs writes are canonical JSON; rstmdb's put "type" first) between the
+ * offset and sequence. Verbatim keeps it exact and costs no parse. */
+void eng_render_entry(buf *out, const char *payload, size_t len, uint64_t offset, uint64_t seq);
+/* Its length, without rendering. */
+size_t eng_entry_len(size_t payload_len, uint64_t offset, uint64_t seq);
 
 /* idem.c-ish helpers in engine.c */
 idem_entry *idem_find(eng *e, const char *scope, const char *key);

@@ -100,10 +100,13 @@ static stm_code commit(eng *e, uint8_t type, cJSON *entry, wal_record *rec, stm_
     buf text = {0};
     json_write(&text, entry, true);
     stm_code rc = eng_write(e, type, &text, rec, err);
+    if (rc == STM_OK) {
+        rec->payload = text.data; /* what was written, for the entries line */
+        rec->len = (uint32_t)text.len;
+        rc = eng_apply_record(e, rec, entry, err);
+    }
     buf_free(&text);
-    if (rc != STM_OK) return rc;
-    rec->payload = NULL;
-    return eng_apply_record(e, rec, entry, err);
+    return rc;
 }
 
 /* Reads back the WAL entry of an earlier request (idempotent retries). The

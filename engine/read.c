@@ -297,10 +297,8 @@ stm_code eng_entries_read(eng *e, uint64_t from, size_t max, buf *out, uint64_t 
     int r;
     while (pos < from + max && pos < total && (r = wal_iter_next(it, &rec, err)) == 1) {
         if (rec.seq > eng_acked_seq(e) && (rc = eng_wait(e, rec.seq, err)) != STM_OK) break;
-        cJSON *entry = json_parse(rec.payload, rec.len, NULL);
         buf_reset(&line);
-        eng_render_entry(&line, entry, rec.offset, rec.seq);
-        cJSON_Delete(entry);
+        eng_render_entry(&line, rec.payload, rec.len, rec.offset, rec.seq);
         uint64_t lend = pos + line.len;
         uint64_t a = from > pos ? from : pos;
         uint64_t b = from + max < lend ? from + max : lend;
