@@ -294,6 +294,36 @@ static void compute_checksum(def *d)
     buf_free(&b);
 }
 
+static int cmp_key(const void *a, const void *b)
+{
+    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+    return strcmp(x->string, y->string);
+}
+
+/* Sorts object members by key at every level, so that everything derived
+ * from meta (YAML, def_normalised) is the same for the same checksum. */
+static void sort_keys(cJSON *v)
+{
+    if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) return;
+    size_t n = 0;
+    for (cJSON *c = v->child; c; c = c->next) {
+        sort_keys(c);
+        n++;
+    }
+    if (!cJSON_IsObject(v) || n < 2) return;
+    cJSON **kids = xmalloc(n * sizeof *kids);
+    size_t i = 0;
+    for (cJSON *c = v->child; c; c = c->next)
+        kids[i++] = c;
+    qsort(kids, n, sizeof *kids, cmp_key);
+    for (i = 0; i < n; i++) {
+        kids[i]->prev = i ? kids[i - 1] : kids[n - 1]; /* cJSON: head->prev is the tail */
+        kids[i]->next = i + 1 < n ? kids[i + 1] : NULL;
+    }
+    v->child = kids[0];
+    free(kids);
+}
+
 /* Builds the normalised tree; strings handed out later point into it. */
 static cJSON *normalise(const cJSON *dj)
 {
@@ -317,7 +347,11 @@ static cJSON *normalise(const cJSON *dj)
         cJSON_AddItemToArray(trs, o);
     }
     const cJSON *meta = json_get(dj, "meta");
-    if (meta && !cJSON_IsNull(meta)) cJSON_AddItemToObject(n, "meta", cJSON_Duplicate(meta, true));
+    if (meta && !cJSON_IsNull(meta)) {
+        cJSON *m = cJSON_Duplicate(meta, true);
+        sort_keys(m);
+        cJSON_AddItemToObject(n, "meta", m);
+    }
     return n;
 }
 
@@ -509,12 +543,6 @@ size_t def_events_from(const def *d, const char *state, const char **out, size_t
 }
 
 /* ---- canonical JSON text ---- */
-
-static int cmp_key(const void *a, const void *b)
-{
-    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
-    return strcmp(x->string, y->string);
-}
 
 static void indent(buf *out, int n)
 {

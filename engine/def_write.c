@@ -4,7 +4,8 @@
  *
  * YAML: block style in the order a person writes it (states, initial,
  * transitions with from/event/to/guard, meta). Strings are plain only when
- * no YAML reader (1.1 or 1.2) could take them for anything else; otherwise
+ * no YAML reader (1.1 or 1.2) could take them for anything else, in block
+ * or flow context (no spaces, no ,[]{}:#); otherwise
  * double-quoted with escapes for every character a YAML reader would fold,
  * drop or refuse. meta is written in flow style, which is JSON with spaces.
  *
@@ -143,7 +144,7 @@ void def_write_yaml(const def *d, buf *out)
     for (const cJSON *t = trs->child; t; t = t->next) {
         buf_puts(out, "\n  - from: [");
         for (const cJSON *f = json_get(t, "from")->child; f; f = f->next) {
-            yaml_quoted(out, f->valuestring);
+            yaml_str(out, f->valuestring);
             if (f->next) buf_puts(out, ", ");
         }
         buf_puts(out, "]\n    event: ");

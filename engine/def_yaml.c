@@ -168,6 +168,11 @@ cJSON *def_yaml_to_json(const char *text, size_t len, stm_err *err)
         stm_fail(err, STM_INTERNAL_ERROR, "cannot initialise the YAML parser");
         return NULL;
     }
+    if (!text) {
+        /* libyaml asserts on a NULL input, even an empty one. */
+        text = "";
+        len = 0;
+    }
     yaml_parser_set_input_string(&ps, (const unsigned char *)text, len);
     frame st[JSON_MAX_DEPTH + 1];
     size_t depth = 0;

@@ -620,6 +620,10 @@ START_TEST(yaml_scalars)
     yaml_is("", "null");
     yaml_is("---\na: 1\n...\n", "{\"a\":1}");
     yaml_is("a: &x 1\n", "{\"a\":1}");
+    stm_err err = {0};
+    cJSON *v = def_yaml_to_json(NULL, 0, &err);
+    ck_assert(cJSON_IsNull(v));
+    cJSON_Delete(v);
     yaml_is("{\"a\": [1, {\"b\": null}]}", "{\"a\":[1,{\"b\":null}]}");
 }
 END_TEST
@@ -689,13 +693,32 @@ START_TEST(yaml_write)
                                    "  - paid\n"
                                    "initial: created\n"
                                    "transitions:\n"
-                                   "  - from: [\"created\"]\n"
+                                   "  - from: [created]\n"
                                    "    event: PAY\n"
                                    "    to: paid\n"
                                    "    guard: \"ctx.a > 0\"\n"
-                                   "meta: {\"b\": [1, \"x\"], \"a\": {\"k\": null}}\n");
+                                   "meta: {\"a\": {\"k\": null}, \"b\": [1, \"x\"]}\n");
     buf_free(&b);
     yaml_round_trip(d);
+    /* Same checksum, same YAML and normalised tree, whatever the meta order. */
+    def *d2 = parse_ok("{'states':['created','paid'],'initial':'created','transitions':[{'from':"
+                       "['created'],'event':'PAY','to':'paid','guard':'ctx.a > 0'}],'meta':{'a':"
+                       "{'k':null},'b':[1,'x']}}");
+    ck_assert_str_eq(def_checksum(d2), def_checksum(d));
+    buf b2 = {0};
+    def_write_yaml(d, &b);
+    def_write_yaml(d2, &b2);
+    ck_assert_str_eq(buf_cstr(&b), buf_cstr(&b2));
+    cJSON *n1 = def_normalised(d), *n2 = def_normalised(d2);
+    char *t1 = cJSON_PrintUnformatted(n1), *t2 = cJSON_PrintUnformatted(n2);
+    ck_assert_str_eq(t1, t2);
+    free(t1);
+    free(t2);
+    cJSON_Delete(n1);
+    cJSON_Delete(n2);
+    buf_free(&b);
+    buf_free(&b2);
+    def_free(d2);
     def_free(d);
 }
 END_TEST
