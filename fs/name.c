@@ -1,0 +1,192 @@
+/*
+ * name.c - ids as path components, and the lines users write.
+ *
+ * Ids and machine names created over RCP may hold any bytes, but a path
+ * component cannot contain '/' and cannot be "." or "..". The escaping is
+ * the smallest that keeps every name reachable and keeps ordinary names as
+ * they are: '%' and '/' become %25 and %2F, "." and ".." become %2E and
+ * %2E%2E, and the empty id becomes %00. Decoding accepts only what encoding
+ * produces, so each name in the mount stands for exactly one id.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/json.h"
+#include "fs/internal.h"
+
+bool fs_name_needs_escape(const char *raw)
+{
+    if (!raw[0] || strcmp(raw, ".") == 0 || strcmp(raw, "..") == 0) return true;
+    return strpbrk(raw, "%/") != NULL;
+}
+
+void fs_name_encode(const char *raw, buf *out)
+{
+    if (!raw[0]) {
+        buf_puts(out, "%00");
+        return;
+    }
+    if (strcmp(raw, ".") == 0) {
+        buf_puts(out, "%2E");
+        return;
+    }
+    if (strcmp(raw, "..") == 0) {
+        buf_puts(out, "%2E%2E");
+        return;
+    }
+    for (const char *p = raw; *p; p++) {
+        if (*p == '%')
+            buf_puts(out, "%25");
+        else if (*p == '/')
+            buf_puts(out, "%2F");
+        else
+            buf_putc(out, *p);
+    }
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+bool fs_name_decode(const char *name, buf *out)
+{
+    if (strcmp(name, "%00") == 0) return true; /* the empty id */
+    if (strcmp(name, "%2E") == 0) {
+        buf_putc(out, '.');
+        return true;
+    }
+    if (strcmp(name, "%2E%2E") == 0) {
+        buf_puts(out, "..");
+        return true;
+    }
+    size_t start = out->len;
+    for (const char *p = name; *p; p++) {
+        if (*p != '%') {
+            buf_putc(out, *p);
+            continue;
+        }
+        int h = hexval(p[1]), l = h < 0 ? -1 : hexval(p[2]);
+        if (h < 0 || l < 0) return false;
+        char c = (char)(h * 16 + l);
+        /* only the two escapes encoding makes, upper-case, are names */
+        if ((c != '%' && c != '/') || p[1] != '2' || (p[2] != '5' && p[2] != 'F')) return false;
+        buf_putc(out, c);
+        p += 2;
+    }
+    /* "." or ".." can only be spelled with escapes, and "" only as %00 */
+    const char *d = out->data ? out->data + start : "";
+    size_t n = out->len - start;
+    if (n == 0 || (n == 1 && d[0] == '.') || (n == 2 && d[0] == '.' && d[1] == '.')) return false;
+    return true;
+}
+
+bool fs_version_name(const char *name, uint32_t *v)
+{
+    const char *dot = strrchr(name, '.');
+    if (!dot || strcmp(dot, ".json") != 0 || dot == name) return false;
+    uint64_t x = 0;
+    for (const char *p = name; p < dot; p++) {
+        if (!isdigit((unsigned char)*p)) return false;
+        x = x * 10 + (uint64_t)(*p - '0');
+        if (x > UINT32_MAX) return false;
+    }
+    /* "07.json" would alias "7.json": only the canonical spelling */
+    if (name[0] == '0' && dot - name > 1) return false;
+    *v = (uint32_t)x;
+    return true;
+}
+
+/* Trims spaces, tabs and a trailing CR (files edited on other systems). */
+static void trim(const char **s, size_t *n)
+{
+    while (*n && (**s == ' ' || **s == '\t')) (*s)++, (*n)--;
+    while (*n && ((*s)[*n - 1] == ' ' || (*s)[*n - 1] == '\t' || (*s)[*n - 1] == '\r')) (*n)--;
+}
+
+/* Splits "WORD [REST]" at the first blank. */
+static void split_word(const char *s, size_t n, size_t *wlen, const char **rest, size_t *rlen)
+{
+    size_t i = 0;
+    while (i < n && s[i] != ' ' && s[i] != '\t') i++;
+    *wlen = i;
+    *rest = s + i;
+    *rlen = n - i;
+    trim(rest, rlen);
+}
+
+cJSON *fs_event_line(const char *id, const char *line, size_t len, stm_err *err)
+{
+    err->code = STM_OK;
+    trim(&line, &len);
+    if (!len) return NULL;
+    cJSON *p;
+    if (line[0] == '{') {
+        p = json_parse(line, len, err);
+        if (!p) return NULL;
+        cJSON_DeleteItemFromObjectCaseSensitive(p, "instance_id");
+    } else {
+        size_t wl, rl;
+        const char *rest;
+        split_word(line, len, &wl, &rest, &rl);
+        if (wl > ENG_MAX_ID_LEN) {
+            stm_fail(err, STM_BAD_REQUEST, "event name longer than %d bytes", ENG_MAX_ID_LEN);
+            return NULL;
+        }
+        p = cJSON_CreateObject();
+        char *ev = xstrndup(line, wl);
+        cJSON_AddStringToObject(p, "event", ev);
+        free(ev);
+        if (rl) {
+            cJSON *payload = json_parse(rest, rl, err);
+            if (!payload) {
+                cJSON_Delete(p);
+                stm_fail(err, STM_BAD_REQUEST, "payload after the event is not JSON: %s",
+                         err->msg);
+                return NULL;
+            }
+            cJSON_AddItemToObject(p, "payload", payload);
+        }
+    }
+    cJSON_AddStringToObject(p, "instance_id", id);
+    return p;
+}
+
+cJSON *fs_new_line(const char *machine, uint32_t version, const char *line, size_t len,
+                   stm_err *err)
+{
+    err->code = STM_OK;
+    trim(&line, &len);
+    if (!len) return NULL;
+    cJSON *p;
+    if (line[0] == '{') {
+        p = json_parse(line, len, err);
+        if (!p) return NULL;
+        cJSON_DeleteItemFromObjectCaseSensitive(p, "machine");
+        if (!json_get(p, "version")) cJSON_AddNumberToObject(p, "version", version);
+    } else {
+        size_t wl, rl;
+        const char *rest;
+        split_word(line, len, &wl, &rest, &rl);
+        p = cJSON_CreateObject();
+        char *id = xstrndup(line, wl);
+        cJSON_AddStringToObject(p, "instance_id", id);
+        free(id);
+        cJSON_AddNumberToObject(p, "version", version);
+        if (rl) {
+            cJSON *ctx = json_parse(rest, rl, err);
+            if (!ctx) {
+                cJSON_Delete(p);
+                stm_fail(err, STM_BAD_REQUEST, "context after the id is not JSON: %s", err->msg);
+                return NULL;
+            }
+            cJSON_AddItemToObject(p, "initial_ctx", ctx);
+        }
+    }
+    cJSON_AddStringToObject(p, "machine", machine);
+    return p;
+}

@@ -1,0 +1,653 @@
+/*
+ * notify.c - from the engine's change feed to what the kernel and file
+ * watchers see.
+ *
+ * The notifier thread holds one subscription to every record (create,
+ * apply, delete, put_machine) and, for each, tells the kernel exactly which
+ * inodes and names went stale (fuse_lowlevel_notify_inval_*). It runs apart
+ * from the request handlers because a notification sent from inside a
+ * request can deadlock against the kernel's locks; writers that must see
+ * their own change wait for it (fs_notify_wait_seq) after the engine has
+ * acknowledged, never while the kernel holds a lock they would need.
+ *
+ * No notify call makes inotify fire (measured), so the helper thread then
+ * performs real operations on the mount: an open-write-close of state,
+ * ctx.json and history (MODIFY, CLOSE_WRITE), a mkdir or rmdir in
+ * instances/ (CREATE, DELETE). The handlers recognise the helper by its
+ * thread id and leave content alone. Bursts coalesce: the queue holds each
+ * (op, id) once.
+ *
+ * Watch files: every open watch handle has its own subscription, live from
+ * open time; the notifier moves its lines into the handle and answers the
+ * parked read or wakes poll. Wakeups come through an eventfd, so the
+ * engine's wake callback takes no lock of ours.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "base/util.h"
+#include "fs/internal.h"
+#include "wal/wal.h"
+
+struct fs_inval {
+    uint64_t ino, parent;
+    char *name;
+    uint64_t ticket;
+    struct fs_inval *next;
+};
+
+struct fs_selfop {
+    int kind;
+    char *name;                 /* encoded instance name */
+    struct fs_selfop *next;
+};
+
+struct fs_watchfh {
+    fs *f;
+    eng_sub *sub;
+    bool all;
+    atomic_bool woke;
+    pthread_mutex_t lock;
+    buf pending;
+    fuse_req_t parked;
+    size_t parked_size;
+    struct fuse_pollhandle *ph;
+    fs_watchfh *next;
+};
+
+static int efd = -1; /* one mount per process */
+
+static void kick(void)
+{
+    uint64_t one = 1;
+    if (efd >= 0 && write(efd, &one, sizeof one) < 0) {
+        /* the counter is saturated: a wakeup is pending anyway */
+    }
+}
+
+static void sub_wake(void *arg)
+{
+    (void)arg;
+    kick();
+}
+
+/* ---- the helper's own operations ----------------------------------------- */
+
+int fs_self_op(fs *f, fuse_req_t req, const char **name)
+{
+    const struct fuse_ctx *c = fuse_req_ctx(req);
+    int tid = atomic_load(&f->helper_tid);
+    if (!tid || c->pid != tid) return SELF_NONE;
+    pthread_mutex_lock(&f->slock);
+    int k = f->self_kind;
+    *name = f->self_name;
+    pthread_mutex_unlock(&f->slock);
+    return k;
+}
+
+/* ids the mount itself removed with rmdir: their DELETE was seen already */
+static char **skips;
+static size_t n_skips;
+
+void fs_notify_skip(fs *f, const char *id)
+{
+    pthread_mutex_lock(&f->nlock);
+    skips = xrealloc(skips, (n_skips + 1) * sizeof *skips);
+    skips[n_skips++] = xstrdup(id);
+    pthread_mutex_unlock(&f->nlock);
+}
+
+static bool take_skip(const char *id)
+{
+    for (size_t i = 0; i < n_skips; i++)
+        if (strcmp(skips[i], id) == 0) {
+            free(skips[i]);
+            skips[i] = skips[--n_skips];
+            return true;
+        }
+    return false;
+}
+
+#define SELF_QUEUE_MAX 100000
+static size_t n_self;
+
+/* Queues a self-op unless the same one is already waiting (caller holds nlock). */
+static void self_push(fs *f, int kind, const char *id)
+{
+    buf nm = {0};
+    fs_name_encode(id, &nm);
+    for (struct fs_selfop *s = f->self_q; s; s = s->next)
+        if (s->kind == kind && strcmp(s->name, buf_cstr(&nm)) == 0) {
+            buf_free(&nm);
+            return;
+        }
+    if (n_self >= SELF_QUEUE_MAX) {
+        buf_free(&nm);
+        return;
+    }
+    struct fs_selfop *s = xcalloc(1, sizeof *s);
+    s->kind = kind;
+    s->name = buf_detach(&nm, NULL);
+    /* append, so creates come before the touches and deletes that follow */
+    struct fs_selfop **pp = &f->self_q;
+    while (*pp) pp = &(*pp)->next;
+    *pp = s;
+    n_self++;
+}
+
+static void set_self(fs *f, int kind, const char *name)
+{
+    pthread_mutex_lock(&f->slock);
+    f->self_kind = kind;
+    f->self_name = (char *)name;
+    pthread_mutex_unlock(&f->slock);
+}
+
+static void touch_file(fs *f, const char *path)
+{
+    (void)f;
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    /* one byte, which our write handler takes and drops: MODIFY needs a
+     * write that returns more than 0; CLOSE_WRITE follows on close */
+    if (write(fd, "\n", 1) < 0) {
+        /* the instance went away meanwhile */
+    }
+    close(fd);
+}
+
+static void *helper_main(void *arg)
+{
+    fs *f = arg;
+    atomic_store(&f->helper_tid, (int)syscall(SYS_gettid));
+    buf path = {0};
+    pthread_mutex_lock(&f->nlock);
+    for (;;) {
+        while (!f->nstop && !f->self_q) pthread_cond_wait(&f->hcond, &f->nlock);
+        if (f->nstop) break;
+        struct fs_selfop *s = f->self_q;
+        f->self_q = s->next;
+        n_self--;
+        pthread_mutex_unlock(&f->nlock);
+
+        buf_reset(&path);
+        buf_printf(&path, "%s/instances/%s", f->mnt, s->name);
+        set_self(f, s->kind, s->name);
+        if (s->kind == SELF_CREATE) {
+            /* drop any cached dentry so the mkdir reaches us */
+            pthread_mutex_lock(&f->lock);
+            fs_node *in = fs_node_find(f, K_INSTANCES, NULL, NULL, 0);
+            uint64_t iino = in ? in->ino : 0;
+            pthread_mutex_unlock(&f->lock);
+            if (iino) fuse_lowlevel_notify_inval_entry(f->se, iino, s->name, strlen(s->name));
+            if (mkdir(buf_cstr(&path), 0755) < 0 && errno != EEXIST)
+                log_debug("mount: inotify create of %s: %s", s->name, strerror(errno));
+        } else if (s->kind == SELF_DELETE) {
+            if (rmdir(buf_cstr(&path)) < 0 && errno != ENOENT)
+                log_debug("mount: inotify delete of %s: %s", s->name, strerror(errno));
+        } else {
+            static const char *const files[] = {"state", "ctx.json", "history"};
+            size_t base = path.len;
+            for (size_t i = 0; i < 3; i++) {
+                path.len = base;
+                buf_printf(&path, "/%s", files[i]);
+                touch_file(f, buf_cstr(&path));
+            }
+        }
+        set_self(f, SELF_NONE, NULL);
+        free(s->name);
+        free(s);
+        pthread_mutex_lock(&f->nlock);
+    }
+    pthread_mutex_unlock(&f->nlock);
+    buf_free(&path);
+    return NULL;
+}
+
+/* ---- invalidation -------------------------------------------------------- */
+
+typedef struct {
+    uint64_t *inos;
+    size_t n, cap;
+} inoset;
+
+static void ino_add(inoset *s, uint64_t ino)
+{
+    if (!ino) return;
+    for (size_t i = s->n > 16 ? s->n - 16 : 0; i < s->n; i++)
+        if (s->inos[i] == ino) return;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 32;
+        s->inos = xrealloc(s->inos, s->cap * sizeof *s->inos);
+    }
+    s->inos[s->n++] = ino;
+}
+
+static uint64_t ino_of(fs *f, enum fs_kind k, const char *a, const char *b, uint32_t ver)
+{
+    fs_node *n = fs_node_find(f, k, a, b, ver);
+    return n ? n->ino : 0;
+}
+
+static void inval_name(fs *f, uint64_t parent, const char *raw, uint64_t child)
+{
+    buf nm = {0};
+    fs_name_encode(raw, &nm);
+    int r = -ENOENT;
+    if (child)
+        r = fuse_lowlevel_notify_delete(f->se, parent, child, nm.data, nm.len);
+    if (r)
+        fuse_lowlevel_notify_inval_entry(f->se, parent, nm.data, nm.len);
+    buf_free(&nm);
+}
+
+/* What one record makes stale. Inode numbers are looked up under f->lock;
+ * the kernel is told after it is released. */
+static void on_event(fs *f, const eng_event *ev, inoset *data, inoset *attrs)
+{
+    const char *id = ev->instance_id;
+    static const enum fs_kind inst_kinds[] = {K_STATE, K_CTX, K_INFO, K_EVENTS, K_HISTORY};
+    uint64_t instances_ino = 0, minsts_ino = 0, inst_ino = 0, link_ino = 0, machines_ino = 0,
+             versions_ino = 0;
+    pthread_mutex_lock(&f->lock);
+    ino_add(data, ino_of(f, K_WAL_ENTRIES, NULL, NULL, 0));
+    ino_add(data, ino_of(f, K_WAL_STATS, NULL, NULL, 0));
+    ino_add(attrs, ino_of(f, K_WAL, NULL, NULL, 0));
+    f->wal_mtime = ev->ts;
+    switch (ev->type) {
+    case WAL_T_CREATE_INSTANCE:
+    case WAL_T_DELETE_INSTANCE:
+        instances_ino = ino_of(f, K_INSTANCES, NULL, NULL, 0);
+        minsts_ino = ev->machine ? ino_of(f, K_MINSTS, ev->machine, NULL, 0) : 0;
+        inst_ino = ino_of(f, K_INST, id, NULL, 0);
+        link_ino = ev->machine ? ino_of(f, K_MLINK, ev->machine, id, 0) : 0;
+        ino_add(attrs, instances_ino);
+        ino_add(attrs, minsts_ino);
+        f->instances_mtime = ev->ts;
+        /* fall through: the instance's own files changed as well */
+        /* FALLTHROUGH */
+    case WAL_T_APPLY_EVENT:
+        for (size_t i = 0; i < sizeof inst_kinds / sizeof inst_kinds[0]; i++)
+            ino_add(data, ino_of(f, inst_kinds[i], id, NULL, 0));
+        ino_add(attrs, ino_of(f, K_INST, id, NULL, 0));
+        ino_add(attrs, ino_of(f, K_WATCH, id, NULL, 0));
+        ino_add(attrs, ino_of(f, K_IERROR, id, NULL, 0));
+        break;
+    case WAL_T_PUT_MACHINE: {
+        machines_ino = ino_of(f, K_MACHINES, NULL, NULL, 0);
+        versions_ino = ino_of(f, K_VERSIONS, ev->machine, NULL, 0);
+        ino_add(attrs, machines_ino);
+        ino_add(attrs, versions_ino);
+        ino_add(attrs, ino_of(f, K_MACHINE, ev->machine, NULL, 0));
+        static const enum fs_kind mk[] = {K_DEF_JSON, K_DEF_YAML, K_GRAPH, K_NEW, K_MERROR};
+        for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++)
+            ino_add(data, ino_of(f, mk[i], ev->machine, NULL, 0));
+        ino_add(data, ino_of(f, K_VERSION, ev->machine, NULL, ev->version));
+        /* temps renamed over the definition read as it */
+        for (size_t i = 0; i < f->nbuckets; i++)
+            for (fs_node *n = f->by_key[i]; n; n = n->next_key)
+                if (n->alias && n->a && strcmp(n->a, ev->machine) == 0) ino_add(data, n->ino);
+        f->machines_mtime = ev->ts;
+        break;
+    }
+    default: break;
+    }
+    pthread_mutex_unlock(&f->lock);
+
+    if (ev->type == WAL_T_CREATE_INSTANCE) {
+        if (instances_ino) inval_name(f, instances_ino, id, 0);
+        if (minsts_ino) inval_name(f, minsts_ino, id, 0);
+    } else if (ev->type == WAL_T_DELETE_INSTANCE) {
+        if (instances_ino) inval_name(f, instances_ino, id, inst_ino);
+        if (minsts_ino) inval_name(f, minsts_ino, id, link_ino);
+    } else if (ev->type == WAL_T_PUT_MACHINE) {
+        if (machines_ino) inval_name(f, machines_ino, ev->machine, 0);
+        if (versions_ino) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "%u.json", ev->version);
+            fuse_lowlevel_notify_inval_entry(f->se, versions_ino, nm, strlen(nm));
+        }
+    }
+
+    pthread_mutex_lock(&f->nlock);
+    if (ev->type == WAL_T_CREATE_INSTANCE) {
+        self_push(f, SELF_CREATE, id);
+    } else if (ev->type == WAL_T_APPLY_EVENT) {
+        self_push(f, SELF_TOUCH, id);
+    } else if (ev->type == WAL_T_DELETE_INSTANCE) {
+        if (!take_skip(id)) self_push(f, SELF_DELETE, id);
+    }
+    pthread_mutex_unlock(&f->nlock);
+}
+
+/* Every inode the kernel holds: after the feed dropped events. */
+static void inval_all(fs *f, inoset *data)
+{
+    pthread_mutex_lock(&f->lock);
+    for (size_t i = 0; i < f->nbuckets; i++)
+        for (fs_node *n = f->by_key[i]; n; n = n->next_key) ino_add(data, n->ino);
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* ---- watch files --------------------------------------------------------- */
+
+static void watch_service(fs_watchfh *w)
+{
+    eng_event ev;
+    uint64_t resume;
+    int r;
+    buf add = {0};
+    while ((r = eng_sub_next(w->sub, &ev, &resume)) == 1) {
+        const char *line = w->all ? ev.entry_line : ev.history_line;
+        if (line) buf_puts(&add, line);
+    }
+    if (r < 0) log_warn("mount: a watch reader fell behind; lines were dropped");
+    pthread_mutex_lock(&w->lock);
+    if (add.len) buf_add(&w->pending, add.data, add.len);
+    fuse_req_t req = NULL;
+    buf out = {0};
+    if (w->parked && w->pending.len) {
+        req = w->parked;
+        w->parked = NULL;
+        size_t n = w->pending.len < w->parked_size ? w->pending.len : w->parked_size;
+        buf_add(&out, w->pending.data, n);
+        memmove(w->pending.data, w->pending.data + n, w->pending.len - n);
+        w->pending.len -= n;
+    }
+    struct fuse_pollhandle *ph = NULL;
+    if (w->ph && w->pending.len) {
+        ph = w->ph;
+        w->ph = NULL;
+    }
+    pthread_mutex_unlock(&w->lock);
+    if (req) fuse_reply_buf(req, out.data, out.len);
+    if (ph) {
+        fuse_lowlevel_notify_poll(ph);
+        fuse_pollhandle_destroy(ph);
+    }
+    buf_free(&out);
+    buf_free(&add);
+}
+
+static void watch_wake(void *arg)
+{
+    fs_watchfh *w = arg;
+    atomic_store(&w->woke, true);
+    kick();
+}
+
+fs_watchfh *fs_watch_open(fs *f, const char *id, stm_err *err)
+{
+    fs_watchfh *w = xcalloc(1, sizeof *w);
+    w->f = f;
+    w->all = id == NULL;
+    pthread_mutex_init(&w->lock, NULL);
+    eng_filter flt;
+    memset(&flt, 0, sizeof flt);
+    flt.instance_id = id;
+    flt.apply_only = false;
+    if (eng_subscribe(f->e, &flt, watch_wake, w, &w->sub, err) != STM_OK) {
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+        return NULL;
+    }
+    pthread_mutex_lock(&f->nlock);
+    w->next = f->watches;
+    f->watches = w;
+    pthread_mutex_unlock(&f->nlock);
+    return w;
+}
+
+static void watch_interrupted(fuse_req_t req, void *arg)
+{
+    fs_watchfh *w = arg;
+    pthread_mutex_lock(&w->lock);
+    bool mine = w->parked == req;
+    if (mine) w->parked = NULL;
+    pthread_mutex_unlock(&w->lock);
+    if (mine) fuse_reply_err(req, EINTR);
+}
+
+void fs_watch_read(fs *f, fs_watchfh *w, fuse_req_t req, size_t size)
+{
+    (void)f;
+    pthread_mutex_lock(&w->lock);
+    if (w->pending.len) {
+        size_t n = w->pending.len < size ? w->pending.len : size;
+        fuse_reply_buf(req, w->pending.data, n);
+        memmove(w->pending.data, w->pending.data + n, w->pending.len - n);
+        w->pending.len -= n;
+        pthread_mutex_unlock(&w->lock);
+        return;
+    }
+    pthread_mutex_unlock(&w->lock);
+    /* registered before the request is published, so that an interrupt
+     * can never find it half-parked; checked again after */
+    fuse_req_interrupt_func(req, watch_interrupted, w);
+    pthread_mutex_lock(&w->lock);
+    if (w->parked) {
+        /* one read at a time per handle (cat reads in sequence) */
+        pthread_mutex_unlock(&w->lock);
+        fuse_reply_err(req, EBUSY);
+        return;
+    }
+    w->parked = req;
+    w->parked_size = size;
+    pthread_mutex_unlock(&w->lock);
+    if (fuse_req_interrupted(req)) watch_interrupted(req, w);
+    atomic_store(&w->woke, true);
+    kick(); /* lines may have arrived between the check and parking */
+}
+
+void fs_watch_poll(fs *f, fs_watchfh *w, fuse_req_t req, struct fuse_pollhandle *ph)
+{
+    (void)f;
+    pthread_mutex_lock(&w->lock);
+    if (ph) {
+        if (w->ph) fuse_pollhandle_destroy(w->ph);
+        w->ph = ph;
+    }
+    unsigned rev = w->pending.len ? POLLIN : 0;
+    pthread_mutex_unlock(&w->lock);
+    fuse_reply_poll(req, rev);
+    atomic_store(&w->woke, true);
+    kick();
+}
+
+void fs_watch_release(fs *f, fs_watchfh *w)
+{
+    pthread_mutex_lock(&f->nlock);
+    for (fs_watchfh **pp = &f->watches; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    pthread_mutex_unlock(&f->nlock);
+    eng_unsubscribe(w->sub);
+    fuse_req_t req = w->parked;
+    w->parked = NULL;
+    if (req) fuse_reply_err(req, EINTR);
+    if (w->ph) fuse_pollhandle_destroy(w->ph);
+    buf_free(&w->pending);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}
+
+/* ---- the notifier -------------------------------------------------------- */
+
+static void *notifier_main(void *arg)
+{
+    fs *f = arg;
+    inoset data = {0}, attrs = {0};
+    for (;;) {
+        struct pollfd pfd = {.fd = efd, .events = POLLIN};
+        poll(&pfd, 1, 1000);
+        uint64_t cnt;
+        if (read(efd, &cnt, sizeof cnt) < 0) {
+            /* nothing pending: a timeout */
+        }
+        pthread_mutex_lock(&f->nlock);
+        bool stop = f->nstop;
+        struct fs_inval *q = f->inval_q;
+        f->inval_q = NULL;
+        pthread_mutex_unlock(&f->nlock);
+        if (stop) break;
+
+        /* the feed */
+        eng_event ev;
+        uint64_t resume, maxseq = 0;
+        int r;
+        data.n = attrs.n = 0;
+        while ((r = eng_sub_next(f->sub, &ev, &resume)) == 1) {
+            on_event(f, &ev, &data, &attrs);
+            if (ev.seq > maxseq) maxseq = ev.seq;
+        }
+        if (r < 0) {
+            log_warn("mount: change feed fell behind; invalidating everything");
+            eng_unsubscribe(f->sub);
+            eng_filter flt;
+            memset(&flt, 0, sizeof flt);
+            stm_err err;
+            if (eng_subscribe(f->e, &flt, sub_wake, f, &f->sub, &err) != STM_OK)
+                log_error("mount: resubscribe: %s", err.msg);
+            inval_all(f, &data);
+        }
+        for (size_t i = 0; i < data.n; i++)
+            fuse_lowlevel_notify_inval_inode(f->se, data.inos[i], 0, 0);
+        for (size_t i = 0; i < attrs.n; i++)
+            fuse_lowlevel_notify_inval_inode(f->se, attrs.inos[i], -1, 0);
+
+        /* what handlers asked for */
+        uint64_t ticket = 0;
+        while (q) {
+            struct fs_inval *n = q->next;
+            if (q->name)
+                fuse_lowlevel_notify_inval_entry(f->se, q->parent, q->name, strlen(q->name));
+            if (q->ino) fuse_lowlevel_notify_inval_inode(f->se, q->ino, 0, 0);
+            if (q->ticket > ticket) ticket = q->ticket;
+            free(q->name);
+            free(q);
+            q = n;
+        }
+
+        /* watch files */
+        pthread_mutex_lock(&f->nlock);
+        for (fs_watchfh *w = f->watches; w; w = w->next)
+            if (atomic_exchange(&w->woke, false)) watch_service(w);
+        if (maxseq > f->done_seq) f->done_seq = maxseq;
+        if (ticket > f->done_ticket) f->done_ticket = ticket;
+        pthread_cond_broadcast(&f->ndone);
+        if (f->self_q) pthread_cond_signal(&f->hcond);
+        pthread_mutex_unlock(&f->nlock);
+    }
+    free(data.inos);
+    free(attrs.inos);
+    return NULL;
+}
+
+static void wait_until(fs *f, const uint64_t *field, uint64_t v)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 2; /* a stuck kernel must not hang a writer forever */
+    pthread_mutex_lock(&f->nlock);
+    while (*field < v && !f->nstop)
+        if (pthread_cond_timedwait(&f->ndone, &f->nlock, &ts) == ETIMEDOUT) break;
+    pthread_mutex_unlock(&f->nlock);
+}
+
+void fs_notify_wait_seq(fs *f, uint64_t seq)
+{
+    kick();
+    wait_until(f, &f->done_seq, seq);
+}
+
+void fs_notify_inval(fs *f, uint64_t ino, uint64_t parent, const char *name, bool wait)
+{
+    struct fs_inval *q = xcalloc(1, sizeof *q);
+    q->ino = ino;
+    q->parent = parent;
+    q->name = name ? xstrdup(name) : NULL;
+    pthread_mutex_lock(&f->nlock);
+    q->ticket = ++f->tickets;
+    q->next = f->inval_q;
+    f->inval_q = q;
+    uint64_t t = q->ticket;
+    pthread_mutex_unlock(&f->nlock);
+    kick();
+    if (wait) wait_until(f, &f->done_ticket, t);
+}
+
+int fs_notify_start(fs *f, stm_err *err)
+{
+    pthread_mutex_init(&f->nlock, NULL);
+    pthread_mutex_init(&f->slock, NULL);
+    pthread_cond_init(&f->ncond, NULL);
+    pthread_cond_init(&f->ndone, NULL);
+    pthread_cond_init(&f->hcond, NULL);
+    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) {
+        stm_fail(err, STM_INTERNAL_ERROR, "eventfd: %s", strerror(errno));
+        return -1;
+    }
+    f->done_seq = eng_acked_seq(f->e);
+    eng_filter flt;
+    memset(&flt, 0, sizeof flt);
+    if (eng_subscribe(f->e, &flt, sub_wake, f, &f->sub, err) != STM_OK) return -1;
+    if (pthread_create(&f->notifier, NULL, notifier_main, f) != 0) {
+        stm_fail(err, STM_INTERNAL_ERROR, "cannot start the notifier thread");
+        return -1;
+    }
+    f->notifier_started = true;
+    if (!f->ro) {
+        if (pthread_create(&f->helper, NULL, helper_main, f) != 0) {
+            stm_fail(err, STM_INTERNAL_ERROR, "cannot start the inotify helper thread");
+            return -1;
+        }
+        f->helper_started = true;
+    }
+    return 0;
+}
+
+void fs_notify_stop(fs *f)
+{
+    pthread_mutex_lock(&f->nlock);
+    f->nstop = true;
+    pthread_cond_broadcast(&f->hcond);
+    pthread_cond_broadcast(&f->ndone);
+    pthread_mutex_unlock(&f->nlock);
+    kick();
+    if (f->notifier_started) pthread_join(f->notifier, NULL);
+    if (f->helper_started) pthread_join(f->helper, NULL);
+    f->notifier_started = f->helper_started = false;
+    if (f->sub) eng_unsubscribe(f->sub);
+    f->sub = NULL;
+    while (f->self_q) {
+        struct fs_selfop *s = f->self_q;
+        f->self_q = s->next;
+        free(s->name);
+        free(s);
+    }
+    while (f->inval_q) {
+        struct fs_inval *q = f->inval_q;
+        f->inval_q = q->next;
+        free(q->name);
+        free(q);
+    }
+    for (size_t i = 0; i < n_skips; i++) free(skips[i]);
+    free(skips);
+    skips = NULL;
+    n_skips = 0;
+    n_self = 0;
+    if (efd >= 0) close(efd);
+    efd = -1;
+}
