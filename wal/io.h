@@ -27,4 +27,38 @@ typedef struct wal_io {
 /* The real thing. */
 extern const wal_io wal_posix_io;
 
+#ifdef STM_FAULT_INJECTION
+/* Built only with -Dfault_injection=true (the define reaches every target
+ * that depends on wal). wal_fault_io forwards to the real calls, counting
+ * them per operation, and fails or tears the ones a test picked. State is
+ * process-wide; tests reset it between cases. */
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef enum {
+    WAL_FAULT_OPEN,
+    WAL_FAULT_PREAD,
+    WAL_FAULT_PWRITE,
+    WAL_FAULT_FDATASYNC,
+    WAL_FAULT_FTRUNCATE,
+    WAL_FAULT_RENAME,
+    WAL_FAULT_UNLINK,
+    WAL_FAULT_FSYNC_DIR,
+    WAL_FAULT_NOPS
+} wal_fault_op;
+
+extern const wal_io wal_fault_io;
+/* Clears every rule (call counters keep counting). */
+void wal_fault_reset(void);
+/* Calls nth..nth+count-1 of op, counted from now (nth 1 = the next call),
+ * fail with errno err; count 0 = that call and every later one. nth 0
+ * removes the rule. */
+void wal_fault_fail(wal_fault_op op, unsigned long nth, unsigned long count, int err);
+/* The nth pwrite from now writes only its first keep bytes, then fails
+ * with EIO, as a write torn by a full disk or a dying device would. */
+void wal_fault_tear(unsigned long nth, size_t keep);
+/* Calls of op made so far through wal_fault_io. */
+unsigned long wal_fault_calls(wal_fault_op op);
+#endif
+
 #endif

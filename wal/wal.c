@@ -1,2 +1,812 @@
-/* placeholder: replaced by this module's implementation */
-typedef int stm_placeholder_wal_wal_c;
+/*
+ * wal.c - opening and closing the log, appending, the flusher thread.
+ *
+ * The on-disk format, the hash chain and the durability rules are in wal.h.
+ * How the pieces fit:
+ *
+ *   appenders ──(mu)──> pending group buffer + chunk list (one chunk per
+ *                       segment touched), seq/chain/offset assigned here
+ *   flusher   ──swap──> writes each chunk with one pwrite; creating a new
+ *                       segment first fdatasyncs the previous one, then
+ *                       creates the file and fsyncs the directory; then one
+ *                       fdatasync per group as the policy says
+ *   watermarks          written_seq <= synced_seq ... acked_seq follows the
+ *                       policy; waiters and the listener see it move
+ *
+ * Only the flusher writes segment files once the log is open, so no file
+ * lock is needed between appenders; recovery (recover.c) runs before the
+ * flusher starts.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "base/crc32c.h"
+#include "base/util.h"
+#include "wal/internal.h"
+
+/* ---- small shared helpers ---------------------------------------------- */
+
+void wal_make_header(unsigned char h[WAL_HEADER_SIZE], uint8_t type, uint32_t len, uint32_t crc,
+                     uint64_t seq)
+{
+    memcpy(h, "WLOG", 4);
+    h[4] = type;
+    h[5] = 0;
+    h[6] = h[7] = 0;
+    wal_put32(h + 8, len);
+    wal_put32(h + 12, crc);
+    wal_put64(h + 16, seq);
+}
+
+bool wal_type_valid(uint8_t type)
+{
+    return (type >= WAL_T_PUT_MACHINE && type <= WAL_T_CHECKPOINT) || type == WAL_T_NOOP;
+}
+
+void wal_chain_step(EVP_MD_CTX *md, const EVP_MD *sha, const uint8_t prev[32],
+                    const unsigned char *hdr, const void *payload, uint32_t len, uint8_t out[32])
+{
+    unsigned int n = 32;
+    EVP_DigestInit_ex(md, sha, NULL);
+    EVP_DigestUpdate(md, prev, 32);
+    EVP_DigestUpdate(md, hdr, WAL_HEADER_SIZE);
+    if (len) EVP_DigestUpdate(md, payload, len);
+    EVP_DigestFinal_ex(md, out, &n);
+}
+
+void wal_hex(const uint8_t h[32], char out[65])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = digits[h[i] >> 4];
+        out[2 * i + 1] = digits[h[i] & 15];
+    }
+    out[64] = 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+bool wal_unhex(const char *hex, uint8_t h[32])
+{
+    for (int i = 0; i < 32; i++) {
+        int a = hexval(hex[2 * i]);
+        if (a < 0) return false;
+        int b = hexval(hex[2 * i + 1]);
+        if (b < 0) return false;
+        h[i] = (uint8_t)(a << 4 | b);
+    }
+    return hex[64] == 0;
+}
+
+/* The checkpoint payload is fixed text, so wal needs no JSON library: the
+ * key order and spelling below are the format. */
+int wal_ckpt_format(char *out, size_t n, int64_t ts, const uint8_t chain[32], uint64_t seq)
+{
+    char hex[65];
+    wal_hex(chain, hex);
+    return snprintf(out, n,
+                    "{\"type\":\"checkpoint\",\"timestamp\":%lld,\"chain\":\"%s\","
+                    "\"chain_seq\":%llu}",
+                    (long long)ts, hex, (unsigned long long)seq);
+}
+
+static bool eat(const char **p, const char *end, const char *lit)
+{
+    size_t n = strlen(lit);
+    if ((size_t)(end - *p) < n || memcmp(*p, lit, n) != 0) return false;
+    *p += n;
+    return true;
+}
+
+static bool eat_uint(const char **p, const char *end, uint64_t *v)
+{
+    const char *s = *p;
+    if (s < end && *s == '-') s++;
+    if (s >= end || *s < '0' || *s > '9') return false;
+    uint64_t x = 0;
+    while (s < end && *s >= '0' && *s <= '9') {
+        if (x > (UINT64_MAX - 9) / 10) return false;
+        x = x * 10 + (uint64_t)(*s++ - '0');
+    }
+    *v = x;
+    *p = s;
+    return true;
+}
+
+bool wal_ckpt_parse(const char *p, uint32_t len, uint8_t chain[32], uint64_t *seq)
+{
+    const char *end = p + len;
+    uint64_t ts;
+    char hex[65];
+    if (!eat(&p, end, "{\"type\":\"checkpoint\",\"timestamp\":") || !eat_uint(&p, end, &ts) ||
+        !eat(&p, end, ",\"chain\":\"") || end - p < 64)
+        return false;
+    memcpy(hex, p, 64);
+    hex[64] = 0;
+    p += 64;
+    if (!wal_unhex(hex, chain) || !eat(&p, end, "\",\"chain_seq\":") || !eat_uint(&p, end, seq) ||
+        !eat(&p, end, "}"))
+        return false;
+    return p == end;
+}
+
+stm_code wal_sync_policy_parse(const char *text, wal_sync_policy *out, stm_err *err)
+{
+    const char *t = text ? text : "";
+    while (*t == ' ') t++;
+    if (strcasecmp(t, "every_write") == 0) {
+        *out = (wal_sync_policy){WAL_SYNC_EVERY_WRITE, 0};
+        return STM_OK;
+    }
+    if (strcasecmp(t, "never") == 0) {
+        *out = (wal_sync_policy){WAL_SYNC_NEVER, 0};
+        return STM_OK;
+    }
+    wal_sync_mode mode;
+    if (strncasecmp(t, "every_n:", 8) == 0)
+        mode = WAL_SYNC_EVERY_N;
+    else if (strncasecmp(t, "every_ms:", 9) == 0)
+        mode = WAL_SYNC_EVERY_MS;
+    else
+        goto bad;
+    {
+        const char *n = strchr(t, ':') + 1;
+        while (*n == ' ') n++;
+        uint64_t v;
+        const char *p = n, *end = n + strlen(n);
+        if (*n == '-' || !eat_uint(&p, end, &v) || v > UINT32_MAX) goto bad;
+        while (*p == ' ') p++;
+        if (*p) goto bad;
+        *out = (wal_sync_policy){mode, (uint32_t)v};
+        return STM_OK;
+    }
+bad:
+    return stm_fail(err, STM_BAD_REQUEST,
+                    "unknown fsync policy '%s': use every_write, every_n:N, every_ms:M or never",
+                    text ? text : "");
+}
+
+void wal_sync_policy_format(const wal_sync_policy *p, char *out, size_t n)
+{
+    switch (p->mode) {
+    case WAL_SYNC_EVERY_WRITE: snprintf(out, n, "every_write"); break;
+    case WAL_SYNC_EVERY_N: snprintf(out, n, "every_n:%u", p->arg); break;
+    case WAL_SYNC_EVERY_MS: snprintf(out, n, "every_ms:%u", p->arg); break;
+    case WAL_SYNC_NEVER: snprintf(out, n, "never"); break;
+    }
+}
+
+/* ---- segments and anchors ---------------------------------------------- */
+
+wal_seg *wal_seg_new(const wal_io *io, const char *dir, uint64_t id)
+{
+    size_t n = strlen(dir) + 32;
+    wal_seg *s = xcalloc(1, sizeof *s + n);
+    s->id = id;
+    s->fd = -1;
+    s->refs = 1;
+    s->io = io;
+    snprintf(s->path, n, "%s/%016llx.wal", dir, (unsigned long long)id);
+    return s;
+}
+
+void wal_seg_ref(wal_seg *s)
+{
+    s->refs++;
+}
+
+void wal_seg_unref(wal *w, wal_seg *s)
+{
+    (void)w;
+    if (--s->refs > 0) return;
+    if (s->fd >= 0) s->io->close(s->fd);
+    free(s->idx);
+    free(s);
+}
+
+void wal_seg_index(wal_seg *s, uint64_t pos)
+{
+    if (s->nidx && pos - s->idx[s->nidx - 1] < WAL_INDEX_EVERY) return;
+    if (s->nidx == s->idxcap) {
+        s->idxcap = s->idxcap ? 2 * s->idxcap : 16;
+        s->idx = xrealloc(s->idx, s->idxcap * sizeof *s->idx);
+    }
+    s->idx[s->nidx++] = pos;
+}
+
+void wal_add_anchor(wal *w, uint64_t offset, const uint8_t before[32])
+{
+    if (w->nanchors == w->anchorcap) {
+        w->anchorcap = w->anchorcap ? 2 * w->anchorcap : 16;
+        w->anchors = xrealloc(w->anchors, w->anchorcap * sizeof *w->anchors);
+    }
+    w->anchors[w->nanchors].offset = offset;
+    memcpy(w->anchors[w->nanchors].before, before, 32);
+    w->nanchors++;
+}
+
+void wal_push_seg(wal *w, wal_seg *s)
+{
+    if (w->nsegs == w->segcap) {
+        w->segcap = w->segcap ? 2 * w->segcap : 8;
+        w->segs = xrealloc(w->segs, w->segcap * sizeof *w->segs);
+    }
+    w->segs[w->nsegs++] = s;
+}
+
+/* ---- appending (caller holds mu) --------------------------------------- */
+
+static void put_record(wal *w, wal_seg *seg, uint8_t type, const void *p, uint32_t len,
+                       uint32_t crc, wal_record *rec)
+{
+    unsigned char h[WAL_HEADER_SIZE];
+    uint64_t seq = w->next_seq++;
+    uint64_t pos = seg->size;
+    wal_make_header(h, type, len, crc, seq);
+
+    wal_chunk *c = w->nchunks ? &w->chunks[w->nchunks - 1] : NULL;
+    if (!c || c->seg != seg) {
+        if (w->nchunks == w->chunkcap) {
+            w->chunkcap = w->chunkcap ? 2 * w->chunkcap : 8;
+            w->chunks = xrealloc(w->chunks, w->chunkcap * sizeof *w->chunks);
+        }
+        c = &w->chunks[w->nchunks++];
+        *c = (wal_chunk){.seg = seg, .pos = pos, .off = w->pend.len};
+        wal_seg_ref(seg);
+    }
+    buf_add(&w->pend, h, sizeof h);
+    if (len) buf_add(&w->pend, p, len);
+    c->len += sizeof h + len;
+    c->last_seq = seq;
+    c->records++;
+
+    uint64_t off = WAL_OFFSET(seg->id, pos);
+    if (type == WAL_T_CHECKPOINT) wal_add_anchor(w, off, w->chain);
+    wal_chain_step(w->md, w->sha, w->chain, h, p, len, w->chain);
+    wal_seg_index(seg, pos);
+    seg->size += sizeof h + len;
+    w->head_seq = seq;
+    if (type == WAL_T_CHECKPOINT) {
+        w->since_ckpt = 0;
+    } else {
+        w->since_ckpt += sizeof h + len;
+        w->cur_has_data = true;
+    }
+    if (rec) {
+        rec->offset = off;
+        rec->seq = seq;
+        rec->type = type;
+        rec->len = len;
+        rec->payload = NULL;
+        memcpy(rec->chain, w->chain, 32);
+        rec->has_chain = true;
+    }
+}
+
+static void put_checkpoint(wal *w, wal_seg *seg)
+{
+    char p[WAL_CKPT_MAX];
+    int n = wal_ckpt_format(p, sizeof p, util_now_ms(), w->chain, w->head_seq);
+    put_record(w, seg, WAL_T_CHECKPOINT, p, (uint32_t)n, crc32c(0, p, (size_t)n), NULL);
+}
+
+static wal_seg *rotate(wal *w)
+{
+    wal_seg *cur = w->segs[w->nsegs - 1];
+    wal_seg *s = wal_seg_new(w->io, w->dir, cur->id + 1);
+    wal_push_seg(w, s);
+    w->cur_has_data = false;
+    /* Carrying the chain into the segment's first record keeps the log
+     * verifiable from its oldest segment once older ones are compacted. */
+    put_checkpoint(w, s);
+    return s;
+}
+
+stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal_record *rec,
+                    stm_err *err)
+{
+    if (len > WAL_MAX_PAYLOAD)
+        return stm_fail(err, STM_WAL_IO_ERROR,
+                        "record too large: %u bytes of payload, the limit is %u", len,
+                        WAL_MAX_PAYLOAD);
+    if (!wal_type_valid(type) || type == WAL_T_CHECKPOINT)
+        return stm_fail(err, STM_BAD_REQUEST, "record type %u cannot be appended", type);
+    uint32_t crc = crc32c(0, payload, len);
+    uint64_t need = WAL_HEADER_SIZE + (uint64_t)len;
+
+    pthread_mutex_lock(&w->mu);
+    if (w->read_only) {
+        pthread_mutex_unlock(&w->mu);
+        return stm_fail(err, STM_WAL_IO_ERROR, "the write-ahead log in %s is open read-only",
+                        w->dir);
+    }
+    while (!w->failed && !w->stop && w->pend.len > 0 &&
+           w->pend.len + need + 2 * (WAL_HEADER_SIZE + WAL_CKPT_MAX) > WAL_PENDING_MAX)
+        pthread_cond_wait(&w->space_cv, &w->mu);
+    if (w->failed || w->stop) {
+        stm_code rc = stm_fail(err, STM_WAL_IO_ERROR, "%s",
+                               w->failed ? w->fail_msg : "the write-ahead log is closing");
+        pthread_mutex_unlock(&w->mu);
+        return rc;
+    }
+    wal_seg *cur = w->segs[w->nsegs - 1];
+    bool ckpt = w->since_ckpt >= WAL_CHECKPOINT_EVERY;
+    uint64_t total = need + (ckpt ? WAL_HEADER_SIZE + WAL_CKPT_MAX : 0);
+    if (w->cur_has_data && cur->size + total > w->segment_size) {
+        cur = rotate(w);
+        ckpt = false;
+    }
+    if (ckpt) put_checkpoint(w, cur);
+    put_record(w, cur, type, payload, len, crc, rec);
+    pthread_cond_signal(&w->work_cv);
+    pthread_mutex_unlock(&w->mu);
+    return STM_OK;
+}
+
+/* ---- the flusher --------------------------------------------------------- */
+
+static void set_acked(wal *w)
+{
+    bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
+                  (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
+    uint64_t a = strict ? w->synced_seq : w->written_seq;
+    if (a > w->acked_seq) w->acked_seq = a;
+}
+
+static void fail_locked(wal *w, const char *what, const char *path, int e)
+{
+    if (!w->failed) {
+        w->failed = true;
+        snprintf(w->fail_msg, sizeof w->fail_msg,
+                 "%s failed on %s: %s; the write-ahead log takes no more writes until stmfs is "
+                 "restarted",
+                 what, path, strerror(e));
+    }
+    for (size_t i = 0; i < w->nchunks; i++) wal_seg_unref(w, w->chunks[i].seg);
+    w->nchunks = 0;
+    buf_reset(&w->pend);
+    pthread_cond_broadcast(&w->acked_cv);
+    pthread_cond_broadcast(&w->space_cv);
+}
+
+static bool write_all(const wal_io *io, int fd, const char *p, size_t n, uint64_t pos, int *e)
+{
+    while (n) {
+        ssize_t k = io->pwrite(fd, p, n, (off_t)pos);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            *e = k < 0 ? errno : EIO;
+            return false;
+        }
+        p += k;
+        n -= (size_t)k;
+        pos += (uint64_t)k;
+    }
+    return true;
+}
+
+static uint64_t mono_ns(void)
+{
+    return util_mono_ns();
+}
+
+static void *flusher_main(void *arg)
+{
+    wal *w = arg;
+    buf gb = {0};
+    wal_chunk *gc = NULL;
+    size_t gcap = 0;
+    wal_seg *dirty = NULL; /* segment with written, unsynced bytes (holds a ref) */
+    uint64_t deadline = 0;  /* every_ms: when the oldest unsynced write must be synced */
+    uint64_t last_listened = 0;
+
+    pthread_mutex_lock(&w->mu);
+    last_listened = w->acked_seq;
+    for (;;) {
+        for (;;) {
+            if (w->failed) {
+                if (w->stop) goto out;
+            } else {
+                if (w->pend.len || w->sync_target > w->synced_seq) break;
+                if (deadline && mono_ns() >= deadline) break;
+                if (w->stop) goto out;
+            }
+            if (deadline && !w->failed) {
+                struct timespec ts = {(time_t)(deadline / 1000000000u),
+                                      (long)(deadline % 1000000000u)};
+                pthread_cond_timedwait(&w->work_cv, &w->mu, &ts);
+            } else {
+                pthread_cond_wait(&w->work_cv, &w->mu);
+            }
+        }
+
+        /* Take the whole pending group; appenders refill the other buffer. */
+        buf tb = w->pend;
+        w->pend = gb;
+        gb = tb;
+        wal_chunk *tc = w->chunks;
+        size_t ncs = w->nchunks, tcap = w->chunkcap;
+        w->chunks = gc;
+        w->chunkcap = gcap;
+        w->nchunks = 0;
+        gc = tc;
+        gcap = tcap;
+        pthread_cond_broadcast(&w->space_cv);
+        pthread_mutex_unlock(&w->mu);
+
+        const char *what = NULL, *path = NULL;
+        int e = 0;
+        for (size_t i = 0; i < ncs && !what; i++) {
+            wal_chunk *c = &gc[i];
+            if (dirty && dirty != c->seg) {
+                /* Rotation: the old segment must be durable before any
+                 * record of the new one can count as durable. */
+                if (w->io->fdatasync(dirty->fd) != 0) {
+                    what = "fdatasync", path = dirty->path, e = errno;
+                    break;
+                }
+                pthread_mutex_lock(&w->mu);
+                w->fsyncs++;
+                w->synced_seq = w->written_seq;
+                w->unsynced_records = 0;
+                wal_seg_unref(w, dirty);
+                pthread_mutex_unlock(&w->mu);
+                dirty = NULL;
+            }
+            if (c->seg->fd < 0) {
+                int fd = w->io->open(c->seg->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+                if (fd < 0) {
+                    what = "creating the segment", path = c->seg->path, e = errno;
+                    break;
+                }
+                pthread_mutex_lock(&w->mu);
+                c->seg->fd = fd;
+                pthread_mutex_unlock(&w->mu);
+                if (w->io->fsync_dir(w->dir) != 0) {
+                    what = "fsync of the directory", path = w->dir, e = errno;
+                    break;
+                }
+            }
+            if (!write_all(w->io, c->seg->fd, gb.data + c->off, c->len, c->pos, &e)) {
+                what = "write", path = c->seg->path;
+                break;
+            }
+            pthread_mutex_lock(&w->mu);
+            c->seg->written = c->pos + c->len;
+            w->written_seq = c->last_seq;
+            w->bytes_written += c->len;
+            w->writes += c->records;
+            w->unsynced_records += c->records;
+            if (!dirty) {
+                dirty = c->seg;
+                wal_seg_ref(dirty);
+            }
+            pthread_mutex_unlock(&w->mu);
+        }
+
+        pthread_mutex_lock(&w->mu);
+        for (size_t i = 0; i < ncs; i++) wal_seg_unref(w, gc[i].seg);
+        buf_reset(&gb);
+        if (what) {
+            fail_locked(w, what, path, e);
+        } else {
+            bool sync = false;
+            bool pendingsync = w->written_seq > w->synced_seq;
+            switch (w->sync.mode) {
+            case WAL_SYNC_EVERY_WRITE: sync = true; break;
+            case WAL_SYNC_EVERY_N:
+                sync = w->sync.arg == 0 || w->unsynced_records >= w->sync.arg;
+                break;
+            case WAL_SYNC_EVERY_MS:
+                if (pendingsync && !deadline)
+                    deadline = mono_ns() + (uint64_t)w->sync.arg * 1000000u;
+                sync = deadline && mono_ns() >= deadline;
+                break;
+            case WAL_SYNC_NEVER: break;
+            }
+            if (w->sync_target > w->synced_seq) sync = true;
+            if (sync && pendingsync && dirty) {
+                uint64_t upto = w->written_seq;
+                pthread_mutex_unlock(&w->mu);
+                int rc = w->io->fdatasync(dirty->fd);
+                int se = errno;
+                pthread_mutex_lock(&w->mu);
+                if (rc != 0) {
+                    fail_locked(w, "fdatasync", dirty->path, se);
+                } else {
+                    w->fsyncs++;
+                    w->synced_seq = upto;
+                    w->unsynced_records = 0;
+                }
+            } else if (sync) {
+                w->synced_seq = w->written_seq;
+            }
+            if (w->synced_seq >= w->written_seq) deadline = 0;
+        }
+        if (!w->failed) set_acked(w);
+        pthread_cond_broadcast(&w->acked_cv);
+        uint64_t acked = w->acked_seq;
+        bool failed = w->failed;
+        void (*fn)(void *, uint64_t, bool) = w->listener;
+        void *fa = w->listener_arg;
+        if (fn && (acked > last_listened || (failed && last_listened != UINT64_MAX))) {
+            last_listened = failed ? UINT64_MAX : acked;
+            pthread_mutex_unlock(&w->mu);
+            fn(fa, acked, failed);
+            pthread_mutex_lock(&w->mu);
+        }
+    }
+out:
+    if (dirty) wal_seg_unref(w, dirty);
+    pthread_mutex_unlock(&w->mu);
+    buf_free(&gb);
+    free(gc);
+    return NULL;
+}
+
+/* ---- open / close ------------------------------------------------------ */
+
+static int mkdir_p(const char *dir)
+{
+    char *p = xstrdup(dir);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            free(p);
+            return -1;
+        }
+        *s = '/';
+    }
+    int rc = mkdir(p, 0755);
+    free(p);
+    return rc == 0 || errno == EEXIST ? 0 : -1;
+}
+
+static void wal_free(wal *w)
+{
+    for (size_t i = 0; i < w->nchunks; i++) wal_seg_unref(w, w->chunks[i].seg);
+    for (size_t i = 0; i < w->nsegs; i++) wal_seg_unref(w, w->segs[i]);
+    free(w->segs);
+    free(w->chunks);
+    free(w->anchors);
+    buf_free(&w->pend);
+    if (w->md) EVP_MD_CTX_free(w->md);
+    if (w->sha) EVP_MD_free(w->sha);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->work_cv);
+    pthread_cond_destroy(&w->acked_cv);
+    pthread_cond_destroy(&w->space_cv);
+    free(w->dir);
+    free(w);
+}
+
+stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *err)
+{
+    wal_recovery dummy;
+    if (!rep) rep = &dummy;
+    memset(rep, 0, sizeof *rep);
+    *out = NULL;
+    if (!opts || !opts->dir || !*opts->dir)
+        return stm_fail(err, STM_BAD_REQUEST, "no write-ahead log directory given");
+    if (opts->read_only && opts->repair)
+        return stm_fail(err, STM_BAD_REQUEST, "a read-only open cannot repair the log");
+
+    wal *w = xcalloc(1, sizeof *w);
+    w->dir = xstrdup(opts->dir);
+    size_t dl = strlen(w->dir);
+    while (dl > 1 && w->dir[dl - 1] == '/') w->dir[--dl] = 0;
+    w->io = opts->io ? opts->io : &wal_posix_io;
+    w->segment_size = opts->segment_size;
+    w->sync = opts->sync;
+    w->read_only = opts->read_only;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->work_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&w->acked_cv, NULL);
+    pthread_cond_init(&w->space_cv, NULL);
+    w->sha = EVP_MD_fetch(NULL, "SHA256", NULL);
+    w->md = EVP_MD_CTX_new();
+    if (!w->sha || !w->md) {
+        wal_free(w);
+        return stm_fail(err, STM_INTERNAL_ERROR, "OpenSSL has no SHA-256");
+    }
+    w->next_seq = 1;
+
+    if (!w->read_only && mkdir_p(w->dir) != 0) {
+        stm_code rc = stm_fail(err, STM_WAL_IO_ERROR, "cannot create the directory %s: %s",
+                               w->dir, strerror(errno));
+        wal_free(w);
+        return rc;
+    }
+    stm_code rc = wal_recover(w, opts->repair, rep, err);
+    if (rc != STM_OK) {
+        wal_free(w);
+        return rc;
+    }
+    w->written_seq = w->synced_seq = w->acked_seq = w->next_seq - 1;
+
+    if (!w->read_only) {
+        /* What recovery found may sit only in the page cache (the previous
+         * process died, the kernel did not): make it as durable as what we
+         * are about to acknowledge on top of it. */
+        wal_seg *cur = w->segs[w->nsegs - 1];
+        if (cur->written && w->io->fdatasync(cur->fd) != 0) {
+            rc = stm_fail(err, STM_WAL_IO_ERROR, "fdatasync of %s failed: %s", cur->path,
+                          strerror(errno));
+            wal_free(w);
+            return rc;
+        }
+        if (pthread_create(&w->flusher, NULL, flusher_main, w) != 0) {
+            wal_free(w);
+            return stm_fail(err, STM_INTERNAL_ERROR, "cannot start the WAL flusher thread");
+        }
+        w->flusher_running = true;
+    }
+    *out = w;
+    return STM_OK;
+}
+
+stm_code wal_close(wal *w, stm_err *err)
+{
+    if (!w) return STM_OK;
+    stm_code rc = STM_OK;
+    if (w->flusher_running) {
+        pthread_mutex_lock(&w->mu);
+        if (!w->failed && w->head_seq > w->open_seq && w->since_ckpt > 0)
+            put_checkpoint(w, w->segs[w->nsegs - 1]);
+        w->sync_target = w->next_seq - 1;
+        w->stop = true;
+        pthread_cond_broadcast(&w->work_cv);
+        pthread_cond_broadcast(&w->space_cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->flusher, NULL);
+        if (w->failed) rc = stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
+    }
+    wal_free(w);
+    return rc;
+}
+
+/* ---- waiting ----------------------------------------------------------- */
+
+uint64_t wal_acked_seq(wal *w)
+{
+    pthread_mutex_lock(&w->mu);
+    uint64_t a = w->acked_seq;
+    pthread_mutex_unlock(&w->mu);
+    return a;
+}
+
+stm_code wal_wait(wal *w, uint64_t seq, stm_err *err)
+{
+    pthread_mutex_lock(&w->mu);
+    if (seq >= w->next_seq) {
+        uint64_t n = w->next_seq;
+        pthread_mutex_unlock(&w->mu);
+        return stm_fail(err, STM_BAD_REQUEST, "sequence %llu has not been appended (next is %llu)",
+                        (unsigned long long)seq, (unsigned long long)n);
+    }
+    while (w->acked_seq < seq && !w->failed) pthread_cond_wait(&w->acked_cv, &w->mu);
+    stm_code rc = STM_OK;
+    if (w->acked_seq < seq) rc = stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+void wal_set_listener(wal *w, void (*fn)(void *arg, uint64_t acked_seq, bool failed), void *arg)
+{
+    pthread_mutex_lock(&w->mu);
+    w->listener = fn;
+    w->listener_arg = arg;
+    pthread_mutex_unlock(&w->mu);
+}
+
+stm_code wal_sync(wal *w, stm_err *err)
+{
+    pthread_mutex_lock(&w->mu);
+    if (w->read_only) {
+        pthread_mutex_unlock(&w->mu);
+        return STM_OK;
+    }
+    uint64_t target = w->next_seq - 1;
+    if (target > w->sync_target) w->sync_target = target;
+    pthread_cond_signal(&w->work_cv);
+    while (w->synced_seq < target && !w->failed) pthread_cond_wait(&w->acked_cv, &w->mu);
+    stm_code rc = STM_OK;
+    if (w->synced_seq < target) rc = stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+/* ---- stats and compaction ---------------------------------------------- */
+
+void wal_get_stats(wal *w, wal_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    pthread_mutex_lock(&w->mu);
+    st->entry_count = w->next_seq - 1;
+    st->segment_count = w->nsegs;
+    for (size_t i = 0; i < w->nsegs; i++) {
+        st->total_size_bytes += w->segs[i]->size;
+        if (!st->first_offset && w->segs[i]->size) st->first_offset = WAL_OFFSET(w->segs[i]->id, 0);
+    }
+    st->latest_offset = w->nsegs ? WAL_OFFSET(w->segs[w->nsegs - 1]->id, w->segs[w->nsegs - 1]->size)
+                                 : WAL_OFFSET(1, 0);
+    st->bytes_written = w->bytes_written;
+    st->writes = w->writes;
+    st->fsyncs = w->fsyncs;
+    st->bytes_read = __atomic_load_n(&w->bytes_read, __ATOMIC_RELAXED);
+    st->reads = __atomic_load_n(&w->reads, __ATOMIC_RELAXED);
+    st->acked_seq = w->acked_seq;
+    st->written_seq = w->written_seq;
+    st->synced_seq = w->synced_seq;
+    memcpy(st->head_chain, w->chain, 32);
+    st->failed = w->failed;
+    pthread_mutex_unlock(&w->mu);
+}
+
+stm_code wal_delete_before(wal *w, uint64_t offset, uint64_t *segments, uint64_t *bytes,
+                           stm_err *err)
+{
+    uint64_t nseg = 0, nbytes = 0;
+    if (segments) *segments = 0;
+    if (bytes) *bytes = 0;
+    if (w->read_only)
+        return stm_fail(err, STM_WAL_IO_ERROR, "the write-ahead log in %s is open read-only",
+                        w->dir);
+    /* New segments' directory entries are made durable before old ones go,
+     * so a crash never leaves a directory missing both. */
+    if (w->io->fsync_dir(w->dir) != 0)
+        return stm_fail(err, STM_WAL_IO_ERROR, "fsync of the directory %s failed: %s", w->dir,
+                        strerror(errno));
+    pthread_mutex_lock(&w->mu);
+    size_t n = 0;
+    while (n + 1 < w->nsegs && WAL_OFFSET(w->segs[n]->id + 1, 0) <= offset &&
+           w->segs[n]->written == w->segs[n]->size)
+        n++;
+    wal_seg **gone = xmalloc((n ? n : 1) * sizeof *gone);
+    memcpy(gone, w->segs, n * sizeof *gone);
+    memmove(w->segs, w->segs + n, (w->nsegs - n) * sizeof *w->segs);
+    w->nsegs -= n;
+    uint64_t keep = w->nsegs ? WAL_OFFSET(w->segs[0]->id, 0) : 0;
+    size_t a = 0;
+    while (a < w->nanchors && w->anchors[a].offset < keep) a++;
+    memmove(w->anchors, w->anchors + a, (w->nanchors - a) * sizeof *w->anchors);
+    w->nanchors -= a;
+    pthread_mutex_unlock(&w->mu);
+
+    stm_code rc = STM_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (rc == STM_OK && w->io->unlink(gone[i]->path) != 0 && errno != ENOENT)
+            rc = stm_fail(err, STM_WAL_IO_ERROR, "cannot delete %s: %s", gone[i]->path,
+                          strerror(errno));
+        if (rc == STM_OK) {
+            nseg++;
+            nbytes += gone[i]->size;
+        }
+    }
+    if (rc == STM_OK && n && w->io->fsync_dir(w->dir) != 0)
+        rc = stm_fail(err, STM_WAL_IO_ERROR, "fsync of the directory %s failed: %s", w->dir,
+                      strerror(errno));
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < n; i++) wal_seg_unref(w, gone[i]);
+    pthread_mutex_unlock(&w->mu);
+    free(gone);
+    if (segments) *segments = nseg;
+    if (bytes) *bytes = nbytes;
+    return rc;
+}

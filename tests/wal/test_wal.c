@@ -1,0 +1,1218 @@
+/*
+ * test_wal.c - unit tests of wal/: format, rotation, recovery, hash chain,
+ * group commit, fsync policies, iteration, faults, and the rstmdb fixtures.
+ *
+ * Each test works in its own directory under $TMPDIR. The fixtures are
+ * copied before use (STMFS_TESTDATA points at ../shared/testdata).
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/crc32c.h"
+#include "wal/io.h"
+#include "wal/wal.h"
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static char tmp[256];
+
+static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+static void setup(void)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(tmp, sizeof tmp, "%s/stmwal-XXXXXX", t && *t ? t : "/tmp");
+    ck_assert_ptr_nonnull(mkdtemp(tmp));
+}
+
+static void teardown(void)
+{
+    nftw(tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static char *path_in(const char *name)
+{
+    static char p[4][512];
+    static int k;
+    k = (k + 1) % 4;
+    snprintf(p[k], sizeof p[k], "%s/%s", tmp, name);
+    return p[k];
+}
+
+static char *seg_path(const char *dir, uint64_t id)
+{
+    static char p[512];
+    snprintf(p, sizeof p, "%s/%016llx.wal", dir, (unsigned long long)id);
+    return p;
+}
+
+static wal *open_wal(const char *dir, uint64_t segsize, const char *policy)
+{
+    wal_opts o = {.dir = dir, .segment_size = segsize};
+    stm_err err = {0};
+    ck_assert_int_eq(wal_sync_policy_parse(policy, &o.sync, &err), STM_OK);
+    wal *w = NULL;
+    stm_code rc = wal_open(&o, &w, NULL, &err);
+    ck_assert_msg(rc == STM_OK, "open %s: %s", dir, err.msg);
+    return w;
+}
+
+static void close_wal(wal *w)
+{
+    stm_err err = {0};
+    ck_assert_msg(wal_close(w, &err) == STM_OK, "close: %s", err.msg);
+}
+
+static void payload_for(uint64_t i, char *out, size_t *len)
+{
+    /* Lengths cycle through 0..700 so records cross index points. */
+    size_t n = (i * 37) % 700;
+    int h = snprintf(out, 64, "{\"n\":%llu,\"p\":\"", (unsigned long long)i);
+    for (size_t k = 0; k < n; k++) out[h + k] = (char)('a' + (i + k) % 26);
+    memcpy(out + h + n, "\"}", 2);
+    *len = h + n + 2;
+}
+
+static wal_record append_ok(wal *w, uint8_t type, const char *p, size_t len)
+{
+    wal_record r;
+    stm_err err = {0};
+    ck_assert_msg(wal_append(w, type, p, (uint32_t)len, &r, &err) == STM_OK, "append: %s",
+                  err.msg);
+    return r;
+}
+
+static void wait_ok(wal *w, uint64_t seq)
+{
+    stm_err err = {0};
+    ck_assert_msg(wal_wait(w, seq, &err) == STM_OK, "wait: %s", err.msg);
+}
+
+static off_t file_size(const char *p)
+{
+    struct stat st;
+    if (stat(p, &st) != 0) return -1;
+    return st.st_size;
+}
+
+static void truncate_to(const char *p, off_t n)
+{
+    ck_assert_int_eq(truncate(p, n), 0);
+}
+
+static void poke(const char *p, off_t at, unsigned char xor_with)
+{
+    int fd = open(p, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    unsigned char c;
+    ck_assert_int_eq(pread(fd, &c, 1, at), 1);
+    c ^= xor_with;
+    ck_assert_int_eq(pwrite(fd, &c, 1, at), 1);
+    close(fd);
+}
+
+static void copy_dir(const char *from, const char *to)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s' && chmod -R u+w '%s'", from, to, to);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static const char *testdata(void)
+{
+    const char *t = getenv("STMFS_TESTDATA");
+    return t && *t ? t : "../shared/testdata";
+}
+
+typedef struct {
+    uint64_t offset, seq;
+    uint8_t type;
+    uint32_t len;
+    uint32_t crc;
+    uint8_t chain[32];
+} kept;
+
+/* Reads the whole log; returns the number of records, fills up to max. */
+static size_t read_all(wal *w, kept *out, size_t max, bool chain)
+{
+    wal_iter *it;
+    stm_err err = {0};
+    ck_assert_int_eq(wal_iter_open(w, 0, chain, &it, &err), STM_OK);
+    wal_record r;
+    size_t n = 0;
+    int k;
+    while ((k = wal_iter_next(it, &r, &err)) == 1) {
+        if (n < max) {
+            out[n] = (kept){r.offset, r.seq, r.type, r.len, crc32c(0, r.payload, r.len), {0}};
+            memcpy(out[n].chain, r.chain, 32);
+        }
+        n++;
+    }
+    ck_assert_msg(k == 0, "iteration: %s", err.msg);
+    wal_iter_close(it);
+    return n;
+}
+
+/* ---- format --------------------------------------------------------------- */
+
+START_TEST(test_policy_parse)
+{
+    wal_sync_policy p;
+    stm_err err;
+    char out[40];
+    ck_assert_int_eq(wal_sync_policy_parse("EVERY_WRITE", &p, &err), STM_OK);
+    ck_assert_int_eq(p.mode, WAL_SYNC_EVERY_WRITE);
+    ck_assert_int_eq(wal_sync_policy_parse("every_n:100", &p, &err), STM_OK);
+    ck_assert_int_eq(p.mode, WAL_SYNC_EVERY_N);
+    ck_assert_uint_eq(p.arg, 100);
+    wal_sync_policy_format(&p, out, sizeof out);
+    ck_assert_str_eq(out, "every_n:100");
+    ck_assert_int_eq(wal_sync_policy_parse("every_ms: 5", &p, &err), STM_OK);
+    ck_assert_int_eq(p.mode, WAL_SYNC_EVERY_MS);
+    ck_assert_uint_eq(p.arg, 5);
+    ck_assert_int_eq(wal_sync_policy_parse("never", &p, &err), STM_OK);
+    ck_assert_int_eq(p.mode, WAL_SYNC_NEVER);
+    ck_assert_int_eq(wal_sync_policy_parse("sometimes", &p, &err), STM_BAD_REQUEST);
+    ck_assert_ptr_nonnull(strstr(err.msg, "sometimes"));
+    ck_assert_int_eq(wal_sync_policy_parse("every_n:-1", &p, &err), STM_BAD_REQUEST);
+    ck_assert_int_eq(wal_sync_policy_parse("every_n:", &p, &err), STM_BAD_REQUEST);
+}
+END_TEST
+
+START_TEST(test_hex)
+{
+    uint8_t h[32], g[32];
+    char s[65];
+    for (int i = 0; i < 32; i++) h[i] = (uint8_t)(i * 7 + 3);
+    wal_hex(h, s);
+    ck_assert_uint_eq(strlen(s), 64);
+    ck_assert(wal_unhex(s, g));
+    ck_assert_mem_eq(h, g, 32);
+    s[10] = 'x';
+    ck_assert(!wal_unhex(s, g));
+}
+END_TEST
+
+START_TEST(test_header_bytes)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 64u << 20, "every_write");
+    const char *p = "{\"type\":\"delete_instance\",\"instance_id\":\"order-1\"}";
+    wal_record r = append_ok(w, WAL_T_DELETE_INSTANCE, p, strlen(p));
+    ck_assert_uint_eq(r.offset, 1ull << 40);
+    ck_assert_uint_eq(r.seq, 1);
+    wait_ok(w, r.seq);
+    close_wal(w);
+
+    unsigned char b[24 + 64];
+    int fd = open(seg_path(dir, 1), O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pread(fd, b, sizeof b, 0), (ssize_t)sizeof b);
+    close(fd);
+    const unsigned char want[16] = {'W', 'L', 'O', 'G', 4, 0, 0, 0, 0, 0, 0, (unsigned char)strlen(p)};
+    ck_assert_mem_eq(b, want, 12);
+    uint32_t crc = crc32c(0, p, strlen(p));
+    unsigned char c[4] = {crc >> 24, crc >> 16, crc >> 8, crc};
+    ck_assert_mem_eq(b + 12, c, 4);
+    const unsigned char seq[8] = {0, 0, 0, 0, 0, 0, 0, 1};
+    ck_assert_mem_eq(b + 16, seq, 8);
+    ck_assert_mem_eq(b + 24, p, strlen(p));
+}
+END_TEST
+
+START_TEST(test_roundtrip)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 64u << 20, "never");
+    enum { N = 3000 };
+    static kept want[N + 8];
+    char pl[1024];
+    size_t len;
+    for (uint64_t i = 0; i < N; i++) {
+        payload_for(i, pl, &len);
+        wal_record r = append_ok(w, (uint8_t)(1 + i % 4), pl, len);
+        want[i] = (kept){r.offset, r.seq, r.type, r.len, crc32c(0, pl, len), {0}};
+        memcpy(want[i].chain, r.chain, 32);
+        ck_assert(r.has_chain);
+    }
+    /* An empty payload and the largest one. */
+    char *big = malloc(WAL_MAX_PAYLOAD + 1);
+    memset(big, 'x', WAL_MAX_PAYLOAD + 1);
+    stm_err err;
+    wal_record r;
+    ck_assert_int_eq(wal_append(w, 3, big, WAL_MAX_PAYLOAD + 1, &r, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "too large"));
+    ck_assert_int_eq(wal_append(w, WAL_T_CHECKPOINT, "{}", 2, &r, &err), STM_BAD_REQUEST);
+    ck_assert_int_eq(wal_append(w, 77, "{}", 2, &r, &err), STM_BAD_REQUEST);
+    free(big);
+    ck_assert_int_eq(wal_sync(w, &err), STM_OK);
+
+    /* Read back while open, then after a reopen. */
+    for (int pass = 0; pass < 2; pass++) {
+        static kept got[N + 8];
+        size_t n = read_all(w, got, N + 8, true);
+        ck_assert_uint_ge(n, N);
+        size_t j = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (got[i].type == WAL_T_CHECKPOINT) continue;
+            ck_assert_uint_eq(got[i].offset, want[j].offset);
+            ck_assert_uint_eq(got[i].seq, want[j].seq);
+            ck_assert_uint_eq(got[i].type, want[j].type);
+            ck_assert_uint_eq(got[i].len, want[j].len);
+            ck_assert_uint_eq(got[i].crc, want[j].crc);
+            ck_assert_mem_eq(got[i].chain, want[j].chain, 32);
+            j++;
+        }
+        ck_assert_uint_eq(j, N);
+        buf b = {0};
+        for (size_t i = 0; i < N; i += 97) {
+            wal_record rr;
+            ck_assert_int_eq(wal_read_at(w, want[i].offset, &b, &rr, &err), STM_OK);
+            ck_assert_uint_eq(rr.seq, want[i].seq);
+            ck_assert_uint_eq(crc32c(0, b.data, b.len), want[i].crc);
+        }
+        ck_assert_int_eq(wal_read_at(w, want[5].offset + 1, &b, &r, &err), STM_BAD_REQUEST);
+        ck_assert_int_eq(wal_read_at(w, 99ull << 40, &b, &r, &err), STM_BAD_REQUEST);
+        buf_free(&b);
+        close_wal(w);
+        w = open_wal(dir, 64u << 20, "never");
+    }
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_ge(st.entry_count, N);
+    ck_assert_uint_eq(st.segment_count, 1);
+    ck_assert_uint_eq(st.first_offset, 1ull << 40);
+    ck_assert_uint_eq(st.latest_offset, (1ull << 40) + (uint64_t)file_size(seg_path(dir, 1)));
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_iter_from_middle)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 1u << 20, "never");
+    enum { N = 4000 };
+    static kept want[N];
+    char pl[1024];
+    size_t len;
+    for (uint64_t i = 0; i < N; i++) {
+        payload_for(i, pl, &len);
+        wal_record r = append_ok(w, 3, pl, len);
+        want[i] = (kept){r.offset, r.seq, r.type, r.len, 0, {0}};
+        memcpy(want[i].chain, r.chain, 32);
+    }
+    stm_err err;
+    ck_assert_int_eq(wal_sync(w, &err), STM_OK);
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < N; i += 333) {
+            for (int chain = 0; chain < 2; chain++) {
+                /* From the record's own offset and from one byte before it. */
+                for (int before = 0; before < 2; before++) {
+                    uint64_t from = want[i].offset - (uint64_t)(before && i ? 1 : 0);
+                    wal_iter *it;
+                    ck_assert_int_eq(wal_iter_open(w, from, chain, &it, &err), STM_OK);
+                    wal_record r;
+                    int k;
+                    do k = wal_iter_next(it, &r, &err);
+                    while (k == 1 && r.type == WAL_T_CHECKPOINT);
+                    ck_assert_int_eq(k, 1);
+                    ck_assert_uint_eq(r.offset, want[i].offset);
+                    ck_assert_uint_eq(r.seq, want[i].seq);
+                    if (chain) ck_assert_mem_eq(r.chain, want[i].chain, 32);
+                    wal_iter_close(it);
+                }
+            }
+        }
+        close_wal(w);
+        w = open_wal(dir, 1u << 20, "never");
+    }
+    close_wal(w);
+}
+END_TEST
+
+/* ---- rotation ----------------------------------------------------------- */
+
+START_TEST(test_rotation)
+{
+    char *dir = path_in("wal");
+    const uint64_t seg = 4096;
+    wal *w = open_wal(dir, seg, "every_write");
+    char pl[300];
+    memset(pl, 'r', sizeof pl);
+    uint64_t last_seg = 1;
+    for (int i = 0; i < 100; i++) {
+        wal_record r = append_ok(w, 3, pl, sizeof pl);
+        ck_assert_uint_ge(WAL_OFF_SEG(r.offset), last_seg);
+        last_seg = WAL_OFF_SEG(r.offset);
+        ck_assert_uint_le(WAL_OFF_POS(r.offset) + 24 + sizeof pl, seg);
+    }
+    /* A record larger than a segment goes alone into a fresh one. */
+    char *big = malloc(10000);
+    memset(big, 'B', 10000);
+    wal_record rb = append_ok(w, 3, big, 10000);
+    ck_assert_uint_eq(WAL_OFF_SEG(rb.offset), last_seg + 1);
+    wal_record ra = append_ok(w, 3, pl, sizeof pl);
+    ck_assert_uint_eq(WAL_OFF_SEG(ra.offset), last_seg + 2);
+    wait_ok(w, ra.seq);
+    free(big);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.segment_count, last_seg + 2);
+    close_wal(w);
+
+    for (uint64_t s = 1; s < last_seg; s++) {
+        off_t sz = file_size(seg_path(dir, s));
+        ck_assert_int_gt(sz, 0);
+        ck_assert_int_le(sz, (off_t)seg);
+    }
+    /* Every segment after the first starts with a checkpoint carrying the
+     * chain of the record before it. */
+    w = open_wal(dir, seg, "every_write");
+    static kept got[400];
+    size_t n = read_all(w, got, 400, true);
+    for (size_t i = 1; i < n; i++) {
+        if (WAL_OFF_POS(got[i].offset) == 0) {
+            ck_assert_uint_eq(got[i].type, WAL_T_CHECKPOINT);
+            buf b = {0};
+            wal_record r;
+            stm_err err;
+            ck_assert_int_eq(wal_read_at(w, got[i].offset, &b, &r, &err), STM_OK);
+            char hex[65], want[120];
+            wal_hex(got[i - 1].chain, hex);
+            snprintf(want, sizeof want, "\"chain\":\"%s\",\"chain_seq\":%llu}", hex,
+                     (unsigned long long)got[i - 1].seq);
+            ck_assert_msg(strstr(b.data, want), "checkpoint %s lacks %s", b.data, want);
+            ck_assert(strncmp(b.data, "{\"type\":\"checkpoint\",\"timestamp\":", 33) == 0);
+            buf_free(&b);
+        }
+        ck_assert_uint_eq(got[i].seq, got[i - 1].seq + 1);
+    }
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_periodic_checkpoint)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 64u << 20, "never");
+    char pl[1000];
+    memset(pl, 'c', sizeof pl);
+    for (int i = 0; i < 3000; i++) append_ok(w, 3, pl, sizeof pl);
+    close_wal(w);
+    w = open_wal(dir, 64u << 20, "never");
+    static kept got[3100];
+    size_t n = read_all(w, got, 3100, false);
+    size_t ck = 0;
+    for (size_t i = 0; i < n; i++) ck += got[i].type == WAL_T_CHECKPOINT;
+    /* ~3 MB of records: one every MiB, plus the closing one. */
+    ck_assert_uint_ge(ck, 3);
+    ck_assert_uint_le(ck, 4);
+    ck_assert_uint_eq(got[n - 1].type, WAL_T_CHECKPOINT);
+    close_wal(w);
+}
+END_TEST
+
+/* ---- recovery ----------------------------------------------------------- */
+
+/* Writes n records and closes; returns the offsets of the last user record
+ * start and end in segment 1 (the closing checkpoint is removed). */
+static void make_log(const char *dir, int n, uint64_t *last_start, uint64_t *last_end)
+{
+    wal *w = open_wal(dir, 64u << 20, "never");
+    char pl[1024];
+    size_t len;
+    wal_record r = {0};
+    for (int i = 0; i < n; i++) {
+        payload_for((uint64_t)i + 3, pl, &len);
+        r = append_ok(w, 3, pl, len);
+    }
+    close_wal(w);
+    *last_start = WAL_OFF_POS(r.offset);
+    *last_end = *last_start + 24 + r.len;
+    truncate_to(seg_path(dir, 1), (off_t)*last_end);
+}
+
+START_TEST(test_torn_every_byte)
+{
+    char *dir = path_in("wal");
+    uint64_t s, e;
+    make_log(dir, 12, &s, &e);
+    char *seg = xstrdup(seg_path(dir, 1));
+    int fd = open(seg, O_RDONLY);
+    char *img = malloc(e);
+    ck_assert_int_eq(pread(fd, img, e, 0), (ssize_t)e);
+    close(fd);
+
+    for (uint64_t cut = s; cut <= e; cut++) {
+        fd = open(seg, O_WRONLY | O_TRUNC);
+        ck_assert_int_eq(write(fd, img, cut), (ssize_t)cut);
+        close(fd);
+        wal_opts o = {.dir = dir, .segment_size = 64u << 20};
+        wal *w;
+        wal_recovery rep;
+        stm_err err;
+        ck_assert_msg(wal_open(&o, &w, &rep, &err) == STM_OK, "cut %llu: %s",
+                      (unsigned long long)cut, err.msg);
+        uint64_t keep = cut == e ? e : s;
+        ck_assert_uint_eq(rep.records, cut == e ? 12 : 11);
+        ck_assert_uint_eq(rep.cut_bytes, cut - keep);
+        if (cut != e && cut != s) {
+            ck_assert_uint_eq(rep.cut_offset, (1ull << 40) + s);
+            ck_assert_ptr_nonnull(strstr(rep.message, "0000000000000001.wal"));
+        } else {
+            ck_assert_str_eq(rep.message, "");
+        }
+        ck_assert_int_eq(file_size(seg), (off_t)keep);
+        wal_stats st;
+        wal_get_stats(w, &st);
+        ck_assert_uint_eq(st.latest_offset, (1ull << 40) + keep);
+        ck_assert_uint_eq(st.entry_count, cut == e ? 12 : 11);
+        /* The next record goes where the good log ends. */
+        wal_record r;
+        ck_assert_int_eq(wal_append(w, 3, "{}", 2, &r, &err), STM_OK);
+        ck_assert_uint_eq(r.offset, (1ull << 40) + keep);
+        ck_assert_uint_eq(r.seq, cut == e ? 13 : 12);
+        wal_close(w, &err);
+    }
+    free(img);
+    free(seg);
+}
+END_TEST
+
+START_TEST(test_zero_tail)
+{
+    char *dir = path_in("wal");
+    uint64_t s, e;
+    make_log(dir, 10, &s, &e);
+    const char *seg = seg_path(dir, 1);
+    /* Half a header, then the file system's zero fill. */
+    truncate_to(seg, (off_t)(s + 10));
+    truncate_to(seg, (off_t)(s + 8192));
+    wal_opts o = {.dir = dir, .segment_size = 64u << 20};
+    wal *w;
+    wal_recovery rep;
+    stm_err err;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.records, 9);
+    ck_assert_uint_eq(rep.cut_bytes, 8192);
+    ck_assert_int_eq(file_size(seg), (off_t)s);
+    close_wal(w);
+
+    /* A full log followed by zeros. */
+    make_log(path_in("wal2"), 10, &s, &e);
+    seg = seg_path(path_in("wal2"), 1);
+    truncate_to(seg, (off_t)(e + 100));
+    o.dir = path_in("wal2");
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.records, 10);
+    ck_assert_uint_eq(rep.cut_bytes, 100);
+    ck_assert_ptr_nonnull(strstr(rep.message, "zero"));
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_bad_crc_last)
+{
+    char *dir = path_in("wal");
+    uint64_t s, e;
+    make_log(dir, 10, &s, &e);
+    poke(seg_path(dir, 1), (off_t)(e - 1), 0x40);
+    wal_opts o = {.dir = dir, .segment_size = 64u << 20};
+    wal *w;
+    wal_recovery rep;
+    stm_err err;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.records, 9);
+    ck_assert_uint_eq(rep.cut_bytes, e - s);
+    ck_assert_ptr_nonnull(strstr(rep.message, "CRC"));
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_corrupt_middle)
+{
+    char *dir = path_in("wal");
+    uint64_t s, e;
+    make_log(dir, 10, &s, &e);
+    const char *seg = seg_path(dir, 1);
+    /* Record 4's payload: find it by iterating. */
+    wal *w = open_wal(dir, 64u << 20, "never");
+    kept got[16];
+    ck_assert_uint_eq(read_all(w, got, 16, false), 10);
+    close_wal(w);
+    truncate_to(seg, (off_t)e); /* drop the closing checkpoint again */
+    uint64_t bad = WAL_OFF_POS(got[3].offset);
+    poke(seg, (off_t)(bad + 30), 0x01);
+
+    wal_opts o = {.dir = dir, .segment_size = 64u << 20};
+    wal_recovery rep;
+    stm_err err;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_WAL_IO_ERROR);
+    char want[80];
+    snprintf(want, sizeof want, "at byte %llu", (unsigned long long)bad);
+    ck_assert_msg(strstr(err.msg, "0000000000000001.wal") && strstr(err.msg, want), "%s",
+                  err.msg);
+    ck_assert_int_eq(file_size(seg), (off_t)e); /* refused: nothing touched */
+
+    /* Read-only refuses too; verify names the place. */
+    wal_verify_report vr;
+    ck_assert_int_eq(wal_verify(dir, 0, NULL, &vr, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, want));
+
+    o.repair = true;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.records, 3);
+    ck_assert_uint_eq(rep.cut_bytes, e - bad);
+    ck_assert_uint_eq(rep.cut_offset, (1ull << 40) + bad);
+    ck_assert_ptr_nonnull(strstr(rep.message, "repaired"));
+    wal_record r;
+    ck_assert_int_eq(wal_append(w, 3, "{}", 2, &r, &err), STM_OK);
+    ck_assert_uint_eq(r.offset, (1ull << 40) + bad);
+    ck_assert_uint_eq(r.seq, 4);
+    close_wal(w);
+    /* The cut bytes are kept beside the segment. */
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "test \"$(cat %s/0000000000000001.wal.cut-* | wc -c)\" = %llu", dir,
+             (unsigned long long)(e - bad));
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+START_TEST(test_corrupt_earlier_segment)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 4096, "never");
+    char pl[500];
+    memset(pl, 'q', sizeof pl);
+    for (int i = 0; i < 40; i++) append_ok(w, 3, pl, sizeof pl);
+    close_wal(w);
+    ck_assert_int_gt(file_size(seg_path(dir, 4)), 0);
+    /* Corrupt the last record of segment 2: good records follow in 3.. */
+    off_t sz = file_size(seg_path(dir, 2));
+    poke(seg_path(dir, 2), sz - 5, 0xff);
+    wal_opts o = {.dir = dir, .segment_size = 4096};
+    wal_recovery rep;
+    stm_err err;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "0000000000000002.wal"));
+    o.repair = true;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.segment_count, 2);
+    close_wal(w);
+    ck_assert_int_lt(file_size(seg_path(dir, 3)), 0);
+}
+END_TEST
+
+START_TEST(test_empty_and_read_only)
+{
+    char *dir = path_in("wal");
+    wal_opts o = {.dir = dir, .segment_size = 1024, .read_only = true};
+    wal *w;
+    stm_err err;
+    ck_assert_int_eq(wal_open(&o, &w, NULL, &err), STM_WAL_IO_ERROR);
+    o.read_only = false;
+    ck_assert_int_eq(wal_open(&o, &w, NULL, &err), STM_OK);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.entry_count, 0);
+    ck_assert_uint_eq(st.latest_offset, 1ull << 40);
+    ck_assert_uint_eq(st.first_offset, 0);
+    kept got[1];
+    ck_assert_uint_eq(read_all(w, got, 1, true), 0);
+    wal_record r = append_ok(w, 1, "{}", 2);
+    wait_ok(w, r.seq);
+    close_wal(w);
+    o.read_only = true;
+    ck_assert_int_eq(wal_open(&o, &w, NULL, &err), STM_OK);
+    ck_assert_int_eq(wal_append(w, 1, "{}", 2, &r, &err), STM_WAL_IO_ERROR);
+    ck_assert_uint_eq(read_all(w, got, 1, true), 2); /* and the closing checkpoint */
+    wal_close(w, &err);
+}
+END_TEST
+
+/* ---- hash chain --------------------------------------------------------- */
+
+START_TEST(test_chain_verify)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 8192, "never");
+    char pl[1024];
+    size_t len;
+    wal_record mid = {0}, last = {0};
+    for (int i = 0; i < 200; i++) {
+        payload_for((uint64_t)i, pl, &len);
+        last = append_ok(w, 2, pl, len);
+        if (i == 100) mid = last;
+    }
+    close_wal(w);
+
+    wal_verify_report vr;
+    stm_err err;
+    ck_assert_msg(wal_verify(dir, mid.seq, mid.chain, &vr, &err) == STM_OK, "%s", err.msg);
+    ck_assert_uint_ge(vr.records, 200);
+    ck_assert_uint_ge(vr.checkpoints, 2);
+    ck_assert_uint_eq(vr.torn_bytes, 0);
+    ck_assert_msg(wal_verify(dir, last.seq, last.chain, &vr, &err) == STM_OK, "%s", err.msg);
+    uint8_t wrong[32];
+    memcpy(wrong, mid.chain, 32);
+    wrong[0] ^= 1;
+    ck_assert_int_eq(wal_verify(dir, mid.seq, wrong, &vr, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "mismatch"));
+    ck_assert_int_eq(wal_verify(dir, 100000, mid.chain, &vr, &err), STM_WAL_IO_ERROR);
+
+    /* Reopening recomputes the same head. */
+    w = open_wal(dir, 8192, "never");
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_mem_eq(st.head_chain, vr.head_chain, 32);
+    close_wal(w);
+
+    /* An edit that keeps the CRC right is caught by the chain: rewrite a
+     * payload byte of an early record and fix its CRC. */
+    const char *seg = seg_path(dir, 1);
+    int fd = open(seg, O_RDWR);
+    unsigned char h[24];
+    ck_assert_int_eq(pread(fd, h, 24, 0), 24);
+    uint32_t n = (uint32_t)h[8] << 24 | h[9] << 16 | h[10] << 8 | h[11];
+    char *p = malloc(n);
+    ck_assert_int_eq(pread(fd, p, n, 24), (ssize_t)n);
+    p[2] = p[2] == 'n' ? 'm' : 'n';
+    uint32_t c = crc32c(0, p, n);
+    unsigned char cb[4] = {c >> 24, c >> 16, c >> 8, c};
+    ck_assert_int_eq(pwrite(fd, p, n, 24), (ssize_t)n);
+    ck_assert_int_eq(pwrite(fd, cb, 4, 12), 4);
+    close(fd);
+    free(p);
+    ck_assert_int_eq(wal_verify(dir, 0, NULL, &vr, &err), STM_WAL_IO_ERROR);
+    ck_assert_msg(strstr(err.msg, "chain"), "%s", err.msg);
+
+    /* A flipped byte without the CRC fixed is named by segment and byte. */
+    fd = open(seg, O_RDWR);
+    ck_assert_int_eq(pwrite(fd, h, 24, 0), 24); /* restore the old CRC: now it mismatches */
+    close(fd);
+    ck_assert_int_eq(wal_verify(dir, 0, NULL, &vr, &err), STM_WAL_IO_ERROR);
+    ck_assert_msg(strstr(err.msg, "0000000000000001.wal") && strstr(err.msg, "byte 0"), "%s",
+                  err.msg);
+}
+END_TEST
+
+START_TEST(test_delete_before)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 4096, "never");
+    char pl[500];
+    memset(pl, 'd', sizeof pl);
+    wal_record r = {0};
+    for (int i = 0; i < 60; i++) r = append_ok(w, 3, pl, sizeof pl);
+    wait_ok(w, r.seq);
+    uint64_t segs, bytes;
+    stm_err err;
+    ck_assert_int_eq(wal_delete_before(w, WAL_OFFSET(4, 100), &segs, &bytes, &err), STM_OK);
+    ck_assert_uint_eq(segs, 3);
+    ck_assert_uint_gt(bytes, 3 * 3000);
+    ck_assert_int_lt(file_size(seg_path(dir, 1)), 0);
+    kept got[100];
+    size_t n = read_all(w, got, 100, true);
+    ck_assert_uint_eq(WAL_OFF_SEG(got[0].offset), 4);
+    ck_assert_mem_eq(got[n - 1].chain, r.chain, 32);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.first_offset, WAL_OFFSET(4, 0));
+    /* Never the current segment. */
+    ck_assert_int_eq(wal_delete_before(w, UINT64_MAX, &segs, &bytes, &err), STM_OK);
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.segment_count, 1);
+    close_wal(w);
+    /* The compacted log still verifies from its oldest checkpoint. */
+    wal_verify_report vr;
+    ck_assert_msg(wal_verify(dir, r.seq, r.chain, &vr, &err) == STM_OK, "%s", err.msg);
+}
+END_TEST
+
+/* ---- group commit and policies ----------------------------------------- */
+
+typedef struct {
+    wal *w;
+    int id, n;
+    uint64_t *seqs;
+} writer_arg;
+
+static pthread_mutex_t lmu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t l_last, l_calls;
+static bool l_bad, l_failed;
+
+static void listener(void *arg, uint64_t acked, bool failed)
+{
+    (void)arg;
+    pthread_mutex_lock(&lmu);
+    if (acked < l_last) l_bad = true;
+    l_last = acked;
+    l_calls++;
+    if (failed) l_failed = true;
+    pthread_mutex_unlock(&lmu);
+}
+
+static void *writer(void *p)
+{
+    writer_arg *a = p;
+    char pl[200];
+    for (int i = 0; i < a->n; i++) {
+        int n = snprintf(pl, sizeof pl, "{\"w\":%d,\"i\":%d}", a->id, i);
+        wal_record r;
+        stm_err err;
+        if (wal_append(a->w, 3, pl, (uint32_t)n, &r, &err) != STM_OK) return NULL;
+        if (wal_wait(a->w, r.seq, &err) != STM_OK) return NULL;
+        /* Acknowledged means covered by an fdatasync under every_write. */
+        wal_stats st;
+        wal_get_stats(a->w, &st);
+        if (st.synced_seq < r.seq || st.acked_seq < r.seq) return NULL;
+        a->seqs[i] = r.seq;
+    }
+    return a;
+}
+
+START_TEST(test_group_commit)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 256 * 1024, "every_write");
+    l_last = l_calls = 0;
+    l_bad = l_failed = false;
+    wal_set_listener(w, listener, NULL);
+    enum { T = 8, N = 400 };
+    pthread_t th[T];
+    writer_arg a[T];
+    for (int t = 0; t < T; t++) {
+        a[t] = (writer_arg){w, t, N, calloc(N, sizeof(uint64_t))};
+        pthread_create(&th[t], NULL, writer, &a[t]);
+    }
+    for (int t = 0; t < T; t++) {
+        void *rv;
+        pthread_join(th[t], &rv);
+        ck_assert_ptr_nonnull(rv);
+        for (int i = 1; i < N; i++) ck_assert_uint_gt(a[t].seqs[i], a[t].seqs[i - 1]);
+        free(a[t].seqs);
+    }
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert(!l_bad);
+    ck_assert_uint_eq(l_last, st.acked_seq);
+    ck_assert_uint_ge(st.writes, T * N);
+    /* One fdatasync covers many records. */
+    ck_assert_uint_lt(st.fsyncs, st.writes);
+    close_wal(w);
+
+    w = open_wal(dir, 256 * 1024, "every_write");
+    static kept got[T * N + 100];
+    size_t n = read_all(w, got, T * N + 100, false);
+    static int seen[T][N];
+    memset(seen, 0, sizeof seen);
+    size_t user = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i) ck_assert_uint_eq(got[i].seq, got[i - 1].seq + 1);
+        if (got[i].type == WAL_T_CHECKPOINT) continue;
+        user++;
+    }
+    ck_assert_uint_eq(user, T * N);
+    /* And each payload exactly once. */
+    wal_iter *it;
+    stm_err err;
+    wal_iter_open(w, 0, false, &it, &err);
+    wal_record r;
+    while (wal_iter_next(it, &r, &err) == 1) {
+        int ww, ii;
+        if (r.type == WAL_T_CHECKPOINT) continue;
+        ck_assert_int_eq(sscanf(r.payload, "{\"w\":%d,\"i\":%d}", &ww, &ii), 2);
+        seen[ww][ii]++;
+    }
+    wal_iter_close(it);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < N; i++) ck_assert_int_eq(seen[t][i], 1);
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_policy_every_write)
+{
+    wal *w = open_wal(path_in("wal"), 64u << 20, "every_write");
+    for (int i = 0; i < 20; i++) {
+        wal_record r = append_ok(w, 3, "{}", 2);
+        wait_ok(w, r.seq);
+        wal_stats st;
+        wal_get_stats(w, &st);
+        ck_assert_uint_ge(st.synced_seq, r.seq);
+        ck_assert_uint_eq(st.acked_seq, st.synced_seq);
+    }
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.fsyncs, 20);
+    ck_assert_uint_eq(st.writes, 20);
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_policy_never)
+{
+    wal *w = open_wal(path_in("wal"), 64u << 20, "never");
+    wal_record r = {0};
+    for (int i = 0; i < 20; i++) {
+        r = append_ok(w, 3, "{}", 2);
+        wait_ok(w, r.seq);
+    }
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.fsyncs, 0);
+    ck_assert_uint_eq(st.written_seq, 20);
+    ck_assert_uint_eq(st.acked_seq, 20);
+    ck_assert_uint_eq(st.synced_seq, 0);
+    stm_err err;
+    ck_assert_int_eq(wal_sync(w, &err), STM_OK);
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.fsyncs, 1);
+    ck_assert_uint_eq(st.synced_seq, 20);
+    ck_assert_int_eq(wal_sync(w, &err), STM_OK);
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.fsyncs, 1); /* nothing new to sync */
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_policy_every_n)
+{
+    wal *w = open_wal(path_in("wal"), 64u << 20, "every_n:10");
+    for (int i = 1; i <= 100; i++) {
+        wal_record r = append_ok(w, 3, "{}", 2);
+        wait_ok(w, r.seq);
+        wal_stats st;
+        wal_get_stats(w, &st);
+        ck_assert_uint_ge(st.acked_seq, r.seq);
+        ck_assert_uint_eq(st.synced_seq, (uint64_t)(i / 10 * 10));
+    }
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.fsyncs, 10);
+    close_wal(w);
+    /* every_n:0 is every_write. */
+    w = open_wal(path_in("wal0"), 64u << 20, "every_n:0");
+    wal_record r = append_ok(w, 3, "{}", 2);
+    wait_ok(w, r.seq);
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.synced_seq, 1);
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_policy_every_ms)
+{
+    wal *w = open_wal(path_in("wal"), 64u << 20, "every_ms:200");
+    wal_record r = append_ok(w, 3, "{}", 2);
+    wait_ok(w, r.seq);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.acked_seq, 1);
+    ck_assert_uint_eq(st.synced_seq, 0);
+    usleep(50 * 1000);
+    r = append_ok(w, 3, "{}", 2);
+    wait_ok(w, r.seq);
+    usleep(400 * 1000);
+    wal_get_stats(w, &st);
+    /* One sync at most 200 ms after the first write covered both. */
+    ck_assert_uint_eq(st.synced_seq, 2);
+    ck_assert_uint_eq(st.fsyncs, 1);
+    usleep(300 * 1000);
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.fsyncs, 1); /* and nothing while idle */
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_backpressure_big_records)
+{
+    wal *w = open_wal(path_in("wal"), 8u << 20, "never");
+    char *big = malloc(WAL_MAX_PAYLOAD);
+    memset(big, 'z', WAL_MAX_PAYLOAD);
+    wal_record r = {0};
+    for (int i = 0; i < 10; i++) r = append_ok(w, 3, big, WAL_MAX_PAYLOAD);
+    wait_ok(w, r.seq);
+    free(big);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_ge(st.segment_count, 10);
+    close_wal(w);
+}
+END_TEST
+
+/* ---- the rstmdb fixtures ------------------------------------------------ */
+
+START_TEST(test_fixture_clean)
+{
+    char src[600];
+    snprintf(src, sizeof src, "%s/rstmdb-data", testdata());
+    char *d = path_in("data");
+    copy_dir(src, d);
+    char *dir = path_in("data/wal");
+    wal_opts o = {.dir = dir, .segment_size = 1u << 20};
+    wal *w;
+    wal_recovery rep;
+    stm_err err;
+    ck_assert_msg(wal_open(&o, &w, &rep, &err) == STM_OK, "%s", err.msg);
+    ck_assert_uint_eq(rep.records, 72);
+    ck_assert_uint_eq(rep.segments, 2);
+    ck_assert_uint_eq(rep.cut_bytes, 0);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.entry_count, 72);
+    ck_assert_uint_eq(st.latest_offset, 2199023271077ull);
+    ck_assert_uint_eq(st.total_size_bytes, 1060739);
+    kept got[80];
+    ck_assert_uint_eq(read_all(w, got, 80, true), 72);
+    ck_assert_uint_eq(got[0].offset, 1099511627776ull);
+    ck_assert_uint_eq(got[56].offset, 1099512660717ull);
+    ck_assert_uint_eq(got[57].offset, 2199023255552ull);
+    ck_assert_uint_eq(got[71].offset, 2199023270802ull);
+    ck_assert_uint_eq(got[71].seq, 72);
+    ck_assert_mem_eq(got[71].chain, st.head_chain, 32);
+    buf b = {0};
+    wal_record r;
+    ck_assert_int_eq(wal_read_at(w, got[1].offset, &b, &r, &err), STM_OK);
+    ck_assert_uint_eq(r.seq, 2);
+    ck_assert(strncmp(b.data, "{\"type\":\"", 9) == 0);
+    buf_free(&b);
+    /* Appending continues the log where rstmdb left it. */
+    r = append_ok(w, 4, "{\"type\":\"delete_instance\",\"instance_id\":\"x\"}", 44);
+    ck_assert_uint_eq(r.offset, 2199023271077ull);
+    ck_assert_uint_eq(r.seq, 73);
+    close_wal(w);
+    wal_verify_report vr;
+    ck_assert_msg(wal_verify(dir, 72, got[71].chain, &vr, &err) == STM_OK, "%s", err.msg);
+}
+END_TEST
+
+START_TEST(test_fixture_torn)
+{
+    char src[600];
+    snprintf(src, sizeof src, "%s/rstmdb-data-torn", testdata());
+    char *d = path_in("data");
+    copy_dir(src, d);
+    char *dir = path_in("data/wal");
+    /* Read-only reports the tear but changes nothing. */
+    wal_verify_report vr;
+    stm_err err;
+    ck_assert_msg(wal_verify(dir, 0, NULL, &vr, &err) == STM_OK, "%s", err.msg);
+    ck_assert_uint_eq(vr.records, 71);
+    ck_assert_uint_eq(vr.torn_bytes, 149);
+    ck_assert_int_eq(file_size(seg_path(dir, 2)), 15399);
+
+    wal_opts o = {.dir = dir, .segment_size = 1u << 20};
+    wal *w;
+    wal_recovery rep;
+    ck_assert_msg(wal_open(&o, &w, &rep, &err) == STM_OK, "%s", err.msg);
+    ck_assert_uint_eq(rep.records, 71);
+    ck_assert_uint_eq(rep.cut_bytes, 149);
+    ck_assert_uint_eq(rep.cut_offset, 2199023270802ull);
+    ck_assert_int_eq(file_size(seg_path(dir, 2)), 15250);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.entry_count, 71);
+    ck_assert_uint_eq(st.latest_offset, 2199023270802ull);
+    kept got[80];
+    ck_assert_uint_eq(read_all(w, got, 80, false), 71);
+    ck_assert_uint_eq(got[70].offset, 2199023270551ull);
+    wal_record r = append_ok(w, 4, "{\"type\":\"delete_instance\",\"instance_id\":\"x\"}", 44);
+    ck_assert_uint_eq(r.offset, 2199023270802ull);
+    ck_assert_uint_eq(r.seq, 72);
+    close_wal(w);
+}
+END_TEST
+
+/* ---- faults --------------------------------------------------------------- */
+
+#ifdef STM_FAULT_INJECTION
+static wal *open_faulty(const char *dir, const char *policy, uint64_t segsize)
+{
+    wal_opts o = {.dir = dir, .segment_size = segsize, .io = &wal_fault_io};
+    stm_err err;
+    wal_sync_policy_parse(policy, &o.sync, &err);
+    wal *w;
+    ck_assert_msg(wal_open(&o, &w, NULL, &err) == STM_OK, "%s", err.msg);
+    return w;
+}
+
+static void check_fails_then_recovers(wal_fault_op op, int e, const char *policy,
+                                      uint64_t segsize, const char *want)
+{
+    char *dir = path_in("wal");
+    wal_fault_reset();
+    wal *w = open_faulty(dir, policy, segsize);
+    l_last = l_calls = 0;
+    l_bad = l_failed = false;
+    wal_set_listener(w, listener, NULL);
+    char pl[600];
+    memset(pl, 'f', sizeof pl);
+    wal_record good[5];
+    for (int i = 0; i < 5; i++) {
+        good[i] = append_ok(w, 3, pl, sizeof pl);
+        wait_ok(w, good[i].seq);
+    }
+    wal_fault_fail(op, 1, 0, e);
+    stm_err err;
+    wal_record r;
+    stm_code rc = STM_OK;
+    for (int i = 0; i < 20 && rc == STM_OK; i++) {
+        rc = wal_append(w, 3, pl, sizeof pl, &r, &err);
+        if (rc == STM_OK) rc = wal_wait(w, r.seq, &err);
+    }
+    ck_assert_int_eq(rc, STM_WAL_IO_ERROR);
+    ck_assert_msg(strstr(err.msg, want), "'%s' lacks '%s'", err.msg, want);
+    /* Failed stays failed: no retry of the fsync, no more writes. */
+    ck_assert_int_eq(wal_append(w, 3, "{}", 2, &r, &err), STM_WAL_IO_ERROR);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert(st.failed);
+    ck_assert_int_eq(wal_sync(w, &err), STM_WAL_IO_ERROR);
+    ck_assert_int_eq(wal_close(w, &err), STM_WAL_IO_ERROR);
+    ck_assert(l_failed); /* the flusher told the listener before it stopped */
+    wal_fault_reset();
+
+    /* Reopened with working I/O, the acknowledged records are there. */
+    w = open_wal(dir, segsize, policy);
+    buf b = {0};
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_eq(wal_read_at(w, good[i].offset, &b, &r, &err), STM_OK);
+        ck_assert_uint_eq(r.seq, good[i].seq);
+    }
+    buf_free(&b);
+    r = append_ok(w, 3, "{}", 2);
+    wait_ok(w, r.seq);
+    close_wal(w);
+    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+START_TEST(test_fault_fsync_eio)
+{
+    check_fails_then_recovers(WAL_FAULT_FDATASYNC, EIO, "every_write", 64u << 20,
+                              "Input/output error");
+}
+END_TEST
+
+START_TEST(test_fault_write_enospc)
+{
+    check_fails_then_recovers(WAL_FAULT_PWRITE, ENOSPC, "every_write", 64u << 20,
+                              "No space left");
+    check_fails_then_recovers(WAL_FAULT_PWRITE, ENOSPC, "never", 64u << 20, "No space left");
+}
+END_TEST
+
+START_TEST(test_fault_rotation)
+{
+    /* Creating the next segment fails. */
+    check_fails_then_recovers(WAL_FAULT_OPEN, ENOSPC, "every_write", 4096, "creating");
+    check_fails_then_recovers(WAL_FAULT_FSYNC_DIR, EIO, "every_write", 4096, "directory");
+}
+END_TEST
+
+START_TEST(test_fault_torn_write)
+{
+    char *dir = path_in("wal");
+    wal_fault_reset();
+    wal *w = open_faulty(dir, "every_write", 64u << 20);
+    wal_record r = append_ok(w, 3, "{\"a\":1}", 7);
+    wait_ok(w, r.seq);
+    wal_fault_tear(1, 30);
+    wal_record r2 = append_ok(w, 3, "{\"a\":2,\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxx\"}", 40);
+    stm_err err;
+    ck_assert_int_eq(wal_wait(w, r2.seq, &err), STM_WAL_IO_ERROR);
+    wal_close(w, &err);
+    wal_fault_reset();
+    wal_opts o = {.dir = dir, .segment_size = 64u << 20};
+    wal_recovery rep;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.records, 1);
+    ck_assert_uint_eq(rep.cut_bytes, 30);
+    close_wal(w);
+}
+END_TEST
+
+START_TEST(test_fault_repair_rename)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 4096, "never");
+    char pl[500];
+    memset(pl, 'q', sizeof pl);
+    for (int i = 0; i < 30; i++) append_ok(w, 3, pl, sizeof pl);
+    close_wal(w);
+    poke(seg_path(dir, 1), 100, 0xff);
+    wal_fault_reset();
+    wal_fault_fail(WAL_FAULT_RENAME, 1, 0, EIO);
+    wal_opts o = {.dir = dir, .segment_size = 4096, .repair = true, .io = &wal_fault_io};
+    stm_err err;
+    ck_assert_int_eq(wal_open(&o, &w, NULL, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "renaming"));
+    wal_fault_reset();
+}
+END_TEST
+#endif
+
+static Suite *wal_suite(void)
+{
+    Suite *s = suite_create("wal");
+    TCase *t = tcase_create("core");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, test_policy_parse);
+    tcase_add_test(t, test_hex);
+    tcase_add_test(t, test_header_bytes);
+    tcase_add_test(t, test_roundtrip);
+    tcase_add_test(t, test_iter_from_middle);
+    tcase_add_test(t, test_rotation);
+    tcase_add_test(t, test_periodic_checkpoint);
+    tcase_add_test(t, test_torn_every_byte);
+    tcase_add_test(t, test_zero_tail);
+    tcase_add_test(t, test_bad_crc_last);
+    tcase_add_test(t, test_corrupt_middle);
+    tcase_add_test(t, test_corrupt_earlier_segment);
+    tcase_add_test(t, test_empty_and_read_only);
+    tcase_add_test(t, test_chain_verify);
+    tcase_add_test(t, test_delete_before);
+    tcase_add_test(t, test_group_commit);
+    tcase_add_test(t, test_policy_every_write);
+    tcase_add_test(t, test_policy_never);
+    tcase_add_test(t, test_policy_every_n);
+    tcase_add_test(t, test_policy_every_ms);
+    tcase_add_test(t, test_backpressure_big_records);
+    tcase_add_test(t, test_fixture_clean);
+    tcase_add_test(t, test_fixture_torn);
+#ifdef STM_FAULT_INJECTION
+    tcase_add_test(t, test_fault_fsync_eio);
+    tcase_add_test(t, test_fault_write_enospc);
+    tcase_add_test(t, test_fault_rotation);
+    tcase_add_test(t, test_fault_torn_write);
+    tcase_add_test(t, test_fault_repair_rename);
+#endif
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(wal_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
