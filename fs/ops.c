@@ -42,6 +42,10 @@ typedef struct {
     bool writing;
     bool dirty;                 /* definitions: something was written */
     bool pending_version;       /* versions/N.json being created */
+    int failed;                 /* events/new: the errno of a rejected line;
+                                   the lines after it were meant to follow it,
+                                   so every later write on this handle fails
+                                   the same way */
     fs_blob *blob;              /* read snapshot */
     buf w;                      /* events/new: partial line; definitions: content */
     fs_watchfh *watch;
@@ -889,23 +893,34 @@ static int settle(fs *f, fh *h, uint64_t seq, stm_code failed)
 }
 
 /* Applies every complete line in h->w; keeps a trailing partial line unless
- * all is set. Returns 0 or an errno; after a failure the rest is dropped. */
-static int apply_lines(fs *f, fh *h, bool all)
+ * all is set. prev is how many bytes of h->w came before the current write.
+ * Returns 0 or an errno. When a line fails after lines of the current write
+ * were applied, the write is cut short there (*consumed = the bytes of the
+ * current write that were applied), like a pipe that takes part of a
+ * buffer: the caller sends the rest again and then gets the errno, so
+ * nothing after a failing line is ever applied. */
+static int apply_lines(fs *f, fh *h, bool all, size_t prev, size_t *consumed)
 {
     uint64_t seq = 0;
     stm_code failed = STM_OK;
     stm_err err;
     size_t start = 0;
+    *consumed = h->w.len - prev;
     while (start < h->w.len) {
         char *nl = memchr(h->w.data + start, '\n', h->w.len - start);
         if (!nl && !all) break;
         size_t end = nl ? (size_t)(nl - h->w.data) : h->w.len;
         failed = apply_line(f, h, h->w.data + start, end - start, &seq, &err);
-        start = nl ? end + 1 : end;
         if (failed != STM_OK) {
-            start = h->w.len;
+            if (start > prev) {
+                /* a short write: what came before the failing line */
+                *consumed = start - prev;
+                failed = STM_OK;
+            }
+            start = h->w.len; /* the rest is the caller's again, or dropped */
             break;
         }
+        start = nl ? end + 1 : end;
     }
     memmove(h->w.data, h->w.data + start, h->w.len - start);
     h->w.len -= start;
@@ -1014,9 +1029,17 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
     case K_EVENTS:
     case K_NEW:
         /* a stream of lines: the offset does not matter */
+    {
+        if (h->failed) {
+            r = h->failed;
+            break;
+        }
+        size_t prev = h->w.len;
         buf_add(&h->w, data, size);
-        r = apply_lines(f, h, false);
+        r = apply_lines(f, h, false, prev, &size);
+        h->failed = r;
         break;
+    }
     case K_DEF_JSON:
     case K_DEF_YAML:
         write_at(&h->w, data, size, off);
@@ -1054,7 +1077,10 @@ static int finish(fs *f, fh *h)
     switch (h->kind) {
     case K_EVENTS:
     case K_NEW:
-        if (h->w.len) r = apply_lines(f, h, true);
+        if (h->w.len && !h->failed) {
+            size_t consumed;
+            r = apply_lines(f, h, true, 0, &consumed);
+        }
         break;
     case K_DEF_JSON:
     case K_DEF_YAML:
