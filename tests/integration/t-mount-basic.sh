@@ -304,10 +304,17 @@ test_expect_success 'versions/N.json cannot be written over' - <<\EOT
     test_cmp v1.before "$O/versions/1.json"
 EOT
 
+test_expect_success JQ 'jq output redirected into definition.json defines a version' - <<\EOT
+    n=$(ls "$O/versions" | wc -l) &&
+    jq '.states += ["redirected"]' order.json >"$O/definition.json" &&
+    test "$(ls "$O/versions" | wc -l)" = $((n + 1)) &&
+    jq -e '.states | index("redirected")' "$O/definition.json"
+EOT
+
 test_expect_success JQ 'a definition is taken at close, whatever chunks it came in' - <<\EOT
     jq '.states += ["held"]' order.json >chunked.json &&
     dd if=chunked.json of="$O/definition.json" bs=5 status=none &&
-    test -f "$O/versions/8.json" &&
+    test -f "$O/versions/9.json" &&
     jq -e '.states | index("held")' "$O/definition.json"
 EOT
 
@@ -352,6 +359,27 @@ EOT
 
 test_expect_success 'fusermount3 -u stops the daemon' - <<\EOT
     stop_mount "$M" &&
+    ! mountpoint -q "$M"
+EOT
+
+test_expect_success 'umount stops the daemon too' - <<\EOT
+    start_mount data mnt &&
+    pid=$STMFS_PID &&
+    umount "$M" &&
+    test_poll 20 "proc_gone $pid" &&
+    ! mountpoint -q "$M"
+EOT
+
+test_expect_success 'stmfs mount -f stays in front, and exits 0 on SIGTERM' - <<\EOT
+    port=$(free_port) &&
+    bg_run fg "$STMFS" mount "$TEST_DIR/data" "$M" -f --bind "127.0.0.1:$port" >fg.out 2>&1 &&
+    test_poll 20 "mountpoint -q '$M'" &&
+    echo shipped >expect &&
+    test_cmp expect "$I/o-1/state" &&
+    ! proc_gone "$fg" &&
+    kill -TERM "$fg" &&
+    test_poll 20 "proc_gone $fg" &&
+    wait "$fg" &&
     ! mountpoint -q "$M"
 EOT
 

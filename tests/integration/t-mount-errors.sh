@@ -122,18 +122,6 @@ test_expect_success PYTHON 'the README errno table is what the shell sees' - <<\
 	print("checked %d codes against the README" % checked)
 	PY
 EOT
-    readme=$TEST_SRC_DIR/../../README.md &&
-    if ! grep -qE "INVALID_TRANSITION.*\bE[A-Z]+\b" "$readme"; then
-        echo "# no errno table in the README yet: nothing to compare" &&
-        exit 0
-    fi &&
-    for code in INVALID_TRANSITION CONFLICT GUARD_FAILED INSTANCE_EXISTS BAD_REQUEST; do
-        name=$(grep -E "\b$code\b" "$readme" | grep -oE "\bE[A-Z0-9]{2,}\b" | head -n 1) &&
-        text=$(python3 -c "import errno, os, sys; print(os.strerror(getattr(errno, sys.argv[1])))" "$name") &&
-        echo "$code -> $name ($text)" &&
-        grep -F "$text" "msg.$code" || exit 1
-    done
-EOT
 
 test_expect_success PYTHON 'binary junk to events: write error, nothing changes' - <<\EOT
     python3 -c "import random, sys; r = random.Random(5); sys.stdout.buffer.write(bytes(r.randrange(256) for _ in range(4096)) + b'\n')" >junk &&

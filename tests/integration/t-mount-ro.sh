@@ -95,4 +95,15 @@ test_expect_success 'a normal mount afterwards writes again' - <<\EOT
     stop_mount "$M"
 EOT
 
+test_expect_success '-o allow_other,default_permissions pass to FUSE' - <<\EOT
+    start_mount data mnt -o allow_other,default_permissions &&
+    grep " $M fuse" /proc/mounts >opts &&
+    cat opts &&
+    grep -q allow_other opts &&
+    grep -q default_permissions opts &&
+    echo shipped >expect &&
+    test_cmp expect "$I/o-1/state" &&
+    stop_mount "$M"
+EOT
+
 test_done
