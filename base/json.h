@@ -30,6 +30,10 @@
  * (BAD_REQUEST) with the byte position. Caller owns the result. */
 cJSON *json_parse(const char *text, size_t len, stm_err *err);
 
+/* Parses text that stmfs itself wrote canonical (stored contexts): no UTF-8
+ * or duplicate-key pass. NULL only if it is not JSON at all. */
+cJSON *json_parse_trusted(const char *text, size_t len);
+
 /* Appends the canonical text of v. cJSON_Raw nodes are copied verbatim (they
  * must already be canonical: that is how stored ctx text is embedded). */
 void json_write(buf *out, const cJSON *v, bool sort_keys);

@@ -302,9 +302,14 @@ void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t off
 {
     char hex[65];
     wal_hex(chain, hex);
-    buf_printf(out, "{\"offset\":%llu,\"seq\":%llu,\"ts\":%lld,\"type\":",
-               (unsigned long long)offset, (unsigned long long)seq,
-               (long long)entry_ts(entry));
+    /* hot path (every event): no printf */
+    buf_puts(out, "{\"offset\":");
+    json_write_num(out, (double)offset);
+    buf_puts(out, ",\"seq\":");
+    json_write_num(out, (double)seq);
+    buf_puts(out, ",\"ts\":");
+    json_write_num(out, (double)entry_ts(entry));
+    buf_puts(out, ",\"type\":");
     json_write_str(out, type_name(type));
     if (type == WAL_T_APPLY_EVENT) {
         buf_puts(out, ",\"event\":");
@@ -330,7 +335,9 @@ void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t off
         buf_puts(out, ",\"idempotency_key\":");
         json_write_str(out, entry_str(entry, "idempotency_key"));
     }
-    buf_printf(out, ",\"chain\":\"%s\"}\n", hex);
+    buf_puts(out, ",\"chain\":\"");
+    buf_add(out, hex, 64);
+    buf_puts(out, "\"}\n");
 }
 
 void eng_render_entry(buf *out, const char *payload, size_t len, uint64_t offset, uint64_t seq)
@@ -376,6 +383,8 @@ static void hist_push(instance *in, const wal_record *rec, size_t line_len)
 static char *canonical_or_null(const cJSON *v)
 {
     if (!v) return xstrdup("null");
+    /* live writes pass the context they already serialised as a raw node */
+    if (cJSON_IsRaw(v) && v->valuestring) return xstrdup(v->valuestring);
     return json_canonical(v, NULL);
 }
 

@@ -580,8 +580,9 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     if (!in->mv->d)
         return stm_fail(err, STM_MACHINE_NOT_FOUND, "machine version not found: %s v%u",
                         in->m->name, in->mv->version);
-    cJSON *ctx = json_parse(in->ctx, strlen(in->ctx), err);
-    if (!ctx) return STM_INTERNAL_ERROR;
+    cJSON *ctx = json_parse_trusted(in->ctx, strlen(in->ctx));
+    if (!ctx)
+        return stm_fail(err, STM_INTERNAL_ERROR, "stored context of %s is not JSON", id);
     stm_code why = STM_OK;
     const def_transition *failed = NULL;
     const def_transition *t = def_find(in->mv->d, in->state, event, ctx, payload, &why, &failed);
@@ -610,9 +611,16 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     cJSON_AddStringToObject(entry, "event", event);
     cJSON_AddStringToObject(entry, "from_state", from);
     cJSON_AddStringToObject(entry, "to_state", to);
-    cJSON_AddItemToObject(entry, "payload",
-                          payload ? cJSON_Duplicate(payload, true) : cJSON_CreateNull());
-    cJSON_AddItemToObject(entry, "ctx", ctx);
+    /* Serialise ctx and payload once; the entry and everything derived from
+     * it (stored ctx, history line, events) copy the text. */
+    buf text = {0};
+    json_write(&text, payload, true);
+    cJSON_AddItemToObject(entry, "payload", raw(buf_cstr(&text)));
+    buf_reset(&text);
+    json_write(&text, ctx, true);
+    cJSON_Delete(ctx);
+    cJSON_AddItemToObject(entry, "ctx", raw(buf_cstr(&text)));
+    buf_free(&text);
     if (event_id) cJSON_AddStringToObject(entry, "event_id", event_id);
     if (key) cJSON_AddStringToObject(entry, "idempotency_key", key);
     char *from_copy = xstrdup(from), *to_copy = xstrdup(to);
