@@ -125,39 +125,47 @@ static void yerr(stm_err *err, const yaml_event_t *ev, const char *what)
              ev->start_mark.line + 1, ev->start_mark.column + 1, what);
 }
 
-/* Attaches v to the container on top of the stack (or makes it the root). */
-static bool attach(frame *st, size_t depth, cJSON **root, cJSON *v, const yaml_event_t *ev,
-                   stm_err *err)
+/* Attaches value v to the container on top of the stack (or makes it the
+ * root), consuming the pending key of a mapping. */
+static void attach(frame *st, size_t depth, cJSON **root, cJSON *v)
 {
     if (depth == 0) {
         *root = v;
-        return true;
+        return;
     }
     frame *top = &st[depth - 1];
     if (cJSON_IsArray(top->node)) {
         cJSON_AddItemToArray(top->node, v);
-        return true;
-    }
-    if (!top->key) {
-        /* v is a key: only scalars make sense as JSON member names. */
-        if (!cJSON_IsString(v) && !(ev->type == YAML_SCALAR_EVENT)) {
-            cJSON_Delete(v);
-            yerr(err, ev, "mapping keys must be scalars");
-            return false;
-        }
-        top->key = xstrndup((const char *)ev->data.scalar.value, ev->data.scalar.length);
-        cJSON_Delete(v);
-        if (json_get(top->node, top->key)) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "duplicate key '%.100s'", top->key);
-            yerr(err, ev, msg);
-            return false;
-        }
-        return true;
+        return;
     }
     cJSON_AddItemToObject(top->node, top->key, v);
     free(top->key);
     top->key = NULL;
+}
+
+static bool wants_key(const frame *st, size_t depth)
+{
+    return depth > 0 && cJSON_IsObject(st[depth - 1].node) && !st[depth - 1].key;
+}
+
+/* A scalar in key position: taken as written, never typed ("true:" is the
+ * member "true"). */
+static bool set_key(frame *top, const yaml_event_t *ev, stm_err *err)
+{
+    const char *k = (const char *)ev->data.scalar.value;
+    size_t n = ev->data.scalar.length;
+    if (memchr(k, 0, n)) {
+        yerr(err, ev, "NUL in a key");
+        return false;
+    }
+    if (json_get(top->node, k)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "duplicate key '%.*s'%s", n > 100 ? 100 : (int)n, k,
+                 n > 100 ? "..." : "");
+        yerr(err, ev, msg);
+        return false;
+    }
+    top->key = xstrndup(k, n);
     return true;
 }
 
@@ -215,18 +223,20 @@ cJSON *def_yaml_to_json(const char *text, size_t len, stm_err *err)
             ok = false;
             break;
         case YAML_SCALAR_EVENT: {
-            if (depth > 0 && cJSON_IsObject(st[depth - 1].node) && !st[depth - 1].key) {
-                /* A key: never typed, "true:" is the member "true". */
-                ok = attach(st, depth, &root, cJSON_CreateNull(), &ev, err);
+            if (wants_key(st, depth)) {
+                ok = set_key(&st[depth - 1], &ev, err);
                 break;
             }
             cJSON *v = scalar(&ev, err);
-            ok = v && attach(st, depth, &root, v, &ev, err);
+            if (v)
+                attach(st, depth, &root, v);
+            else
+                ok = false;
             break;
         }
         case YAML_SEQUENCE_START_EVENT:
         case YAML_MAPPING_START_EVENT: {
-            if (depth > 0 && cJSON_IsObject(st[depth - 1].node) && !st[depth - 1].key) {
+            if (wants_key(st, depth)) {
                 yerr(err, &ev, "mapping keys must be scalars");
                 ok = false;
                 break;
@@ -240,10 +250,7 @@ cJSON *def_yaml_to_json(const char *text, size_t len, stm_err *err)
             }
             cJSON *v =
                 ev.type == YAML_SEQUENCE_START_EVENT ? cJSON_CreateArray() : cJSON_CreateObject();
-            if (!attach(st, depth, &root, v, &ev, err)) {
-                ok = false;
-                break;
-            }
+            attach(st, depth, &root, v);
             st[depth].node = v;
             st[depth].key = NULL;
             depth++;

@@ -641,6 +641,8 @@ START_TEST(yaml_errors)
     yaml_bad("a: 1e999\n",
              "invalid YAML at line 1 column 4: '1e999' cannot be represented in JSON");
     yaml_bad("a: \"\\0\"\n", "invalid YAML at line 1 column 4: NUL in a scalar");
+    yaml_bad("\"a\\0b\": 1\n", "invalid YAML at line 1 column 1: NUL in a key");
+    yaml_bad("x:\n  - {k: 1, k: 2}\n", "invalid YAML at line 2 column 12: duplicate key 'k'");
     yaml_bad("a: \"\xff\"\n", "invalid YAML at line 1 column 5: invalid leading UTF-8 octet");
     /* Nesting is bounded like JSON's. */
     buf b = {0};
