@@ -176,8 +176,10 @@ stm_code eng_machine_text(eng *e, const char *name, uint32_t version, enum eng_d
     case ENG_DEF_DOT: def_write_dot(mv->d, name, version, out); break;
     }
     if (mtime_ms) *mtime_ms = mv->created_at;
+    uint64_t seq = mv->seq;
     pthread_mutex_unlock(&e->lock);
-    return STM_OK;
+    /* a version still on its way to the disk is not shown yet */
+    return eng_wait(e, seq, err);
 }
 
 stm_code eng_allowed_events(eng *e, const char *id, buf *out, uint64_t *seq, stm_err *err)
