@@ -100,6 +100,7 @@ proc_gone() {
 _cleanup() {
     local status=$? p m i
     trap - EXIT
+    kill "$WATCHDOG_PID" 2>/dev/null
     for p in "${BG_PIDS[@]}"; do
         kill "$p" 2>/dev/null
     done
@@ -130,6 +131,36 @@ _cleanup() {
     fi
     exit "$status"
 }
+# abort_mounts: aborts the FUSE connections of this script's mounts, found
+# in mountinfo (which never touches the file system, so it works on a hung
+# mount). Every request stuck on them fails with ENOTCONN at once.
+abort_mounts() {
+    local m dev
+    for m in "${MOUNTS[@]}" $(cat "$TEST_DIR/.mounts" 2>/dev/null); do
+        dev=$(awk -v m="$m" '$5 == m && $9 ~ /^fuse/ { print $3 }' /proc/self/mountinfo | tail -n 1)
+        [ -n "$dev" ] && echo 1 >"/sys/fs/fuse/connections/${dev#*:}/abort" 2>/dev/null
+    done
+    return 0
+}
+
+# The watchdog: a mount that hangs would hang the script where no trap can
+# run (bash waits for the stuck command first) and leave the mount behind
+# for the next script. After STMFS_TEST_TIMEOUT seconds (default 270, below
+# meson's 300) it aborts our mounts, which unsticks the script, then stops it.
+_watchdog() {
+    local parent=$1 limit=$2 t=0
+    while [ "$t" -lt "$limit" ]; do
+        sleep 1
+        kill -0 "$parent" 2>/dev/null || exit 0
+        t=$((t + 1))
+    done
+    echo "# watchdog: the script ran for $limit s; aborting its mounts" >&2
+    abort_mounts
+    kill -TERM "$parent" 2>/dev/null
+}
+_watchdog $$ "${STMFS_TEST_TIMEOUT:-270}" </dev/null >/dev/null &
+WATCHDOG_PID=$!
+
 trap _cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
@@ -319,6 +350,7 @@ start_mount() {
         return 1
     fi
     MOUNTS+=("$mnt")
+    echo "$mnt" >>"$TEST_DIR/.mounts"
     STMFS_PID=$(daemon_pid_of "$mnt") || STMFS_PID=
     [ -n "$STMFS_PID" ] && DAEMONS+=("$STMFS_PID")
     test_poll 20 "mountpoint -q '$mnt' && ls '$mnt/machines' >/dev/null" || return 1
