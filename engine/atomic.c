@@ -23,7 +23,8 @@ struct undo {
     bool machine_is_new, filled_placeholder;
     idem_entry *k;
     /* saved instance fields */
-    char *state, *ctx, *last_event_id;
+    const char *state;
+    char *ctx, *last_event_id;
     uint64_t last_offset, last_seq, hist_bytes;
     int64_t updated_at;
     uint32_t n_hist;
@@ -51,7 +52,7 @@ void undo_save_instance(eng *e, instance *in)
 {
     struct undo *u = push(e, U_SAVE_INSTANCE);
     u->in = in;
-    u->state = xstrdup(in->state);
+    u->state = in->state;
     u->ctx = xstrdup(in->ctx);
     u->last_event_id = in->last_event_id ? xstrdup(in->last_event_id) : NULL;
     u->last_offset = in->last_offset;
@@ -124,7 +125,6 @@ static void undo_all(eng *e)
         case U_NEW_INSTANCE: remove_instance(e, u->in); break;
         case U_SAVE_INSTANCE: {
             instance *in = u->in;
-            free((char *)in->state);
             free(in->ctx);
             free(in->last_event_id);
             in->state = u->state;

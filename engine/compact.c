@@ -496,7 +496,7 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
                 cur->m->versions = xrealloc(cur->m->versions, (cur->m->n_versions + 1) * sizeof(mversion *));
                 cur->m->versions[cur->m->n_versions++] = cur->mv;
             }
-            cur->state = xstrdup(json_get(o, "state")->valuestring);
+            cur->state = intern(e, json_get(o, "state")->valuestring);
             cur->ctx = json_canonical(json_get(o, "ctx"), NULL);
             const cJSON *eid = json_get(o, "event_id");
             cur->last_event_id = cJSON_IsString(eid) ? xstrdup(eid->valuestring) : NULL;

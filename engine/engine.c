@@ -198,6 +198,33 @@ instance *inst_after(eng *e, const char *after)
     return x->next[0];
 }
 
+/* State names repeat across millions of instances: keep one copy of each. */
+const char *intern(eng *e, const char *s)
+{
+    if (e->n_interned * 2 >= e->intern_size) {
+        size_t size = e->intern_size ? e->intern_size * 2 : 64;
+        char **tab = xcalloc(size, sizeof *tab);
+        for (size_t i = 0; i < e->intern_size; i++) {
+            char *x = e->interned[i];
+            if (!x) continue;
+            size_t b = hash_str(x) & (size - 1);
+            while (tab[b]) b = (b + 1) & (size - 1);
+            tab[b] = x;
+        }
+        free(e->interned);
+        e->interned = tab;
+        e->intern_size = size;
+    }
+    size_t b = hash_str(s) & (e->intern_size - 1);
+    while (e->interned[b]) {
+        if (strcmp(e->interned[b], s) == 0) return e->interned[b];
+        b = (b + 1) & (e->intern_size - 1);
+    }
+    e->interned[b] = xstrdup(s);
+    e->n_interned++;
+    return e->interned[b];
+}
+
 /* ---- idempotency -------------------------------------------------------- */
 
 static uint64_t idem_hash(const char *scope, const char *key)
@@ -369,7 +396,7 @@ size_t eng_entry_len(size_t payload_len, uint64_t offset, uint64_t seq)
 static void hist_push(instance *in, const wal_record *rec, size_t line_len)
 {
     if (in->n_hist == in->cap_hist) {
-        in->cap_hist = in->cap_hist ? in->cap_hist * 2 : 4;
+        in->cap_hist = in->cap_hist ? in->cap_hist * 2 : 1; /* most instances have few records */
         in->hist = xrealloc(in->hist, in->cap_hist * sizeof *in->hist);
     }
     hist_entry *h = &in->hist[in->n_hist++];
@@ -466,7 +493,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
             in->mv->version = (uint32_t)version;
             mversion_insert(in->m, in->mv);
         }
-        in->state = xstrdup(st);
+        in->state = intern(e, st);
         in->ctx = canonical_or_null(json_get(entry, "initial_ctx"));
         in->created_at = in->updated_at = ts;
         in->last_offset = rec->offset;
@@ -490,8 +517,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
         in = id ? inst_find(e, id) : NULL;
         if (!in || !to) break;
         if (e->dry_run) undo_save_instance(e, in);
-        free((char *)in->state);
-        in->state = xstrdup(to);
+        in->state = intern(e, to);
         free(in->ctx);
         in->ctx = canonical_or_null(json_get(entry, "ctx"));
         free(in->last_event_id);
@@ -812,7 +838,6 @@ stm_code eng_open(const eng_opts *o, eng **out, wal_recovery *rep, stm_err *err)
 void free_instance(instance *in)
 {
     free(in->id);
-    free((char *)in->state);
     free(in->ctx);
     free(in->last_event_id);
     free(in->hist);
@@ -860,6 +885,8 @@ void eng_close(eng *e)
     free(e->ktab);
     free(e->eidx_pos);
     free(e->eidx_off);
+    for (size_t i = 0; i < e->intern_size; i++) free(e->interned[i]);
+    free(e->interned);
     free(e->listeners);
     pthread_mutex_destroy(&e->lock);
     pthread_mutex_destroy(&e->wait_lock);

@@ -57,7 +57,7 @@ typedef struct instance {
     char *id;
     machine *m;
     mversion *mv;
-    const char *state;          /* interned in mv->d */
+    const char *state;          /* interned (intern()): never freed alone */
     char *ctx;                  /* canonical text */
     char *last_event_id;
     uint64_t last_offset, last_seq;
@@ -104,6 +104,10 @@ struct eng {
     instance *head;             /* skip list sentinel */
     int skip_level;
     uint64_t rng;
+
+    /* interned strings (state names) */
+    char **interned;
+    size_t intern_size, n_interned;
 
     /* idempotency */
     idem_entry **ktab;
@@ -154,6 +158,8 @@ struct eng {
 stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recovery *rep,
                     stm_err *err);
 instance *inst_find(eng *e, const char *id);
+/* The one stored copy of s (lives until eng_close). */
+const char *intern(eng *e, const char *s);
 /* Adds a new instance to both indexes (id must be new). */
 instance *inst_add(eng *e, const char *id);
 /* First instance with id > after (NULL: the first), deleted ones included. */
