@@ -119,11 +119,22 @@ static void split_word(const char *s, size_t n, size_t *wlen, const char **rest,
     trim(rest, rlen);
 }
 
+/* A line is text: no NUL byte, valid UTF-8 (ids and events are JSON strings). */
+static bool text_ok(const char *line, size_t len, stm_err *err)
+{
+    if (memchr(line, 0, len))
+        return stm_fail(err, STM_BAD_REQUEST, "the line holds a NUL byte"), false;
+    if (!json_utf8_valid(line, len))
+        return stm_fail(err, STM_BAD_REQUEST, "the line is not valid UTF-8"), false;
+    return true;
+}
+
 cJSON *fs_event_line(const char *id, const char *line, size_t len, stm_err *err)
 {
     err->code = STM_OK;
     trim(&line, &len);
     if (!len) return NULL;
+    if (!text_ok(line, len, err)) return NULL;
     cJSON *p;
     if (line[0] == '{') {
         p = json_parse(line, len, err);
@@ -162,6 +173,7 @@ cJSON *fs_new_line(const char *machine, uint32_t version, const char *line, size
     err->code = STM_OK;
     trim(&line, &len);
     if (!len) return NULL;
+    if (!text_ok(line, len, err)) return NULL;
     cJSON *p;
     if (line[0] == '{') {
         p = json_parse(line, len, err);
@@ -172,6 +184,10 @@ cJSON *fs_new_line(const char *machine, uint32_t version, const char *line, size
         size_t wl, rl;
         const char *rest;
         split_word(line, len, &wl, &rest, &rl);
+        if (wl > ENG_MAX_ID_LEN) {
+            stm_fail(err, STM_BAD_REQUEST, "instance id longer than %d bytes", ENG_MAX_ID_LEN);
+            return NULL;
+        }
         p = cJSON_CreateObject();
         char *id = xstrndup(line, wl);
         cJSON_AddStringToObject(p, "instance_id", id);

@@ -33,6 +33,9 @@
 #include "engine/def.h"
 #include "fs/internal.h"
 
+/* The longest line events or new take: a WAL record holds at most 16 MiB. */
+#define FS_MAX_LINE (16 << 20)
+
 typedef struct {
     enum fs_kind kind;
     uint64_t ino;
@@ -1037,6 +1040,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
         size_t prev = h->w.len;
         buf_add(&h->w, data, size);
         r = apply_lines(f, h, false, prev, &size);
+        if (!r && h->w.len > FS_MAX_LINE) {
+            /* no record can hold it: refuse before it eats memory */
+            stm_err err;
+            stm_fail(&err, STM_BAD_REQUEST, "a line longer than %d MiB", FS_MAX_LINE >> 20);
+            fs_set_error(f, h->kind == K_NEW, h->a, &err, "line", h->w.data, 64);
+            buf_free(&h->w);
+            r = settle(f, h, 0, STM_BAD_REQUEST);
+        }
         h->failed = r;
         break;
     }

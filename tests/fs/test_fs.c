@@ -129,6 +129,16 @@ START_TEST(event_lines)
     ck_assert_int_eq(err.code, STM_BAD_REQUEST);
     ck_assert(strstr(err.msg, "payload") != NULL);
 
+    p = fs_event_line("o-1", "PAY\0", 4, &err);
+    ck_assert_ptr_null(p);
+    ck_assert_int_eq(err.code, STM_BAD_REQUEST);
+    p = fs_event_line("o-1", "PAY \xff\xfe", 6, &err);
+    ck_assert_ptr_null(p);
+    ck_assert_int_eq(err.code, STM_BAD_REQUEST);
+    p = fs_new_line("order", 1, "\xc3\x28", 2, &err);
+    ck_assert_ptr_null(p);
+    ck_assert_int_eq(err.code, STM_BAD_REQUEST);
+
     l = "{\"event\": ";
     p = fs_event_line("o-1", l, strlen(l), &err);
     ck_assert_ptr_null(p);
