@@ -78,6 +78,7 @@ struct wal {
     bool cur_has_data;        /* current segment holds a non-checkpoint record */
 
     buf pend;
+    uint64_t pend_records;
     wal_chunk *chunks;
     size_t nchunks, chunkcap;
 

@@ -270,6 +270,7 @@ static void put_record(wal *w, wal_seg *seg, uint8_t type, const void *p, uint32
     c->len += sizeof h + len;
     c->last_seq = seq;
     c->records++;
+    w->pend_records++;
 
     uint64_t off = WAL_OFFSET(seg->id, pos);
     if (type == WAL_T_CHECKPOINT) wal_add_anchor(w, off, w->chain);
@@ -375,6 +376,7 @@ static void fail_locked(wal *w, const char *what, const char *path, int e)
     }
     for (size_t i = 0; i < w->nchunks; i++) wal_seg_unref(w, w->chunks[i].seg);
     w->nchunks = 0;
+    w->pend_records = 0;
     buf_reset(&w->pend);
     pthread_cond_broadcast(&w->acked_cv);
     pthread_cond_broadcast(&w->space_cv);
@@ -410,6 +412,9 @@ static void *flusher_main(void *arg)
     wal_seg *dirty = NULL; /* segment with written, unsynced bytes (holds a ref) */
     uint64_t deadline = 0;  /* every_ms: when the oldest unsynced write must be synced */
     uint64_t last_listened = 0;
+    uint64_t last_group = 0, linger_ns = 0;
+    const bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
+                        (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
 
     pthread_mutex_lock(&w->mu);
     last_listened = w->acked_seq;
@@ -430,6 +435,21 @@ static void *flusher_main(void *arg)
                 pthread_cond_wait(&w->work_cv, &w->mu);
             }
         }
+
+        /* Under every_write the appenders woken by the last fdatasync come
+         * back within microseconds; taking the group at the first arrival
+         * would split them into two alternating half-size groups. So wait
+         * briefly (a fraction of an fdatasync) for as many records as the
+         * last group had. */
+        if (strict && !w->failed && !w->stop && w->pend_records < last_group) {
+            uint64_t until = mono_ns() + linger_ns;
+            struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
+            while (!w->failed && !w->stop && w->pend_records < last_group &&
+                   pthread_cond_timedwait(&w->work_cv, &w->mu, &ts) == 0)
+                ;
+        }
+        last_group = w->pend_records;
+        w->pend_records = 0;
 
         /* Take the whole pending group; appenders refill the other buffer. */
         buf tb = w->pend;
@@ -519,8 +539,11 @@ static void *flusher_main(void *arg)
             if (sync && pendingsync && dirty) {
                 uint64_t upto = w->written_seq;
                 pthread_mutex_unlock(&w->mu);
+                uint64_t t0 = mono_ns();
                 int rc = w->io->fdatasync(dirty->fd);
                 int se = errno;
+                uint64_t took = mono_ns() - t0;
+                linger_ns = took / 4 < 200000 ? took / 4 : 200000;
                 pthread_mutex_lock(&w->mu);
                 if (rc != 0) {
                     fail_locked(w, "fdatasync", dirty->path, se);
