@@ -888,6 +888,7 @@ void eng_close(eng *e)
     for (size_t i = 0; i < e->intern_size; i++) free(e->interned[i]);
     free(e->interned);
     free(e->listeners);
+    free(e->undo);
     pthread_mutex_destroy(&e->lock);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_mutex_destroy(&e->listen_lock);

@@ -552,8 +552,8 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
             uint64_t kseq = k->seq, koff = k->offset;
             if (k->result) {
                 cJSON *r = cJSON_Parse(k->result);
-                cJSON_ReplaceItemInObjectCaseSensitive(r, "applied", cJSON_CreateFalse());
-                if (!json_get(r, "applied")) cJSON_AddBoolToObject(r, "applied", false);
+                cJSON_DeleteItemFromObjectCaseSensitive(r, "applied");
+                cJSON_AddBoolToObject(r, "applied", false);
                 *seq = kseq;
                 *res = r;
                 return STM_OK;
