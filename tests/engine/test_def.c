@@ -16,20 +16,6 @@
 #include "base/json.h"
 #include "engine/def.h"
 
-/* A bitwise CRC-32C, weak so that it only stands in while base/crc32c.c is
- * not committed yet; the checksums below pin its results either way. */
-__attribute__((weak)) uint32_t crc32c(uint32_t crc, const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    crc = ~crc;
-    while (len--) {
-        crc ^= *p++;
-        for (int k = 0; k < 8; k++)
-            crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1)));
-    }
-    return ~crc;
-}
-
 /* JSON text with ' standing for ". */
 static cJSON *J(const char *text)
 {
