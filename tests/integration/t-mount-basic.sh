@@ -328,6 +328,12 @@ test_expect_success 'a rejected definition fails cp and leaves the machine as it
     test_cmp def.before "$O/definition.json"
 EOT
 
+test_expect_success 'machines/order/error says why the definition was rejected' - <<\EOT
+    cat "$O/error" &&
+    grep BAD_REQUEST "$O/error" &&
+    grep nowhere "$O/error"
+EOT
+
 test_expect_success JQ 'wal/entries is JSONL of the log, wal/stats.json is JSON' - <<\EOT
     jq -s length "$M/wal/entries" >n &&
     [ "$(cat n)" -gt 10 ] &&

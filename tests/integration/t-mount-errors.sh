@@ -130,11 +130,24 @@ test_expect_success PYTHON 'binary junk to events: write error, nothing changes'
     snapshot o-1 >now && test_cmp o-1.before now
 EOT
 
-test_expect_success 'NUL bytes and invalid UTF-8 in an event line: write error' - <<\EOT
-    test_must_fail eval 'printf "PAY\0\n" >"$I/o-1/events"' &&
+test_expect_success 'invalid UTF-8 in an event line: write error' - <<\EOT
     test_must_fail eval 'printf "PAY \xff\xfe\n" >"$I/o-1/events"' &&
     test_must_fail eval 'printf "\xc3\x28\n" >"$I/o-1/events"' &&
     snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'a NUL byte in an event line: write error, the event is not applied' - <<\EOT
+    echo o-nul >"$O/new" &&
+    snapshot o-nul >o-nul.before &&
+    test_must_fail eval 'printf "PAY\0junk\n" >"$I/o-nul/events"' &&
+    snapshot o-nul >now && test_cmp o-nul.before now
+EOT
+
+test_expect_success 'a NUL byte in a line of new: write error, no instance' - <<\EOT
+    ls "$I" >before &&
+    test_must_fail eval 'printf "nul\0id\n" >"$O/new"' &&
+    ls "$I" >after &&
+    test_cmp before after
 EOT
 
 test_expect_success PYTHON 'binary junk to new: write error, no instance appears' - <<\EOT
@@ -195,12 +208,13 @@ test_expect_success 'malformed YAML to definition.yaml fails and defines nothing
     test_cmp before after
 EOT
 
-test_expect_success 'files that only read refuse writes' - <<\EOT
+test_expect_success 'files that only read refuse writes: Permission denied' - <<\EOT
     for f in "$I/o-1/state" "$I/o-1/ctx.json" "$I/o-1/info.json" "$I/o-1/history" \
              "$I/o-1/error" "$M/wal/entries" "$M/wal/stats.json" "$O/graph.dot" \
              "$O/versions/1.json"; do
         test_must_fail write_line "$f" junk 2>msg || { echo "$f took a write"; exit 1; }
-        cat msg
+        cat msg &&
+        grep -q "Permission denied" msg || exit 1
     done &&
     snapshot o-1 >now && test_cmp o-1.before now
 EOT
@@ -212,6 +226,41 @@ test_expect_success 'files of an instance cannot be removed, added or renamed' -
     test_must_fail mkdir "$I/o-1/sub" &&
     test -f "$I/o-1/state" && ! test -e "$I/o-1/extra" &&
     snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'mkdir in instances/ is refused: instances are made through new' - <<\EOT
+    test_must_fail mkdir "$I/made-by-mkdir" 2>msg &&
+    cat msg &&
+    grep "Operation not permitted" msg &&
+    ! test -e "$I/made-by-mkdir" &&
+    test_must_fail touch "$I/made-by-touch" 2>msg &&
+    grep "Operation not permitted" msg
+EOT
+
+test_expect_success 'rmdir of a machine that has versions: Directory not empty' - <<\EOT
+    test_must_fail rmdir "$O" 2>msg &&
+    cat msg &&
+    grep "Directory not empty" msg &&
+    test -f "$O/versions/1.json"
+EOT
+
+test_expect_success 'after a rejected line the open file refuses further lines' - <<\EOT
+    echo o-fd >"$O/new" &&
+    snapshot o-fd >o-fd.before &&
+    (
+        exec 3>"$I/o-fd/events" &&
+        { echo SHIP >&3; } 2>msg1
+        test $? != 0 &&
+        { echo PAY >&3; } 2>msg2
+        test $? != 0
+    ) &&
+    cat msg1 msg2 &&
+    sed "s/.*write error: //" msg1 >e1 &&
+    sed "s/.*write error: //" msg2 >e2 &&
+    test_cmp e1 e2 &&
+    snapshot o-fd >now && test_cmp o-fd.before now &&
+    echo PAY >"$I/o-fd/events" &&
+    echo paid >expect && test_cmp expect "$I/o-fd/state"
 EOT
 
 test_expect_success 'an instance cannot be renamed' - <<\EOT

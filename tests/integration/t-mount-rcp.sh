@@ -174,6 +174,19 @@ test_expect_success 'ids that cannot be file names, created over RCP, are still 
     test_cmp expect found
 EOT
 
+test_expect_success 'the escaping is the README'"'"'s: %2F, %2E, %2E%2E, %00, %25' - <<\EOT
+    rcp_call CREATE_INSTANCE '{"machine":"order","version":1,"instance_id":"","initial_ctx":{"n":"empty"}}' &&
+    rcp_call CREATE_INSTANCE '{"machine":"order","version":1,"instance_id":"100%","initial_ctx":{"n":"pct"}}' &&
+    jq -e '.n == 1' "$I/a%2Fb/ctx.json" &&
+    jq -e '.n == 2' "$I/%2E%2E/ctx.json" &&
+    jq -e '.n == 3' "$I/%2E/ctx.json" &&
+    jq -e '.n == "empty"' "$I/%00/ctx.json" &&
+    jq -e '.n == "pct"' "$I/100%25/ctx.json" &&
+    echo "PAY" >"$I/a%2Fb/events" &&
+    rcp_call GET_INSTANCE '{"instance_id":"a/b"}' >got &&
+    jq -e '.state == "paid"' got
+EOT
+
 test_expect_success 'the mount still answers, and so does RCP' - <<\EOT
     echo shipped >expect &&
     test_cmp expect "$I/r-1/state" &&
