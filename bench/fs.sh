@@ -169,7 +169,8 @@ Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, kernel $(uname -r), medians of 
 | open+read+close ctx.json (${R[size-ctx.json]} B) | $(fmt "${R[r-ctx.json]}")/s ($(us "${R[r-ctx.json]}") us) | $(fmt "${R[rt-ctx.json]}")/s ($(us "${R[rt-ctx.json]}") us) | $(ratio "${R[rt-ctx.json]}" "${R[r-ctx.json]}") |
 EOF
 if [ "$NLS" -gt 0 ]; then
-    echo "| \`ls -l\` of $NLS entries | ${R[ls]} s | ${R[lst]} s | $(ratio "${R[ls]}" "${R[lst]}") |"
+    secs() { python3 -c "import sys; print('%.3f' % float(sys.argv[1]))" "$1"; }
+    echo "| \`ls -l\` of $NLS entries | $(secs "${R[ls]}") s | $(secs "${R[lst]}") s | $(ratio "${R[ls]}" "${R[lst]}") |"
     echo
     echo "(The $NLS instances were created over RCP, BATCH of 100, at $(fmt "${R[create]}")/s.)"
 fi

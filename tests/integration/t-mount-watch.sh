@@ -85,6 +85,15 @@ test_expect_success 'cat wal/watch streams every new entry, whoever made it' - <
     bg_stop "$catter"
 EOT
 
+test_expect_success 'tail -f wal/entries follows the log' - <<\EOT
+    bg_run tailer tail -n 0 -f "$M/wal/entries" >tailw.out 2>tailw.err &&
+    test_poll 10 "[ -e /proc/$tailer/fd/3 ]" &&
+    tick_until_seen tailw.out wal-tail &&
+    echo t-3 >"$T/new" &&
+    test_poll 10 "grep -q t-3 tailw.out" &&
+    bg_stop "$tailer"
+EOT
+
 test_expect_success 'poll(2) on a watch file waits, then wakes when a change comes' - <<\EOT
     python3 - "$I/t-1/watch" "$RCPC" "$RCP_ADDR" <<-\PY
 	import os, select, subprocess, sys
