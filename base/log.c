@@ -27,7 +27,7 @@ int log_level_parse(const char *s)
 void log_msg(int level, const char *fmt, ...)
 {
     static const char *const tags[] = {"ERROR", "WARN", "INFO", "DEBUG"};
-    if (level > log_level) return;
+    if (level > log_level || !fmt) return; /* !fmt also quiets a false -Wformat-overflow */
     FILE *out = log_out ? log_out : stderr;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
