@@ -59,6 +59,18 @@ void wal_fault_fail(wal_fault_op op, unsigned long nth, unsigned long count, int
 void wal_fault_tear(unsigned long nth, size_t keep);
 /* Calls of op made so far through wal_fault_io. */
 unsigned long wal_fault_calls(wal_fault_op op);
+/* Power loss. After wal_fault_track, every file opened through the table is
+ * followed: its size, the size its last completed fdatasync covered, and
+ * whether it was created since its directory was last fsynced.
+ * wal_fault_power_cut then waits for calls in flight, makes every later
+ * call fail with EIO (the machine is off), and rewrites the files as a
+ * power cut could leave them: new directory entries not yet synced are
+ * removed, each file keeps its synced bytes plus a random (seeded) part of
+ * the unsynced tail. Returns how many files it changed. wal_fault_reset
+ * turns the power back on. Simplification: truncations and renames count
+ * as durable at once (stmfs syncs after both anyway). */
+void wal_fault_track(void);
+unsigned wal_fault_power_cut(unsigned seed);
 #endif
 
 #endif

@@ -543,10 +543,14 @@ stm_code wal_iter_open_internal(wal *w, uint64_t from, bool with_chain, wal_iter
                 hi = mid;
         }
         const wal_anchor *a = &w->anchors[lo ? lo - 1 : 0];
-        start = a->offset;
+        /* Records older than the oldest anchor (a compacted log whose oldest
+         * segment rstmdb wrote) are returned without a chain value. */
+        it->hash_from = a->offset;
+        if (a->offset <= from) start = a->offset;
         memcpy(it->chain, a->before, 32);
+    } else {
+        it->hash_from = with_chain ? start : UINT64_MAX;
     }
-    it->hash_from = start;
     wal_seg *s = seg_at_or_after(w, WAL_OFF_SEG(start));
     if (s) {
         it->pos = s->id == WAL_OFF_SEG(start) ? index_floor(s, WAL_OFF_POS(start)) : 0;
@@ -618,8 +622,8 @@ int wal_iter_next(wal_iter *it, wal_record *rec, stm_err *err)
         rec->type = v.type;
         rec->len = v.len;
         rec->payload = v.payload;
-        rec->has_chain = it->with_chain;
-        if (it->with_chain)
+        rec->has_chain = it->with_chain && off >= it->hash_from;
+        if (rec->has_chain)
             memcpy(rec->chain, it->chain, 32);
         else
             memset(rec->chain, 0, 32);
@@ -750,6 +754,12 @@ stm_code wal_verify(const char *dir, uint64_t expect_seq, const uint8_t expect_c
     wal_record r;
     int k;
     while ((k = wal_iter_next(it, &r, err)) == 1) {
+        if (!r.has_chain) {
+            /* Before the oldest anchor of a compacted rstmdb log: CRC only. */
+            rep->records++;
+            rep->bytes += WAL_HEADER_SIZE + r.len;
+            continue;
+        }
         if (r.type == WAL_T_CHECKPOINT) {
             uint8_t claimed[32];
             uint64_t cseq;

@@ -543,7 +543,7 @@ static void *flusher_main(void *arg)
                 int rc = w->io->fdatasync(dirty->fd);
                 int se = errno;
                 uint64_t took = mono_ns() - t0;
-                linger_ns = took / 4 < 200000 ? took / 4 : 200000;
+                linger_ns = took / 2 < 1000000 ? took / 2 : 1000000;
                 pthread_mutex_lock(&w->mu);
                 if (rc != 0) {
                     fail_locked(w, "fdatasync", dirty->path, se);

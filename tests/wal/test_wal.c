@@ -1148,6 +1148,121 @@ START_TEST(test_fault_torn_write)
 }
 END_TEST
 
+typedef struct {
+    wal *w;
+    int id;
+    kept *acked;
+    size_t n, cap;
+} pl_arg;
+
+static void *pl_writer(void *p)
+{
+    pl_arg *a = p;
+    char pl[1024];
+    for (unsigned i = 0;; i++) {
+        size_t len = (size_t)snprintf(pl, 64, "{\"t\":%d,\"i\":%u,\"p\":\"", a->id, i);
+        size_t pad = (i * 131 + (unsigned)a->id * 17) % 900;
+        memset(pl + len, 'a' + a->id, pad);
+        memcpy(pl + len + pad, "\"}", 2);
+        len += pad + 2;
+        wal_record r;
+        stm_err err;
+        if (wal_append(a->w, 3, pl, (uint32_t)len, &r, &err) != STM_OK) break;
+        if (wal_wait(a->w, r.seq, &err) != STM_OK) break;
+        if (a->n == a->cap) {
+            a->cap = a->cap ? 2 * a->cap : 256;
+            a->acked = realloc(a->acked, a->cap * sizeof *a->acked);
+        }
+        a->acked[a->n++] = (kept){r.offset, r.seq, 3, r.len, crc32c(0, pl, len), {0}};
+    }
+    return NULL;
+}
+
+static int cmp_kept(const void *x, const void *y)
+{
+    uint64_t a = ((const kept *)x)->offset, b = ((const kept *)y)->offset;
+    return a < b ? -1 : a > b;
+}
+
+/* Appenders run until the simulated power cut; recovery must then find
+ * every record acknowledged under every_write, in every round. */
+static void power_loss_rounds(const char *policy, int rounds, bool acked_must_survive)
+{
+    char *dir = path_in("wal");
+    kept *all = NULL;
+    size_t nall = 0;
+    unsigned seed = 12345;
+    for (int round = 0; round < rounds; round++) {
+        wal_fault_reset();
+        wal_fault_track();
+        wal *w = open_faulty(dir, policy, 64 * 1024);
+        enum { T = 4 };
+        pthread_t th[T];
+        pl_arg a[T];
+        for (int t = 0; t < T; t++) {
+            a[t] = (pl_arg){w, t, NULL, 0, 0};
+            pthread_create(&th[t], NULL, pl_writer, &a[t]);
+        }
+        usleep((useconds_t)(2000 + rand_r(&seed) % 30000));
+        wal_fault_power_cut(seed + (unsigned)round);
+        for (int t = 0; t < T; t++) {
+            pthread_join(th[t], NULL);
+            all = realloc(all, (nall + a[t].n + 1) * sizeof *all);
+            memcpy(all + nall, a[t].acked, a[t].n * sizeof *all);
+            nall += a[t].n;
+            free(a[t].acked);
+        }
+        stm_err err;
+        wal_close(w, &err);
+        wal_fault_reset();
+
+        wal_opts o = {.dir = dir, .segment_size = 64 * 1024};
+        wal_recovery rep;
+        ck_assert_msg(wal_open(&o, &w, &rep, &err) == STM_OK, "round %d: %s", round, err.msg);
+        qsort(all, nall, sizeof *all, cmp_kept);
+        wal_iter *it;
+        ck_assert_int_eq(wal_iter_open(w, 0, false, &it, &err), STM_OK);
+        wal_record r;
+        size_t ai = 0, n = 0;
+        uint64_t prev = 0;
+        int k;
+        while ((k = wal_iter_next(it, &r, &err)) == 1) {
+            if (n++) ck_assert_uint_eq(r.seq, prev + 1);
+            prev = r.seq;
+            if (!acked_must_survive) continue;
+            ck_assert_msg(ai >= nall || all[ai].offset >= r.offset,
+                          "round %d: acknowledged record at %llu lost", round,
+                          (unsigned long long)all[ai].offset);
+            if (ai < nall && all[ai].offset == r.offset) {
+                ck_assert_uint_eq(all[ai].seq, r.seq);
+                ck_assert_uint_eq(all[ai].crc, crc32c(0, r.payload, r.len));
+                ai++;
+            }
+        }
+        ck_assert_int_eq(k, 0);
+        wal_iter_close(it);
+        if (acked_must_survive)
+            ck_assert_msg(ai == nall, "round %d: %zu acknowledged records lost", round, nall - ai);
+        else
+            nall = 0; /* acknowledged is not durable under this policy */
+        close_wal(w);
+    }
+    free(all);
+}
+
+START_TEST(test_power_loss_every_write)
+{
+    power_loss_rounds("every_write", 12, true);
+}
+END_TEST
+
+START_TEST(test_power_loss_never)
+{
+    power_loss_rounds("never", 6, false);
+    power_loss_rounds("every_ms:5", 6, false);
+}
+END_TEST
+
 START_TEST(test_fault_repair_rename)
 {
     char *dir = path_in("wal");
@@ -1203,6 +1318,8 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_fault_rotation);
     tcase_add_test(t, test_fault_torn_write);
     tcase_add_test(t, test_fault_repair_rename);
+    tcase_add_test(t, test_power_loss_every_write);
+    tcase_add_test(t, test_power_loss_never);
 #endif
     suite_add_tcase(s, t);
     return s;
