@@ -83,12 +83,14 @@ __attribute__((target("sse4.2"))) static uint32_t hw_impl(uint32_t crc, const vo
 
 int crc32c_hw_available(void)
 {
-    static int avail = -1;
-    if (avail < 0) {
+    static int avail = -1; /* racing first calls compute the same value */
+    int a = __atomic_load_n(&avail, __ATOMIC_RELAXED);
+    if (a < 0) {
         __builtin_cpu_init();
-        avail = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+        a = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+        __atomic_store_n(&avail, a, __ATOMIC_RELAXED);
     }
-    return avail;
+    return a;
 }
 
 uint32_t crc32c_hw(uint32_t crc, const void *data, size_t len)

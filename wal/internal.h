@@ -62,7 +62,9 @@ struct wal {
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv;   /* flusher: work arrived */
-    pthread_cond_t acked_cv;  /* waiters: watermarks moved or failure */
+    pthread_mutex_t wait_mu;  /* waiters sleep on this, not on mu, so a woken
+                                 group does not queue behind appenders */
+    pthread_cond_t acked_cv;  /* waiters (wait_mu): watermarks moved or failure */
     pthread_cond_t space_cv;  /* appenders: pending group drained */
 
     wal_seg **segs;
@@ -79,9 +81,12 @@ struct wal {
 
     buf pend;
     uint64_t pend_records;
+    uint64_t flusher_want;    /* pending records the lingering flusher waits for */
     wal_chunk *chunks;
     size_t nchunks, chunkcap;
 
+    /* Written under mu; synced_seq, acked_seq and failed also read with
+     * atomic loads by waiters holding only wait_mu. */
     uint64_t written_seq, synced_seq, acked_seq, sync_target;
     uint64_t unsynced_records;
     bool stop, failed;

@@ -350,7 +350,9 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
     }
     if (ckpt) put_checkpoint(w, cur);
     put_record(w, cur, type, payload, len, crc, rec);
-    pthread_cond_signal(&w->work_cv);
+    /* A lingering flusher is woken only once its group is complete: waking
+     * it for every arrival costs a context switch per record. */
+    if (w->pend_records >= w->flusher_want) pthread_cond_signal(&w->work_cv);
     pthread_mutex_unlock(&w->mu);
     return STM_OK;
 }
@@ -362,23 +364,25 @@ static void set_acked(wal *w)
     bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
                   (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
     uint64_t a = strict ? w->synced_seq : w->written_seq;
-    if (a > w->acked_seq) w->acked_seq = a;
+    if (a > w->acked_seq) __atomic_store_n(&w->acked_seq, a, __ATOMIC_RELEASE);
 }
 
 static void fail_locked(wal *w, const char *what, const char *path, int e)
 {
     if (!w->failed) {
-        w->failed = true;
         snprintf(w->fail_msg, sizeof w->fail_msg,
                  "%s failed on %s: %s; the write-ahead log takes no more writes until stmfs is "
                  "restarted",
                  what, path, strerror(e));
+        __atomic_store_n(&w->failed, true, __ATOMIC_RELEASE);
     }
     for (size_t i = 0; i < w->nchunks; i++) wal_seg_unref(w, w->chunks[i].seg);
     w->nchunks = 0;
     w->pend_records = 0;
     buf_reset(&w->pend);
+    pthread_mutex_lock(&w->wait_mu);
     pthread_cond_broadcast(&w->acked_cv);
+    pthread_mutex_unlock(&w->wait_mu);
     pthread_cond_broadcast(&w->space_cv);
 }
 
@@ -444,9 +448,11 @@ static void *flusher_main(void *arg)
         if (strict && !w->failed && !w->stop && w->pend_records < last_group) {
             uint64_t until = mono_ns() + linger_ns;
             struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
+            w->flusher_want = last_group;
             while (!w->failed && !w->stop && w->pend_records < last_group &&
                    pthread_cond_timedwait(&w->work_cv, &w->mu, &ts) == 0)
                 ;
+            w->flusher_want = 0;
         }
         last_group = w->pend_records;
         w->pend_records = 0;
@@ -478,7 +484,7 @@ static void *flusher_main(void *arg)
                 }
                 pthread_mutex_lock(&w->mu);
                 w->fsyncs++;
-                w->synced_seq = w->written_seq;
+                __atomic_store_n(&w->synced_seq, w->written_seq, __ATOMIC_RELEASE);
                 w->unsynced_records = 0;
                 wal_seg_unref(w, dirty);
                 pthread_mutex_unlock(&w->mu);
@@ -549,26 +555,28 @@ static void *flusher_main(void *arg)
                     fail_locked(w, "fdatasync", dirty->path, se);
                 } else {
                     w->fsyncs++;
-                    w->synced_seq = upto;
+                    __atomic_store_n(&w->synced_seq, upto, __ATOMIC_RELEASE);
                     w->unsynced_records = 0;
                 }
             } else if (sync) {
-                w->synced_seq = w->written_seq;
+                __atomic_store_n(&w->synced_seq, w->written_seq, __ATOMIC_RELEASE);
             }
             if (w->synced_seq >= w->written_seq) deadline = 0;
         }
         if (!w->failed) set_acked(w);
-        pthread_cond_broadcast(&w->acked_cv);
         uint64_t acked = w->acked_seq;
         bool failed = w->failed;
         void (*fn)(void *, uint64_t, bool) = w->listener;
         void *fa = w->listener_arg;
+        pthread_mutex_unlock(&w->mu);
+        pthread_mutex_lock(&w->wait_mu);
+        pthread_cond_broadcast(&w->acked_cv);
+        pthread_mutex_unlock(&w->wait_mu);
         if (fn && (acked > last_listened || (failed && last_listened != UINT64_MAX))) {
             last_listened = failed ? UINT64_MAX : acked;
-            pthread_mutex_unlock(&w->mu);
             fn(fa, acked, failed);
-            pthread_mutex_lock(&w->mu);
         }
+        pthread_mutex_lock(&w->mu);
     }
 out:
     if (dirty) wal_seg_unref(w, dirty);
@@ -610,6 +618,7 @@ static void wal_free(wal *w)
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->work_cv);
     pthread_cond_destroy(&w->acked_cv);
+    pthread_mutex_destroy(&w->wait_mu);
     pthread_cond_destroy(&w->space_cv);
     free(w->dir);
     free(w);
@@ -641,6 +650,7 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
     pthread_cond_init(&w->work_cv, &ca);
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&w->acked_cv, NULL);
+    pthread_mutex_init(&w->wait_mu, NULL);
     pthread_cond_init(&w->space_cv, NULL);
     w->sha = EVP_MD_fetch(NULL, "SHA256", NULL);
     w->md = EVP_MD_CTX_new();
@@ -708,10 +718,7 @@ stm_code wal_close(wal *w, stm_err *err)
 
 uint64_t wal_acked_seq(wal *w)
 {
-    pthread_mutex_lock(&w->mu);
-    uint64_t a = w->acked_seq;
-    pthread_mutex_unlock(&w->mu);
-    return a;
+    return __atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE);
 }
 
 stm_code wal_wait(wal *w, uint64_t seq, stm_err *err)
@@ -723,11 +730,16 @@ stm_code wal_wait(wal *w, uint64_t seq, stm_err *err)
         return stm_fail(err, STM_BAD_REQUEST, "sequence %llu has not been appended (next is %llu)",
                         (unsigned long long)seq, (unsigned long long)n);
     }
-    while (w->acked_seq < seq && !w->failed) pthread_cond_wait(&w->acked_cv, &w->mu);
-    stm_code rc = STM_OK;
-    if (w->acked_seq < seq) rc = stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
     pthread_mutex_unlock(&w->mu);
-    return rc;
+    if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return STM_OK;
+    pthread_mutex_lock(&w->wait_mu);
+    while (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) < seq &&
+           !__atomic_load_n(&w->failed, __ATOMIC_ACQUIRE))
+        pthread_cond_wait(&w->acked_cv, &w->wait_mu);
+    pthread_mutex_unlock(&w->wait_mu);
+    if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return STM_OK;
+    /* failed is set after fail_msg is final, and never cleared. */
+    return stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
 }
 
 void wal_set_listener(wal *w, void (*fn)(void *arg, uint64_t acked_seq, bool failed), void *arg)
@@ -748,11 +760,14 @@ stm_code wal_sync(wal *w, stm_err *err)
     uint64_t target = w->next_seq - 1;
     if (target > w->sync_target) w->sync_target = target;
     pthread_cond_signal(&w->work_cv);
-    while (w->synced_seq < target && !w->failed) pthread_cond_wait(&w->acked_cv, &w->mu);
-    stm_code rc = STM_OK;
-    if (w->synced_seq < target) rc = stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
     pthread_mutex_unlock(&w->mu);
-    return rc;
+    pthread_mutex_lock(&w->wait_mu);
+    while (__atomic_load_n(&w->synced_seq, __ATOMIC_ACQUIRE) < target &&
+           !__atomic_load_n(&w->failed, __ATOMIC_ACQUIRE))
+        pthread_cond_wait(&w->acked_cv, &w->wait_mu);
+    pthread_mutex_unlock(&w->wait_mu);
+    if (__atomic_load_n(&w->synced_seq, __ATOMIC_ACQUIRE) >= target) return STM_OK;
+    return stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
 }
 
 /* ---- stats and compaction ---------------------------------------------- */
