@@ -23,10 +23,14 @@
  *   where chain_seq is the sequence of the record that value ends with (0 =
  *   empty log). One is written first in every segment after the first (so a
  *   compacted log stays verifiable from its oldest segment), after every
- *   WAL_CHECKPOINT_EVERY bytes of records, and at clean close. Recovery
- *   therefore hashes only the records after the last checkpoint. Segments
- *   written by rstmdb have no checkpoints; their chain starts at zero at the
- *   first record of the oldest segment.
+ *   WAL_CHECKPOINT_EVERY bytes of records appended since the open, and at a
+ *   clean close that follows appends (opening and closing an untouched log
+ *   writes nothing, so an rstmdb directory's next record lands exactly where
+ *   rstmdb left off). Recovery therefore hashes only the records after the
+ *   last checkpoint. Segments written by rstmdb have no checkpoints; their
+ *   chain starts at zero at the first record of the oldest segment.
+ *   Checkpoints take sequence numbers like any record (rstmdb's replay skips
+ *   type 6, and entry_count counts them).
  *
  * WRITING AND DURABILITY
  *   wal_append never waits for the disk: it copies the record into the
@@ -38,6 +42,12 @@
  *     every_n:N    acked = written (in the kernel); fdatasync after every N records
  *     every_ms:M   acked = written; fdatasync at most M ms after a record is written
  *     never        acked = written; fdatasync only at rotation and close
+ *   every_n counts every record written, checkpoints included. Under
+ *   every_write the flusher waits up to half an fdatasync for as many
+ *   records as its last group held, so a crowd of appenders woken by one
+ *   sync shares the next one instead of splitting into alternating halves.
+ *   Rotation always fdatasyncs the old segment before the new one's file is
+ *   created (and its directory fsynced), whatever the policy.
  *   Any failed write or fdatasync marks the log failed: waiters and later
  *   appends get WAL_IO_ERROR until the log is reopened (a failed fsync is
  *   never retried and pretended good).
@@ -48,7 +58,12 @@
  *   record) is cut back to the last good record and reported. A bad record
  *   with good records after it is corruption: wal_open refuses, naming the
  *   segment file and byte position, unless opts.repair, which cuts there and
- *   keeps the cut bytes in "<segment>.cut-<unix time>" beside it.
+ *   keeps the cut bytes in "<segment>.cut-<unix time>" beside it (later
+ *   segments are renamed the same way). A record is bad when its magic,
+ *   type, length, CRC or sequence (0 is never valid) is wrong; "good records
+ *   after it" means any valid record found by resynchronising on the magic.
+ *   Read-only opens report a torn tail and leave it in place. Whatever
+ *   recovery keeps is fdatasynced before the log takes new appends.
  *
  * THREADS
  *   All functions may be called from any thread; wal serialises internally.
@@ -133,7 +148,11 @@ typedef struct {
     uint64_t first_offset;      /* offset of the oldest retained record (0 if none) */
     uint64_t latest_offset;     /* next write position: (seg << 40) | size */
     uint64_t total_size_bytes;  /* real current size of all segments */
-    uint64_t bytes_written, writes, fsyncs, bytes_read, reads; /* since open */
+    /* Since open: bytes and records written by the flusher (checkpoints
+     * included); fdatasyncs of segments (policy, rotation, wal_sync, close);
+     * reads = wal_iter_open + wal_read_at calls, bytes_read = the record
+     * bytes they returned (header + payload), as rstmdb's io_stats count. */
+    uint64_t bytes_written, writes, fsyncs, bytes_read, reads;
     uint64_t acked_seq, written_seq, synced_seq;
     uint8_t head_chain[32];     /* chain value of the last appended record */
     bool failed;                /* a write or fsync failed: read-only until reopened */
