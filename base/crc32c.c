@@ -19,11 +19,13 @@ static void table_init(void)
 {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ POLY : c >> 1;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ POLY : c >> 1;
         table[0][i] = c;
     }
     for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++) table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xFF];
+        for (int t = 1; t < 8; t++)
+            table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xFF];
 }
 
 uint32_t crc32c_sw(uint32_t crc, const void *data, size_t len)
@@ -46,7 +48,8 @@ uint32_t crc32c_sw(uint32_t crc, const void *data, size_t len)
         p += 8;
         len -= 8;
     }
-    while (len--) c = (c >> 8) ^ table[0][(c ^ *p++) & 0xFF];
+    while (len--)
+        c = (c >> 8) ^ table[0][(c ^ *p++) & 0xFF];
     return ~c;
 }
 
@@ -77,7 +80,8 @@ __attribute__((target("sse4.2"))) static uint32_t hw_impl(uint32_t crc, const vo
         p += 8;
         len -= 8;
     }
-    while (len--) c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+    while (len--)
+        c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
     return ~(uint32_t)c;
 }
 

@@ -25,22 +25,21 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: stmfs wal verify DATA_DIR [--expect SEQ:HEX]\n"
-            "       stmfs wal dump DATA_DIR [--from OFFSET]\n"
-            "\n"
-            "verify  checks every CRC and the SHA-256 hash chain of the write-ahead log\n"
-            "        in DATA_DIR/wal and prints its head as SEQ:HEX. Keep that line: a\n"
-            "        later `verify --expect SEQ:HEX` proves records 1..SEQ unchanged.\n"
-            "        Exit 0 when intact, 1 on damage (segment file and byte named).\n"
-            "dump    prints each record as a JSON line:\n"
-            "        {\"entry\":{...},\"offset\":N,\"sequence\":N}\n"
-            "\n"
-            "  --expect SEQ:HEX  (verify) the chain value the log must have at SEQ\n"
-            "  --from OFFSET     (dump) start at this WAL offset (default: the oldest)\n"
-            "  -h, --help        this text\n"
-            "\n"
-            "Both only read; a torn tail is reported, not cut.\n");
+    fprintf(out, "usage: stmfs wal verify DATA_DIR [--expect SEQ:HEX]\n"
+                 "       stmfs wal dump DATA_DIR [--from OFFSET]\n"
+                 "\n"
+                 "verify  checks every CRC and the SHA-256 hash chain of the write-ahead log\n"
+                 "        in DATA_DIR/wal and prints its head as SEQ:HEX. Keep that line: a\n"
+                 "        later `verify --expect SEQ:HEX` proves records 1..SEQ unchanged.\n"
+                 "        Exit 0 when intact, 1 on damage (segment file and byte named).\n"
+                 "dump    prints each record as a JSON line:\n"
+                 "        {\"entry\":{...},\"offset\":N,\"sequence\":N}\n"
+                 "\n"
+                 "  --expect SEQ:HEX  (verify) the chain value the log must have at SEQ\n"
+                 "  --from OFFSET     (dump) start at this WAL offset (default: the oldest)\n"
+                 "  -h, --help        this text\n"
+                 "\n"
+                 "Both only read; a torn tail is reported, not cut.\n");
 }
 
 static char *wal_dir_of(const char *data_dir)
@@ -167,14 +166,17 @@ int cmd_wal(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'e': expect = optarg; break;
+        case 'e':
+            expect = optarg;
+            break;
         case 'f': {
             char *end;
             errno = 0;
             unsigned long long v = strtoull(optarg, &end, 10);
             if (errno || *end || !*optarg || optarg[0] == '-') {
-                fprintf(stderr, "stmfs wal dump: --from wants a WAL offset (a whole number), "
-                                "not '%s'\n",
+                fprintf(stderr,
+                        "stmfs wal dump: --from wants a WAL offset (a whole number), "
+                        "not '%s'\n",
                         optarg);
                 return 2;
             }
@@ -182,8 +184,12 @@ int cmd_wal(int argc, char **argv)
             have_from = true;
             break;
         }
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (argc - optind != 2) {

@@ -27,11 +27,11 @@
  * that compaction has just deleted. */
 typedef struct wal_seg {
     uint64_t id;
-    int fd;              /* -1 until the flusher has created the file */
-    int refs;            /* guarded by wal.mu */
-    uint64_t size;       /* logical size: appended bytes, written or pending */
-    uint64_t written;    /* bytes in the file (readable) */
-    uint64_t *idx;       /* record starts, at least WAL_INDEX_EVERY apart */
+    int fd;           /* -1 until the flusher has created the file */
+    int refs;         /* guarded by wal.mu */
+    uint64_t size;    /* logical size: appended bytes, written or pending */
+    uint64_t written; /* bytes in the file (readable) */
+    uint64_t *idx;    /* record starts, at least WAL_INDEX_EVERY apart */
     size_t nidx, idxcap;
     const wal_io *io;
     char path[];
@@ -45,12 +45,12 @@ typedef struct {
 
 /* A contiguous run of pending bytes destined for one segment. */
 typedef struct {
-    wal_seg *seg;        /* holds a reference */
-    uint64_t pos;        /* file position of the first byte */
-    size_t off, len;     /* in the group buffer */
+    wal_seg *seg;    /* holds a reference */
+    uint64_t pos;    /* file position of the first byte */
+    size_t off, len; /* in the group buffer */
     uint64_t last_seq;
     uint32_t records;
-    bool creates;        /* the flusher must create this segment's file first */
+    bool creates; /* the flusher must create this segment's file first */
 } wal_chunk;
 
 struct wal {
@@ -61,11 +61,11 @@ struct wal {
     bool read_only;
 
     pthread_mutex_t mu;
-    pthread_cond_t work_cv;   /* flusher: work arrived */
-    pthread_mutex_t wait_mu;  /* waiters sleep on this, not on mu, so a woken
-                                 group does not queue behind appenders */
-    pthread_cond_t acked_cv;  /* waiters (wait_mu): watermarks moved or failure */
-    pthread_cond_t space_cv;  /* appenders: pending group drained */
+    pthread_cond_t work_cv;  /* flusher: work arrived */
+    pthread_mutex_t wait_mu; /* waiters sleep on this, not on mu, so a woken
+                                group does not queue behind appenders */
+    pthread_cond_t acked_cv; /* waiters (wait_mu): watermarks moved or failure */
+    pthread_cond_t space_cv; /* appenders: pending group drained */
 
     wal_seg **segs;
     size_t nsegs, segcap;
@@ -73,15 +73,15 @@ struct wal {
     size_t nanchors, anchorcap;
 
     uint64_t next_seq;
-    uint64_t head_seq;        /* sequence of the last record in file order */
-    uint64_t open_seq;        /* head_seq when opened: close checkpoints only new work */
+    uint64_t head_seq; /* sequence of the last record in file order */
+    uint64_t open_seq; /* head_seq when opened: close checkpoints only new work */
     uint8_t chain[32];
-    uint64_t since_ckpt;      /* record bytes since the last checkpoint */
-    bool cur_has_data;        /* current segment holds a non-checkpoint record */
+    uint64_t since_ckpt; /* record bytes since the last checkpoint */
+    bool cur_has_data;   /* current segment holds a non-checkpoint record */
 
     buf pend;
     uint64_t pend_records;
-    uint64_t flusher_want;    /* pending records the lingering flusher waits for */
+    uint64_t flusher_want; /* pending records the lingering flusher waits for */
     wal_chunk *chunks;
     size_t nchunks, chunkcap;
 
@@ -101,7 +101,7 @@ struct wal {
     bool flusher_running;
 
     EVP_MD *sha;
-    EVP_MD_CTX *md;           /* guarded by mu (appenders) */
+    EVP_MD_CTX *md; /* guarded by mu (appenders) */
 };
 
 /* Big-endian helpers. */
@@ -127,13 +127,12 @@ static inline void wal_put64(unsigned char *p, uint64_t v)
 }
 
 /* Fills the 24-byte header. */
-void wal_make_header(unsigned char h[WAL_HEADER_SIZE], uint8_t type, uint32_t len,
-                     uint32_t crc, uint64_t seq);
+void wal_make_header(unsigned char h[WAL_HEADER_SIZE], uint8_t type, uint32_t len, uint32_t crc,
+                     uint64_t seq);
 bool wal_type_valid(uint8_t type);
 /* chain(next) = SHA-256(prev || header || payload). */
 void wal_chain_step(EVP_MD_CTX *md, const EVP_MD *sha, const uint8_t prev[32],
-                    const unsigned char *hdr, const void *payload, uint32_t len,
-                    uint8_t out[32]);
+                    const unsigned char *hdr, const void *payload, uint32_t len, uint8_t out[32]);
 /* The checkpoint payload text (returns its length) and its parser. */
 int wal_ckpt_format(char *out, size_t n, int64_t ts, const uint8_t chain[32], uint64_t seq);
 bool wal_ckpt_parse(const char *p, uint32_t len, uint8_t chain[32], uint64_t *seq);

@@ -17,7 +17,8 @@
 static int posix_open(const char *path, int flags, mode_t mode)
 {
     int fd;
-    do fd = open(path, flags, mode);
+    do
+        fd = open(path, flags, mode);
     while (fd < 0 && errno == EINTR);
     return fd;
 }
@@ -87,7 +88,8 @@ static int fd_file[MAX_FD]; /* index + 1 into files, 0 = not tracked */
 
 static void forget_files(void)
 {
-    for (size_t i = 0; i < nfiles; i++) free(files[i].path);
+    for (size_t i = 0; i < nfiles; i++)
+        free(files[i].path);
     free(files);
     files = NULL;
     nfiles = 0;

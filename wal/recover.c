@@ -31,10 +31,10 @@
 typedef struct {
     const wal_io *io;
     int fd;
-    uint64_t limit;        /* bytes of the file that may be read */
+    uint64_t limit; /* bytes of the file that may be read */
     unsigned char *buf;
     size_t cap, chunk;
-    uint64_t boff;         /* buf holds file bytes [boff, boff + blen) */
+    uint64_t boff; /* buf holds file bytes [boff, boff + blen) */
     size_t blen;
 } reader;
 
@@ -340,7 +340,8 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
             uint64_t off = WAL_OFFSET(s->id, pos);
             uint8_t ch[32];
             uint64_t cseq;
-            bool is_ckpt = v.type == WAL_T_CHECKPOINT && wal_ckpt_parse(v.payload, v.len, ch, &cseq);
+            bool is_ckpt =
+                v.type == WAL_T_CHECKPOINT && wal_ckpt_parse(v.payload, v.len, ch, &cseq);
             if (first && !is_ckpt) {
                 static const uint8_t zero[32];
                 wal_add_anchor(w, off, zero);
@@ -368,7 +369,8 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
         }
         rd_free(&r);
         uint64_t cut = s->size - bad_pos;
-        for (size_t j = bad_seg + 1; j < w->nsegs; j++) cut += w->segs[j]->size;
+        for (size_t j = bad_seg + 1; j < w->nsegs; j++)
+            cut += w->segs[j]->size;
         uint64_t bad_off = WAL_OFFSET(s->id, bad_pos);
         if (good != UINT64_MAX && (!repair || w->read_only)) {
             return stm_fail(err, STM_WAL_IO_ERROR,
@@ -376,8 +378,8 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
                             "records follow (%s byte %llu), so this is damage inside the log, "
                             "not a torn tail. Refusing to open: restore the file, or repair "
                             "(cuts the log there and keeps the %llu cut bytes beside it)",
-                            s->path, (unsigned long long)bad_pos, (unsigned long long)bad_off,
-                            why, w->segs[good_seg]->path, (unsigned long long)good,
+                            s->path, (unsigned long long)bad_pos, (unsigned long long)bad_off, why,
+                            w->segs[good_seg]->path, (unsigned long long)good,
                             (unsigned long long)cut);
         }
         rep->cut_bytes = cut;
@@ -431,7 +433,8 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
                 return io_fail(err, "fsync of the directory", w->dir, errno);
         }
         s->size = s->written = bad_pos;
-        for (size_t j = bad_seg + 1; j < w->nsegs; j++) wal_seg_unref(w, w->segs[j]);
+        for (size_t j = bad_seg + 1; j < w->nsegs; j++)
+            wal_seg_unref(w, w->segs[j]);
         w->nsegs = bad_seg + 1;
     }
     rd_free(&r);
@@ -469,7 +472,8 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
         wal_record rec;
         int k;
         memcpy(w->chain, w->anchors[w->nanchors - 1].before, 32);
-        while ((k = wal_iter_next(it, &rec, err)) == 1) memcpy(w->chain, rec.chain, 32);
+        while ((k = wal_iter_next(it, &rec, err)) == 1)
+            memcpy(w->chain, rec.chain, 32);
         wal_iter_close(it);
         if (k < 0) return STM_WAL_IO_ERROR;
     }
@@ -480,7 +484,7 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
 
 struct wal_iter {
     wal *w;
-    wal_seg *seg;          /* holds a reference; NULL at the end of an empty log */
+    wal_seg *seg; /* holds a reference; NULL at the end of an empty log */
     uint64_t pos, from, hash_from;
     bool with_chain, counted;
     uint8_t chain[32];
@@ -583,8 +587,8 @@ int wal_iter_next(wal_iter *it, wal_record *rec, stm_err *err)
         int fd = it->seg->fd;
         if (it->pos >= limit) {
             /* Move on only once this segment is complete and a later one exists. */
-            wal_seg *next = it->seg->written == it->seg->size ? seg_at_or_after(w, it->seg->id + 1)
-                                                              : NULL;
+            wal_seg *next =
+                it->seg->written == it->seg->size ? seg_at_or_after(w, it->seg->id + 1) : NULL;
             if (!next) {
                 pthread_mutex_unlock(&w->mu);
                 return 0;
@@ -628,8 +632,7 @@ int wal_iter_next(wal_iter *it, wal_record *rec, stm_err *err)
         else
             memset(rec->chain, 0, 32);
         if (it->counted)
-            __atomic_add_fetch(&w->bytes_read, WAL_HEADER_SIZE + (uint64_t)v.len,
-                               __ATOMIC_RELAXED);
+            __atomic_add_fetch(&w->bytes_read, WAL_HEADER_SIZE + (uint64_t)v.len, __ATOMIC_RELAXED);
         return 1;
     }
 }
@@ -692,8 +695,7 @@ stm_code wal_read_at(wal *w, uint64_t offset, buf *payload, wal_record *rec, stm
     len = wal_be32(h + 8);
     if (memcmp(h, "WLOG", 4) != 0 || !wal_type_valid(h[4]) || len > WAL_MAX_PAYLOAD ||
         pos + WAL_HEADER_SIZE + len > limit) {
-        rc = stm_fail(err, STM_BAD_REQUEST, "no record at offset %llu",
-                      (unsigned long long)offset);
+        rc = stm_fail(err, STM_BAD_REQUEST, "no record at offset %llu", (unsigned long long)offset);
         goto out;
     }
     buf_reset(payload);
@@ -705,7 +707,8 @@ stm_code wal_read_at(wal *w, uint64_t offset, buf *payload, wal_record *rec, stm
     payload->len = len;
     payload->data[len] = 0;
     if (crc32c(0, payload->data, len) != wal_be32(h + 12)) {
-        rc = stm_fail(err, STM_WAL_IO_ERROR, "CRC mismatch in the record at offset %llu (%s byte %llu)",
+        rc = stm_fail(err, STM_WAL_IO_ERROR,
+                      "CRC mismatch in the record at offset %llu (%s byte %llu)",
                       (unsigned long long)offset, s->path, (unsigned long long)pos);
         goto out;
     }

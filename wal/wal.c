@@ -144,7 +144,8 @@ bool wal_ckpt_parse(const char *p, uint32_t len, uint8_t chain[32], uint64_t *se
 stm_code wal_sync_policy_parse(const char *text, wal_sync_policy *out, stm_err *err)
 {
     const char *t = text ? text : "";
-    while (*t == ' ') t++;
+    while (*t == ' ')
+        t++;
     if (strcasecmp(t, "every_write") == 0) {
         *out = (wal_sync_policy){WAL_SYNC_EVERY_WRITE, 0};
         return STM_OK;
@@ -162,11 +163,13 @@ stm_code wal_sync_policy_parse(const char *text, wal_sync_policy *out, stm_err *
         goto bad;
     {
         const char *n = strchr(t, ':') + 1;
-        while (*n == ' ') n++;
+        while (*n == ' ')
+            n++;
         uint64_t v;
         const char *p = n, *end = n + strlen(n);
         if (*n == '-' || !eat_uint(&p, end, &v) || v > UINT32_MAX) goto bad;
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         if (*p) goto bad;
         *out = (wal_sync_policy){mode, (uint32_t)v};
         return STM_OK;
@@ -180,10 +183,18 @@ bad:
 void wal_sync_policy_format(const wal_sync_policy *p, char *out, size_t n)
 {
     switch (p->mode) {
-    case WAL_SYNC_EVERY_WRITE: snprintf(out, n, "every_write"); break;
-    case WAL_SYNC_EVERY_N: snprintf(out, n, "every_n:%u", p->arg); break;
-    case WAL_SYNC_EVERY_MS: snprintf(out, n, "every_ms:%u", p->arg); break;
-    case WAL_SYNC_NEVER: snprintf(out, n, "never"); break;
+    case WAL_SYNC_EVERY_WRITE:
+        snprintf(out, n, "every_write");
+        break;
+    case WAL_SYNC_EVERY_N:
+        snprintf(out, n, "every_n:%u", p->arg);
+        break;
+    case WAL_SYNC_EVERY_MS:
+        snprintf(out, n, "every_ms:%u", p->arg);
+        break;
+    case WAL_SYNC_NEVER:
+        snprintf(out, n, "never");
+        break;
     }
 }
 
@@ -376,7 +387,8 @@ static void fail_locked(wal *w, const char *what, const char *path, int e)
                  what, path, strerror(e));
         __atomic_store_n(&w->failed, true, __ATOMIC_RELEASE);
     }
-    for (size_t i = 0; i < w->nchunks; i++) wal_seg_unref(w, w->chunks[i].seg);
+    for (size_t i = 0; i < w->nchunks; i++)
+        wal_seg_unref(w, w->chunks[i].seg);
     w->nchunks = 0;
     w->pend_records = 0;
     buf_reset(&w->pend);
@@ -414,7 +426,7 @@ static void *flusher_main(void *arg)
     wal_chunk *gc = NULL;
     size_t gcap = 0;
     wal_seg *dirty = NULL; /* segment with written, unsynced bytes (holds a ref) */
-    uint64_t deadline = 0;  /* every_ms: when the oldest unsynced write must be synced */
+    uint64_t deadline = 0; /* every_ms: when the oldest unsynced write must be synced */
     uint64_t last_listened = 0;
     uint64_t last_group = 0, linger_ns = 0;
     const bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
@@ -522,7 +534,8 @@ static void *flusher_main(void *arg)
         }
 
         pthread_mutex_lock(&w->mu);
-        for (size_t i = 0; i < ncs; i++) wal_seg_unref(w, gc[i].seg);
+        for (size_t i = 0; i < ncs; i++)
+            wal_seg_unref(w, gc[i].seg);
         buf_reset(&gb);
         if (what) {
             fail_locked(w, what, path, e);
@@ -530,7 +543,9 @@ static void *flusher_main(void *arg)
             bool sync = false;
             bool pendingsync = w->written_seq > w->synced_seq;
             switch (w->sync.mode) {
-            case WAL_SYNC_EVERY_WRITE: sync = true; break;
+            case WAL_SYNC_EVERY_WRITE:
+                sync = true;
+                break;
             case WAL_SYNC_EVERY_N:
                 sync = w->sync.arg == 0 || w->unsynced_records >= w->sync.arg;
                 break;
@@ -539,7 +554,8 @@ static void *flusher_main(void *arg)
                     deadline = mono_ns() + (uint64_t)w->sync.arg * 1000000u;
                 sync = deadline && mono_ns() >= deadline;
                 break;
-            case WAL_SYNC_NEVER: break;
+            case WAL_SYNC_NEVER:
+                break;
             }
             if (w->sync_target > w->synced_seq) sync = true;
             if (sync && pendingsync && dirty) {
@@ -607,8 +623,10 @@ static int mkdir_p(const char *dir)
 
 static void wal_free(wal *w)
 {
-    for (size_t i = 0; i < w->nchunks; i++) wal_seg_unref(w, w->chunks[i].seg);
-    for (size_t i = 0; i < w->nsegs; i++) wal_seg_unref(w, w->segs[i]);
+    for (size_t i = 0; i < w->nchunks; i++)
+        wal_seg_unref(w, w->chunks[i].seg);
+    for (size_t i = 0; i < w->nsegs; i++)
+        wal_seg_unref(w, w->segs[i]);
     free(w->segs);
     free(w->chunks);
     free(w->anchors);
@@ -638,7 +656,8 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
     wal *w = xcalloc(1, sizeof *w);
     w->dir = xstrdup(opts->dir);
     size_t dl = strlen(w->dir);
-    while (dl > 1 && w->dir[dl - 1] == '/') w->dir[--dl] = 0;
+    while (dl > 1 && w->dir[dl - 1] == '/')
+        w->dir[--dl] = 0;
     w->io = opts->io ? opts->io : &wal_posix_io;
     w->segment_size = opts->segment_size;
     w->sync = opts->sync;
@@ -661,8 +680,8 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
     w->next_seq = 1;
 
     if (!w->read_only && mkdir_p(w->dir) != 0) {
-        stm_code rc = stm_fail(err, STM_WAL_IO_ERROR, "cannot create the directory %s: %s",
-                               w->dir, strerror(errno));
+        stm_code rc = stm_fail(err, STM_WAL_IO_ERROR, "cannot create the directory %s: %s", w->dir,
+                               strerror(errno));
         wal_free(w);
         return rc;
     }
@@ -782,8 +801,9 @@ void wal_get_stats(wal *w, wal_stats *st)
         st->total_size_bytes += w->segs[i]->size;
         if (!st->first_offset && w->segs[i]->size) st->first_offset = WAL_OFFSET(w->segs[i]->id, 0);
     }
-    st->latest_offset = w->nsegs ? WAL_OFFSET(w->segs[w->nsegs - 1]->id, w->segs[w->nsegs - 1]->size)
-                                 : WAL_OFFSET(1, 0);
+    st->latest_offset = w->nsegs
+                            ? WAL_OFFSET(w->segs[w->nsegs - 1]->id, w->segs[w->nsegs - 1]->size)
+                            : WAL_OFFSET(1, 0);
     st->bytes_written = w->bytes_written;
     st->writes = w->writes;
     st->fsyncs = w->fsyncs;
@@ -822,7 +842,8 @@ stm_code wal_delete_before(wal *w, uint64_t offset, uint64_t *segments, uint64_t
     w->nsegs -= n;
     uint64_t keep = w->nsegs ? WAL_OFFSET(w->segs[0]->id, 0) : 0;
     size_t a = 0;
-    while (a < w->nanchors && w->anchors[a].offset < keep) a++;
+    while (a < w->nanchors && w->anchors[a].offset < keep)
+        a++;
     memmove(w->anchors, w->anchors + a, (w->nanchors - a) * sizeof *w->anchors);
     w->nanchors -= a;
     pthread_mutex_unlock(&w->mu);
@@ -841,7 +862,8 @@ stm_code wal_delete_before(wal *w, uint64_t offset, uint64_t *segments, uint64_t
         rc = stm_fail(err, STM_WAL_IO_ERROR, "fsync of the directory %s failed: %s", w->dir,
                       strerror(errno));
     pthread_mutex_lock(&w->mu);
-    for (size_t i = 0; i < n; i++) wal_seg_unref(w, gone[i]);
+    for (size_t i = 0; i < n; i++)
+        wal_seg_unref(w, gone[i]);
     pthread_mutex_unlock(&w->mu);
     free(gone);
     if (segments) *segments = nseg;

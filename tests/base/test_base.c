@@ -17,7 +17,8 @@ static uint32_t crc_ref(const void *data, size_t n)
     uint32_t c = 0xFFFFFFFFu;
     while (n--) {
         c ^= *p++;
-        for (int k = 0; k < 8; k++) c = (c >> 1) ^ ((c & 1) ? 0x82F63B78u : 0);
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ ((c & 1) ? 0x82F63B78u : 0);
     }
     return c ^ 0xFFFFFFFFu;
 }
@@ -37,7 +38,8 @@ static void check_vectors(crc_fn f)
     ck_assert_uint_eq(f(0, o, 32), 0x62A8AB43u);
     /* Every length and alignment against the definition, and continuation. */
     unsigned char *b = malloc(1100);
-    for (int i = 0; i < 1100; i++) b[i] = (unsigned char)(i * 131 + 7);
+    for (int i = 0; i < 1100; i++)
+        b[i] = (unsigned char)(i * 131 + 7);
     for (size_t off = 0; off < 8; off++)
         for (size_t n = 0; n < 1000; n += (n < 80 ? 1 : 37)) {
             uint32_t want = crc_ref(b + off, n);
@@ -76,7 +78,8 @@ START_TEST(test_buf)
     buf_printf(&b, "%d-%s", 42, "x");
     ck_assert_str_eq(buf_cstr(&b), "hello 42-x");
     ck_assert_uint_eq(b.len, 10);
-    for (int i = 0; i < 10000; i++) buf_add(&b, "ab", 2);
+    for (int i = 0; i < 10000; i++)
+        buf_add(&b, "ab", 2);
     ck_assert_uint_eq(b.len, 20010);
     ck_assert_int_eq(b.data[b.len], 0);
     buf_reset(&b);

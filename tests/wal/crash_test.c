@@ -157,8 +157,8 @@ int main(int argc, char **argv)
             if (ai < nacks && acks[ai].offset == r.offset) {
                 if (acks[ai].seq != r.seq || acks[ai].len != r.len ||
                     acks[ai].crc != crc32c(0, r.payload, r.len)) {
-                    fprintf(stderr, "round %d: record at offset %llu differs from its ack\n",
-                            round, (unsigned long long)r.offset);
+                    fprintf(stderr, "round %d: record at offset %llu differs from its ack\n", round,
+                            (unsigned long long)r.offset);
                     return 1;
                 }
                 ai++;
@@ -167,15 +167,15 @@ int main(int argc, char **argv)
         wal_iter_close(it);
         if (k < 0) return fail("iteration: %s", err.msg);
         if (ai != nacks) {
-            fprintf(stderr, "round %d: %zu acknowledged records missing after offset %llu\n",
-                    round, nacks - ai, (unsigned long long)acks[ai].offset);
+            fprintf(stderr, "round %d: %zu acknowledged records missing after offset %llu\n", round,
+                    nacks - ai, (unsigned long long)acks[ai].offset);
             return 1;
         }
         if (wal_close(w, &err) != STM_OK) return fail("close: %s", err.msg);
         wal_verify_report vr;
         if (wal_verify(dir, 0, NULL, &vr, &err) != STM_OK) return fail("verify: %s", err.msg);
-        printf("round %d: %zu acknowledged, %zu records in the log, %llu torn bytes cut\n",
-               round, nacks - before, nrec, (unsigned long long)rep.cut_bytes);
+        printf("round %d: %zu acknowledged, %zu records in the log, %llu torn bytes cut\n", round,
+               nacks - before, nrec, (unsigned long long)rep.cut_bytes);
         fflush(stdout);
     }
     printf("ok: %d rounds, %zu acknowledged records all intact, %llu torn bytes cut in total\n",

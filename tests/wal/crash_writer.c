@@ -32,7 +32,8 @@ static void *run(void *arg)
     for (unsigned long i = 0;; i++) {
         int h = snprintf(pl, sizeof pl, "{\"t\":%u,\"i\":%lu,\"p\":\"", id, i);
         size_t pad = (size_t)(rand_r(&seed) % 1200);
-        for (size_t k = 0; k < pad; k++) pl[h + k] = (char)('a' + rand_r(&seed) % 26);
+        for (size_t k = 0; k < pad; k++)
+            pl[h + k] = (char)('a' + rand_r(&seed) % 26);
         memcpy(pl + h + pad, "\"}", 2);
         uint32_t len = (uint32_t)(h + pad + 2);
         wal_record r;
@@ -64,7 +65,9 @@ int main(int argc, char **argv)
     int n = atoi(argv[2]);
     pthread_t th[64];
     if (n < 1 || n > 64) n = 4;
-    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, run, (void *)(uintptr_t)i);
-    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < n; i++)
+        pthread_create(&th[i], NULL, run, (void *)(uintptr_t)i);
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
     return 0;
 }

@@ -82,7 +82,8 @@ static void payload_for(uint64_t i, char *out, size_t *len)
     /* Lengths cycle through 0..700 so records cross index points. */
     size_t n = (i * 37) % 700;
     int h = snprintf(out, 64, "{\"n\":%llu,\"p\":\"", (unsigned long long)i);
-    for (size_t k = 0; k < n; k++) out[h + k] = (char)('a' + (i + k) % 26);
+    for (size_t k = 0; k < n; k++)
+        out[h + k] = (char)('a' + (i + k) % 26);
     memcpy(out + h + n, "\"}", 2);
     *len = h + n + 2;
 }
@@ -91,8 +92,7 @@ static wal_record append_ok(wal *w, uint8_t type, const char *p, size_t len)
 {
     wal_record r;
     stm_err err = {0};
-    ck_assert_msg(wal_append(w, type, p, (uint32_t)len, &r, &err) == STM_OK, "append: %s",
-                  err.msg);
+    ck_assert_msg(wal_append(w, type, p, (uint32_t)len, &r, &err) == STM_OK, "append: %s", err.msg);
     return r;
 }
 
@@ -197,7 +197,8 @@ START_TEST(test_hex)
 {
     uint8_t h[32], g[32];
     char s[65];
-    for (int i = 0; i < 32; i++) h[i] = (uint8_t)(i * 7 + 3);
+    for (int i = 0; i < 32; i++)
+        h[i] = (uint8_t)(i * 7 + 3);
     wal_hex(h, s);
     ck_assert_uint_eq(strlen(s), 64);
     ck_assert(wal_unhex(s, g));
@@ -223,7 +224,8 @@ START_TEST(test_header_bytes)
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(pread(fd, b, sizeof b, 0), (ssize_t)sizeof b);
     close(fd);
-    const unsigned char want[16] = {'W', 'L', 'O', 'G', 4, 0, 0, 0, 0, 0, 0, (unsigned char)strlen(p)};
+    const unsigned char want[16] = {'W', 'L', 'O', 'G', 4, 0,
+                                    0,   0,   0,   0,   0, (unsigned char)strlen(p)};
     ck_assert_mem_eq(b, want, 12);
     uint32_t crc = crc32c(0, p, strlen(p));
     unsigned char c[4] = {crc >> 24, crc >> 16, crc >> 8, crc};
@@ -327,7 +329,8 @@ START_TEST(test_iter_from_middle)
                     ck_assert_int_eq(wal_iter_open(w, from, chain, &it, &err), STM_OK);
                     wal_record r;
                     int k;
-                    do k = wal_iter_next(it, &r, &err);
+                    do
+                        k = wal_iter_next(it, &r, &err);
                     while (k == 1 && r.type == WAL_T_CHECKPOINT);
                     ck_assert_int_eq(k, 1);
                     ck_assert_uint_eq(r.offset, want[i].offset);
@@ -411,13 +414,15 @@ START_TEST(test_periodic_checkpoint)
     wal *w = open_wal(dir, 64u << 20, "never");
     char pl[1000];
     memset(pl, 'c', sizeof pl);
-    for (int i = 0; i < 3000; i++) append_ok(w, 3, pl, sizeof pl);
+    for (int i = 0; i < 3000; i++)
+        append_ok(w, 3, pl, sizeof pl);
     close_wal(w);
     w = open_wal(dir, 64u << 20, "never");
     static kept got[3100];
     size_t n = read_all(w, got, 3100, false);
     size_t ck = 0;
-    for (size_t i = 0; i < n; i++) ck += got[i].type == WAL_T_CHECKPOINT;
+    for (size_t i = 0; i < n; i++)
+        ck += got[i].type == WAL_T_CHECKPOINT;
     /* ~3 MB of records: one every MiB, plus the closing one. */
     ck_assert_uint_ge(ck, 3);
     ck_assert_uint_le(ck, 4);
@@ -564,8 +569,7 @@ START_TEST(test_corrupt_middle)
     ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_WAL_IO_ERROR);
     char want[80];
     snprintf(want, sizeof want, "at byte %llu", (unsigned long long)bad);
-    ck_assert_msg(strstr(err.msg, "0000000000000001.wal") && strstr(err.msg, want), "%s",
-                  err.msg);
+    ck_assert_msg(strstr(err.msg, "0000000000000001.wal") && strstr(err.msg, want), "%s", err.msg);
     ck_assert_int_eq(file_size(seg), (off_t)e); /* refused: nothing touched */
 
     /* Read-only refuses too; verify names the place. */
@@ -598,7 +602,8 @@ START_TEST(test_corrupt_earlier_segment)
     wal *w = open_wal(dir, 4096, "never");
     char pl[500];
     memset(pl, 'q', sizeof pl);
-    for (int i = 0; i < 40; i++) append_ok(w, 3, pl, sizeof pl);
+    for (int i = 0; i < 40; i++)
+        append_ok(w, 3, pl, sizeof pl);
     close_wal(w);
     ck_assert_int_gt(file_size(seg_path(dir, 4)), 0);
     /* Corrupt the last record of segment 2: good records follow in 3.. */
@@ -719,7 +724,8 @@ START_TEST(test_delete_before)
     char pl[500];
     memset(pl, 'd', sizeof pl);
     wal_record r = {0};
-    for (int i = 0; i < 60; i++) r = append_ok(w, 3, pl, sizeof pl);
+    for (int i = 0; i < 60; i++)
+        r = append_ok(w, 3, pl, sizeof pl);
     wait_ok(w, r.seq);
     uint64_t segs, bytes;
     stm_err err;
@@ -805,7 +811,8 @@ START_TEST(test_group_commit)
         void *rv;
         pthread_join(th[t], &rv);
         ck_assert_ptr_nonnull(rv);
-        for (int i = 1; i < N; i++) ck_assert_uint_gt(a[t].seqs[i], a[t].seqs[i - 1]);
+        for (int i = 1; i < N; i++)
+            ck_assert_uint_gt(a[t].seqs[i], a[t].seqs[i - 1]);
         free(a[t].seqs);
     }
     wal_stats st;
@@ -842,7 +849,8 @@ START_TEST(test_group_commit)
     }
     wal_iter_close(it);
     for (int t = 0; t < T; t++)
-        for (int i = 0; i < N; i++) ck_assert_int_eq(seen[t][i], 1);
+        for (int i = 0; i < N; i++)
+            ck_assert_int_eq(seen[t][i], 1);
     close_wal(w);
 }
 END_TEST
@@ -947,7 +955,8 @@ START_TEST(test_backpressure_big_records)
     char *big = malloc(WAL_MAX_PAYLOAD);
     memset(big, 'z', WAL_MAX_PAYLOAD);
     wal_record r = {0};
-    for (int i = 0; i < 10; i++) r = append_ok(w, 3, big, WAL_MAX_PAYLOAD);
+    for (int i = 0; i < 10; i++)
+        r = append_ok(w, 3, big, WAL_MAX_PAYLOAD);
     wait_ok(w, r.seq);
     free(big);
     wal_stats st;
@@ -1053,8 +1062,8 @@ static wal *open_faulty(const char *dir, const char *policy, uint64_t segsize)
     return w;
 }
 
-static void check_fails_then_recovers(wal_fault_op op, int e, const char *policy,
-                                      uint64_t segsize, const char *want)
+static void check_fails_then_recovers(wal_fault_op op, int e, const char *policy, uint64_t segsize,
+                                      const char *want)
 {
     char *dir = path_in("wal");
     wal_fault_reset();
@@ -1112,8 +1121,7 @@ END_TEST
 
 START_TEST(test_fault_write_enospc)
 {
-    check_fails_then_recovers(WAL_FAULT_PWRITE, ENOSPC, "every_write", 64u << 20,
-                              "No space left");
+    check_fails_then_recovers(WAL_FAULT_PWRITE, ENOSPC, "every_write", 64u << 20, "No space left");
     check_fails_then_recovers(WAL_FAULT_PWRITE, ENOSPC, "never", 64u << 20, "No space left");
 }
 END_TEST
@@ -1269,7 +1277,8 @@ START_TEST(test_fault_repair_rename)
     wal *w = open_wal(dir, 4096, "never");
     char pl[500];
     memset(pl, 'q', sizeof pl);
-    for (int i = 0; i < 30; i++) append_ok(w, 3, pl, sizeof pl);
+    for (int i = 0; i < 30; i++)
+        append_ok(w, 3, pl, sizeof pl);
     close_wal(w);
     poke(seg_path(dir, 1), 100, 0xff);
     wal_fault_reset();
