@@ -312,20 +312,43 @@ static const char *type_name(uint8_t type)
     }
 }
 
-static int64_t entry_ts(const cJSON *entry)
+void entry_fields_of(const cJSON *entry, entry_fields *f)
 {
-    const cJSON *ts = json_get(entry, "ts");
-    return cJSON_IsNumber(ts) ? (int64_t)ts->valuedouble : 0;
+    memset(f, 0, sizeof *f);
+    if (!cJSON_IsObject(entry)) return;
+    for (const cJSON *c = entry->child; c; c = c->next) {
+        const char *k = c->string;
+        const char *sv = cJSON_IsString(c) ? c->valuestring : NULL;
+        switch (k[0]) {
+        case 'c': if (!strcmp(k, "ctx")) f->ctx = c; break;
+        case 'd': if (!strcmp(k, "definition")) f->definition = c; break;
+        case 'e':
+            if (!strcmp(k, "event")) f->event = sv;
+            else if (!strcmp(k, "event_id")) f->event_id = sv;
+            break;
+        case 'f': if (!strcmp(k, "from_state")) f->from_state = sv; break;
+        case 'g': if (!strcmp(k, "generated_id")) f->generated_id = cJSON_IsTrue(c); break;
+        case 'i':
+            if (!strcmp(k, "instance_id")) f->instance_id = sv;
+            else if (!strcmp(k, "idempotency_key")) f->idempotency_key = sv;
+            else if (!strcmp(k, "initial_state")) f->initial_state = sv;
+            else if (!strcmp(k, "initial_ctx")) f->initial_ctx = c;
+            break;
+        case 'm': if (!strcmp(k, "machine")) f->machine = sv; break;
+        case 'p': if (!strcmp(k, "payload")) f->payload = c; break;
+        case 't':
+            if (!strcmp(k, "to_state")) f->to_state = sv;
+            else if (!strcmp(k, "ts") && cJSON_IsNumber(c)) f->ts = (int64_t)c->valuedouble;
+            else if (!strcmp(k, "txn")) f->txn = c;
+            break;
+        case 'v': if (!strcmp(k, "version")) f->version = c; break;
+        default: break;
+        }
+    }
 }
 
-static const char *entry_str(const cJSON *entry, const char *key)
-{
-    const cJSON *v = json_get(entry, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t offset,
-                        uint64_t seq, const uint8_t chain[32])
+static void render_history(buf *out, uint8_t type, const entry_fields *f, uint64_t offset,
+                           uint64_t seq, const uint8_t chain[32])
 {
     char hex[65];
     wal_hex(chain, hex);
@@ -335,36 +358,43 @@ void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t off
     buf_puts(out, ",\"seq\":");
     json_write_num(out, (double)seq);
     buf_puts(out, ",\"ts\":");
-    json_write_num(out, (double)entry_ts(entry));
+    json_write_num(out, (double)f->ts);
     buf_puts(out, ",\"type\":");
     json_write_str(out, type_name(type));
     if (type == WAL_T_APPLY_EVENT) {
         buf_puts(out, ",\"event\":");
-        json_write_str(out, entry_str(entry, "event") ? entry_str(entry, "event") : "");
+        json_write_str(out, f->event ? f->event : "");
         buf_puts(out, ",\"from\":");
-        json_write_str(out, entry_str(entry, "from_state") ? entry_str(entry, "from_state") : "");
+        json_write_str(out, f->from_state ? f->from_state : "");
         buf_puts(out, ",\"to\":");
-        json_write_str(out, entry_str(entry, "to_state") ? entry_str(entry, "to_state") : "");
+        json_write_str(out, f->to_state ? f->to_state : "");
         buf_puts(out, ",\"payload\":");
-        json_write(out, json_get(entry, "payload"), true);
-        if (entry_str(entry, "event_id")) {
+        json_write(out, f->payload, true);
+        if (f->event_id) {
             buf_puts(out, ",\"event_id\":");
-            json_write_str(out, entry_str(entry, "event_id"));
+            json_write_str(out, f->event_id);
         }
     } else if (type == WAL_T_CREATE_INSTANCE) {
         buf_puts(out, ",\"to\":");
-        json_write_str(out,
-                       entry_str(entry, "initial_state") ? entry_str(entry, "initial_state") : "");
+        json_write_str(out, f->initial_state ? f->initial_state : "");
         buf_puts(out, ",\"ctx\":");
-        json_write(out, json_get(entry, "initial_ctx"), true);
+        json_write(out, f->initial_ctx, true);
     }
-    if (entry_str(entry, "idempotency_key")) {
+    if (f->idempotency_key) {
         buf_puts(out, ",\"idempotency_key\":");
-        json_write_str(out, entry_str(entry, "idempotency_key"));
+        json_write_str(out, f->idempotency_key);
     }
     buf_puts(out, ",\"chain\":\"");
     buf_add(out, hex, 64);
     buf_puts(out, "\"}\n");
+}
+
+void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t offset,
+                        uint64_t seq, const uint8_t chain[32])
+{
+    entry_fields f;
+    entry_fields_of(entry, &f);
+    render_history(out, type, &f, offset, seq, chain);
 }
 
 void eng_render_entry(buf *out, const char *payload, size_t len, uint64_t offset, uint64_t seq)
@@ -434,15 +464,17 @@ static void entries_account(eng *e, const wal_record *rec)
 stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm_err *err)
 {
     if (!e->dry_run) entries_account(e, rec);
-    const char *key = entry_str(entry, "idempotency_key");
-    int64_t ts = entry_ts(entry);
+    entry_fields f;
+    entry_fields_of(entry, &f);
+    const char *key = f.idempotency_key;
+    int64_t ts = f.ts;
     instance *in = NULL;
     switch (rec->type) {
     case WAL_T_PUT_MACHINE: {
-        const char *name = entry_str(entry, "machine");
+        const char *name = f.machine;
         uint64_t version;
-        const cJSON *defj = json_get(entry, "definition");
-        if (!name || !json_get_uint(json_get(entry, "version"), UINT32_MAX, &version) ||
+        const cJSON *defj = f.definition;
+        if (!name || !json_get_uint(f.version, UINT32_MAX, &version) ||
             !cJSON_IsObject(defj))
             break;
         machine *m = machine_find(e, name);
@@ -475,11 +507,11 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
         break;
     }
     case WAL_T_CREATE_INSTANCE: {
-        const char *id = entry_str(entry, "instance_id");
-        const char *name = entry_str(entry, "machine");
-        const char *st = entry_str(entry, "initial_state");
+        const char *id = f.instance_id;
+        const char *name = f.machine;
+        const char *st = f.initial_state;
         uint64_t version = 0;
-        json_get_uint(json_get(entry, "version"), UINT32_MAX, &version);
+        json_get_uint(f.version, UINT32_MAX, &version);
         if (!id || !name || !st || inst_find(e, id)) break;
         in = inst_add(e, id);
         if (e->dry_run) undo_new_instance(e, in);
@@ -494,14 +526,14 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
             mversion_insert(in->m, in->mv);
         }
         in->state = intern(e, st);
-        in->ctx = canonical_or_null(json_get(entry, "initial_ctx"));
+        in->ctx = canonical_or_null(f.initial_ctx);
         in->created_at = in->updated_at = ts;
         in->last_offset = rec->offset;
         in->last_seq = rec->seq;
         if (key) {
-            const char *scope = json_get(entry, "generated_id") ? "" : id;
+            const char *scope = f.generated_id ? "" : id;
             buf ctxt = {0};
-            json_write(&ctxt, json_get(entry, "initial_ctx"), true);
+            json_write(&ctxt, f.initial_ctx, true);
             char vbuf[16];
             snprintf(vbuf, sizeof vbuf, "%llu", (unsigned long long)version);
             idem_put(e, scope, key, WAL_T_CREATE_INSTANCE,
@@ -512,25 +544,24 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
         break;
     }
     case WAL_T_APPLY_EVENT: {
-        const char *id = entry_str(entry, "instance_id");
-        const char *to = entry_str(entry, "to_state");
+        const char *id = f.instance_id;
+        const char *to = f.to_state;
         in = id ? inst_find(e, id) : NULL;
         if (!in || !to) break;
         if (e->dry_run) undo_save_instance(e, in);
         in->state = intern(e, to);
         free(in->ctx);
-        in->ctx = canonical_or_null(json_get(entry, "ctx"));
+        in->ctx = canonical_or_null(f.ctx);
         free(in->last_event_id);
-        const char *eid = entry_str(entry, "event_id");
+        const char *eid = f.event_id;
         in->last_event_id = eid ? xstrdup(eid) : NULL;
         in->last_offset = rec->offset;
         in->last_seq = rec->seq;
         if (ts) in->updated_at = ts;
         if (key) {
             buf p = {0};
-            json_write(&p, json_get(entry, "payload"), true);
-            idem_put(e, id, key, WAL_T_APPLY_EVENT,
-                     fingerprint(entry_str(entry, "event"), buf_cstr(&p), NULL, NULL),
+            json_write(&p, f.payload, true);
+            idem_put(e, id, key, WAL_T_APPLY_EVENT, fingerprint(f.event, buf_cstr(&p), NULL, NULL),
                      rec->offset, rec->seq);
             buf_free(&p);
         }
@@ -538,7 +569,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
         break;
     }
     case WAL_T_DELETE_INSTANCE: {
-        const char *id = entry_str(entry, "instance_id");
+        const char *id = f.instance_id;
         in = id ? inst_find(e, id) : NULL;
         if (!in || in->deleted) {
             in = NULL;
@@ -561,10 +592,10 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
     e->applied_seq = rec->seq;
     buf line = {0};
     if (in) {
-        eng_render_history(&line, rec->type, entry, rec->offset, rec->seq, rec->chain);
+        render_history(&line, rec->type, &f, rec->offset, rec->seq, rec->chain);
         hist_push(in, rec, line.len);
     }
-    if (e->hub) hub_publish(e->hub, rec, entry, in, line.data, line.len);
+    if (e->hub) hub_publish(e->hub, rec, &f, in, line.data, line.len);
     buf_free(&line);
     (void)err;
     return STM_OK;

@@ -98,32 +98,26 @@ static int pack_add(struct packer *p, const char *s, size_t len)
     return p->n++;
 }
 
-static const char *str_of(const cJSON *entry, const char *key)
-{
-    const cJSON *v = json_get(entry, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-/* Builds an event from a WAL entry. history_line may be NULL. */
-static hevent *make_event(const wal_record *rec, const cJSON *entry, const char *machine,
+/* Builds an event from a WAL entry's fields. history_line may be NULL. */
+static hevent *make_event(const wal_record *rec, const entry_fields *f, const char *machine,
                           uint32_t version, const char *ctx_text, const char *history_line,
                           size_t history_len)
 {
     buf payload = {0}, ctxb = {0}, entry_line = {0};
-    json_write(&payload, json_get(entry, "payload"), true);
+    json_write(&payload, f->payload, true);
     if (!ctx_text) {
-        const cJSON *c = json_get(entry, rec->type == WAL_T_CREATE_INSTANCE ? "initial_ctx" : "ctx");
+        const cJSON *c = rec->type == WAL_T_CREATE_INSTANCE ? f->initial_ctx : f->ctx;
         if (c) json_write(&ctxb, c, true);
         ctx_text = ctxb.len ? ctxb.data : NULL;
     }
     if (rec->payload) eng_render_entry(&entry_line, rec->payload, rec->len, rec->offset, rec->seq);
     struct packer pk = {.n = 0};
-    const char *id = str_of(entry, "instance_id");
+    const char *id = f->instance_id;
     int i_id = pack_add(&pk, id, id ? strlen(id) : 0);
     int i_m = pack_add(&pk, machine, machine ? strlen(machine) : 0);
-    const char *evn = str_of(entry, "event"), *from = str_of(entry, "from_state"),
-               *to = str_of(entry, rec->type == WAL_T_CREATE_INSTANCE ? "initial_state" : "to_state"),
-               *eid = str_of(entry, "event_id");
+    const char *evn = f->event, *from = f->from_state,
+               *to = rec->type == WAL_T_CREATE_INSTANCE ? f->initial_state : f->to_state,
+               *eid = f->event_id;
     int i_ev = pack_add(&pk, evn, evn ? strlen(evn) : 0);
     int i_from = pack_add(&pk, from, from ? strlen(from) : 0);
     int i_to = pack_add(&pk, to, to ? strlen(to) : 0);
@@ -152,8 +146,7 @@ static hevent *make_event(const wal_record *rec, const cJSON *entry, const char 
     eng_event *e = &ev->ev;
     e->offset = rec->offset;
     e->seq = rec->seq;
-    const cJSON *ts = json_get(entry, "ts");
-    e->ts = cJSON_IsNumber(ts) ? (int64_t)ts->valuedouble : 0;
+    e->ts = f->ts;
     e->type = rec->type;
     e->instance_id = ptr[i_id];
     e->machine = ptr[i_m];
@@ -172,16 +165,17 @@ static hevent *make_event(const wal_record *rec, const cJSON *entry, const char 
     return ev;
 }
 
-void hub_publish(hub *h, const wal_record *rec, const cJSON *entry, const instance *in,
+static uint32_t version_of(const entry_fields *f)
+{
+    return cJSON_IsNumber(f->version) ? (uint32_t)f->version->valuedouble : 0;
+}
+
+void hub_publish(hub *h, const wal_record *rec, const entry_fields *f, const instance *in,
                  const char *history_line, size_t history_len)
 {
-    const char *machine = in ? in->m->name : str_of(entry, "machine");
-    uint32_t version = in ? in->mv->version : 0;
-    if (!in) {
-        const cJSON *v = json_get(entry, "version");
-        if (cJSON_IsNumber(v)) version = (uint32_t)v->valuedouble;
-    }
-    hevent *ev = make_event(rec, entry, machine, version, in ? in->ctx : NULL, history_line,
+    const char *machine = in ? in->m->name : f->machine;
+    uint32_t version = in ? in->mv->version : version_of(f);
+    hevent *ev = make_event(rec, f, machine, version, in ? in->ctx : NULL, history_line,
                             history_len);
     pthread_mutex_lock(&h->lock);
     while (h->next - h->first >= RING_EVENTS ||
@@ -351,13 +345,13 @@ static int catch_up(eng_sub *s, eng_event *out)
         s->has_peek = false;
         cJSON *entry = json_parse(s->peek.payload, s->peek.len, NULL);
         if (!entry) continue;
+        entry_fields f;
+        entry_fields_of(entry, &f);
         /* machine and version of the instance, as it stands now */
-        const char *machine = str_of(entry, "machine");
-        uint32_t version = 0;
-        const cJSON *v = json_get(entry, "version");
-        if (cJSON_IsNumber(v)) version = (uint32_t)v->valuedouble;
+        const char *machine = f.machine;
+        uint32_t version = version_of(&f);
         char *mcopy = NULL;
-        const char *id = str_of(entry, "instance_id");
+        const char *id = f.instance_id;
         if (id && !machine) {
             pthread_mutex_lock(&e->lock);
             instance *in = inst_find(e, id);
@@ -368,7 +362,7 @@ static int catch_up(eng_sub *s, eng_event *out)
             pthread_mutex_unlock(&e->lock);
             machine = mcopy;
         }
-        hevent *ev = make_event(&s->peek, entry, machine, version, NULL, NULL, 0);
+        hevent *ev = make_event(&s->peek, &f, machine, version, NULL, NULL, 0);
         free(mcopy);
         cJSON_Delete(entry);
         s->next_offset = s->peek.offset + 1;

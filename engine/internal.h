@@ -153,6 +153,18 @@ struct eng {
 
 #define ENTRY_INDEX_STEP 256
 
+/* The fields of a WAL entry, found in one walk over its members (entries
+ * are read field by field on every apply and replay; a lookup per field
+ * would compare every key again and again). Pointers borrow from the entry. */
+typedef struct {
+    const char *instance_id, *machine, *event, *from_state, *to_state, *initial_state;
+    const char *event_id, *idempotency_key;
+    const cJSON *payload, *ctx, *initial_ctx, *definition, *version, *txn;
+    int64_t ts;
+    bool generated_id;
+} entry_fields;
+void entry_fields_of(const cJSON *entry, entry_fields *f);
+
 /* engine.c */
 /* Opens applying only records at offsets <= stop_at. */
 stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recovery *rep,
@@ -217,7 +229,7 @@ void compactor_stop(eng *e);
 hub *hub_new(eng *e);
 void hub_free(hub *h);
 /* Publishes a record (under e->lock, in WAL order). */
-void hub_publish(hub *h, const wal_record *rec, const cJSON *entry, const instance *in,
+void hub_publish(hub *h, const wal_record *rec, const entry_fields *f, const instance *in,
                  const char *history_line, size_t history_len);
 /* The acked watermark advanced: wake subscribers. */
 void hub_wake(hub *h);
