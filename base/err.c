@@ -45,11 +45,15 @@ bool stm_code_retryable(stm_code code)
 stm_code stm_fail(stm_err *err, stm_code code, const char *fmt, ...)
 {
     if (err) {
-        err->code = code;
+        /* Formatted aside first: callers may pass err->msg itself as an
+         * argument to wrap an inner error's message. */
+        char msg[sizeof err->msg];
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        vsnprintf(msg, sizeof msg, fmt, ap);
         va_end(ap);
+        err->code = code;
+        memcpy(err->msg, msg, sizeof msg);
     }
     return code;
 }

@@ -45,7 +45,8 @@ stm_code stm_code_parse(const char *name);
 bool stm_code_retryable(stm_code code);
 
 /* Sets err (which may be NULL) and returns code, so callers can
- * `return stm_fail(err, STM_BAD_REQUEST, "...", ...)`. */
+ * `return stm_fail(err, STM_BAD_REQUEST, "...", ...)`. err->msg may itself
+ * be an argument (wrapping an inner message). */
 stm_code stm_fail(stm_err *err, stm_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

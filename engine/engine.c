@@ -433,6 +433,7 @@ static void hist_push(instance *in, const wal_record *rec, size_t line_len)
     h->offset = rec->offset;
     h->seq = rec->seq;
     h->line_len = (uint32_t)line_len;
+    h->snap_pos = 0;
     memcpy(h->chain, rec->chain, 32);
     in->hist_bytes += line_len;
 }
