@@ -61,10 +61,13 @@ struct wal {
     bool read_only;
 
     pthread_mutex_t mu;
-    pthread_cond_t work_cv;  /* flusher: work arrived */
-    pthread_mutex_t wait_mu; /* waiters sleep on this, not on mu, so a woken
-                                group does not queue behind appenders */
-    pthread_cond_t acked_cv; /* waiters (wait_mu): watermarks moved or failure */
+    pthread_cond_t work_cv; /* flusher: work arrived */
+    /* Waiters sleep on a futex word bumped whenever a watermark moves or
+     * the log fails: a woken group returns at once instead of queueing on a
+     * mutex one by one (condvar wake-ups cost more than the fdatasync on a
+     * small busy machine). */
+    uint32_t wake_gen;
+    uint32_t sleepers;
     pthread_cond_t space_cv; /* appenders: pending group drained */
 
     wal_seg **segs;
@@ -86,7 +89,7 @@ struct wal {
     size_t nchunks, chunkcap;
 
     /* Written under mu; synced_seq, acked_seq and failed also read with
-     * atomic loads by waiters holding only wait_mu. */
+     * atomic loads by waiters, who hold no lock. */
     uint64_t written_seq, synced_seq, acked_seq, sync_target;
     uint64_t unsynced_records;
     bool stop, failed;

@@ -22,8 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/futex.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/crc32c.h"
 #include "base/util.h"
@@ -262,7 +265,7 @@ static void put_record(wal *w, wal_seg *seg, uint8_t type, const void *p, uint32
                        uint32_t crc, wal_record *rec)
 {
     unsigned char h[WAL_HEADER_SIZE];
-    uint64_t seq = w->next_seq++;
+    uint64_t seq = __atomic_fetch_add(&w->next_seq, 1, __ATOMIC_RELAXED);
     uint64_t pos = seg->size;
     wal_make_header(h, type, len, crc, seq);
 
@@ -370,6 +373,30 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
 
 /* ---- the flusher --------------------------------------------------------- */
 
+static void wake_waiters(wal *w)
+{
+    __atomic_add_fetch(&w->wake_gen, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&w->sleepers, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &w->wake_gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Sleeps until *mark >= target or the log fails. The generation is read
+ * before the condition, so a wake between the check and the sleep makes
+ * FUTEX_WAIT return at once instead of being lost. */
+static void wait_until(wal *w, const uint64_t *mark, uint64_t target)
+{
+    for (;;) {
+        uint32_t gen = __atomic_load_n(&w->wake_gen, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(mark, __ATOMIC_ACQUIRE) >= target ||
+            __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE))
+            return;
+        __atomic_add_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&w->wake_gen, __ATOMIC_SEQ_CST) == gen)
+            syscall(SYS_futex, &w->wake_gen, FUTEX_WAIT_PRIVATE, gen, NULL, NULL, 0);
+        __atomic_sub_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
+    }
+}
+
 static void set_acked(wal *w)
 {
     bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
@@ -392,9 +419,7 @@ static void fail_locked(wal *w, const char *what, const char *path, int e)
     w->nchunks = 0;
     w->pend_records = 0;
     buf_reset(&w->pend);
-    pthread_mutex_lock(&w->wait_mu);
-    pthread_cond_broadcast(&w->acked_cv);
-    pthread_mutex_unlock(&w->wait_mu);
+    wake_waiters(w);
     pthread_cond_broadcast(&w->space_cv);
 }
 
@@ -585,9 +610,7 @@ static void *flusher_main(void *arg)
         void (*fn)(void *, uint64_t, bool) = w->listener;
         void *fa = w->listener_arg;
         pthread_mutex_unlock(&w->mu);
-        pthread_mutex_lock(&w->wait_mu);
-        pthread_cond_broadcast(&w->acked_cv);
-        pthread_mutex_unlock(&w->wait_mu);
+        wake_waiters(w);
         if (fn && (acked > last_listened || (failed && last_listened != UINT64_MAX))) {
             last_listened = failed ? UINT64_MAX : acked;
             fn(fa, acked, failed);
@@ -635,8 +658,6 @@ static void wal_free(wal *w)
     if (w->sha) EVP_MD_free(w->sha);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->work_cv);
-    pthread_cond_destroy(&w->acked_cv);
-    pthread_mutex_destroy(&w->wait_mu);
     pthread_cond_destroy(&w->space_cv);
     free(w->dir);
     free(w);
@@ -668,8 +689,6 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&w->work_cv, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_cond_init(&w->acked_cv, NULL);
-    pthread_mutex_init(&w->wait_mu, NULL);
     pthread_cond_init(&w->space_cv, NULL);
     w->sha = EVP_MD_fetch(NULL, "SHA256", NULL);
     w->md = EVP_MD_CTX_new();
@@ -742,20 +761,12 @@ uint64_t wal_acked_seq(wal *w)
 
 stm_code wal_wait(wal *w, uint64_t seq, stm_err *err)
 {
-    pthread_mutex_lock(&w->mu);
-    if (seq >= w->next_seq) {
-        uint64_t n = w->next_seq;
-        pthread_mutex_unlock(&w->mu);
+    uint64_t next = __atomic_load_n(&w->next_seq, __ATOMIC_RELAXED);
+    if (seq >= next)
         return stm_fail(err, STM_BAD_REQUEST, "sequence %llu has not been appended (next is %llu)",
-                        (unsigned long long)seq, (unsigned long long)n);
-    }
-    pthread_mutex_unlock(&w->mu);
+                        (unsigned long long)seq, (unsigned long long)next);
     if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return STM_OK;
-    pthread_mutex_lock(&w->wait_mu);
-    while (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) < seq &&
-           !__atomic_load_n(&w->failed, __ATOMIC_ACQUIRE))
-        pthread_cond_wait(&w->acked_cv, &w->wait_mu);
-    pthread_mutex_unlock(&w->wait_mu);
+    wait_until(w, &w->acked_seq, seq);
     if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return STM_OK;
     /* failed is set after fail_msg is final, and never cleared. */
     return stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
@@ -780,11 +791,7 @@ stm_code wal_sync(wal *w, stm_err *err)
     if (target > w->sync_target) w->sync_target = target;
     pthread_cond_signal(&w->work_cv);
     pthread_mutex_unlock(&w->mu);
-    pthread_mutex_lock(&w->wait_mu);
-    while (__atomic_load_n(&w->synced_seq, __ATOMIC_ACQUIRE) < target &&
-           !__atomic_load_n(&w->failed, __ATOMIC_ACQUIRE))
-        pthread_cond_wait(&w->acked_cv, &w->wait_mu);
-    pthread_mutex_unlock(&w->wait_mu);
+    wait_until(w, &w->synced_seq, target);
     if (__atomic_load_n(&w->synced_seq, __ATOMIC_ACQUIRE) >= target) return STM_OK;
     return stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
 }
