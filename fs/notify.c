@@ -117,16 +117,48 @@ static bool take_skip(const char *id)
     return false;
 }
 
-#define SELF_QUEUE_MAX 100000
+/* The pending self-ops: a FIFO with a hash set beside it, so that a burst
+ * of changes to one instance costs one operation and a burst over many
+ * instances stays linear. Beyond SELF_QUEUE_MAX pending ops new ones are
+ * dropped, as inotify itself drops events when its queue overflows. */
+#define SELF_QUEUE_MAX 20000
+#define SELF_COALESCE_NS 5000000L /* 5 ms */
+#define SELF_BUCKETS 4096
 static size_t n_self;
+static struct fs_selfop *self_tail;
+static struct selfkey {
+    int kind;
+    char *name;
+    struct selfkey *next;
+} *self_set[SELF_BUCKETS];
+
+static size_t self_hash(int kind, const char *name)
+{
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)kind;
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return (size_t)(h ^ (h >> 32)) & (SELF_BUCKETS - 1);
+}
+
+/* Removes (kind, name) from the set; the caller holds nlock. */
+static void self_unmark(int kind, const char *name)
+{
+    for (struct selfkey **pp = &self_set[self_hash(kind, name)]; *pp; pp = &(*pp)->next)
+        if ((*pp)->kind == kind && strcmp((*pp)->name, name) == 0) {
+            struct selfkey *k = *pp;
+            *pp = k->next;
+            free(k);
+            return;
+        }
+}
 
 /* Queues a self-op unless the same one is already waiting (caller holds nlock). */
 static void self_push(fs *f, int kind, const char *id)
 {
     buf nm = {0};
     fs_name_encode(id, &nm);
-    for (struct fs_selfop *s = f->self_q; s; s = s->next)
-        if (s->kind == kind && strcmp(s->name, buf_cstr(&nm)) == 0) {
+    size_t h = self_hash(kind, buf_cstr(&nm));
+    for (struct selfkey *k = self_set[h]; k; k = k->next)
+        if (k->kind == kind && strcmp(k->name, buf_cstr(&nm)) == 0) {
             buf_free(&nm);
             return;
         }
@@ -137,10 +169,17 @@ static void self_push(fs *f, int kind, const char *id)
     struct fs_selfop *s = xcalloc(1, sizeof *s);
     s->kind = kind;
     s->name = buf_detach(&nm, NULL);
+    struct selfkey *k = xcalloc(1, sizeof *k);
+    k->kind = kind;
+    k->name = s->name; /* borrowed: unmarked before s is freed */
+    k->next = self_set[h];
+    self_set[h] = k;
     /* append, so creates come before the touches and deletes that follow */
-    struct fs_selfop **pp = &f->self_q;
-    while (*pp) pp = &(*pp)->next;
-    *pp = s;
+    if (f->self_q)
+        self_tail->next = s;
+    else
+        f->self_q = s;
+    self_tail = s;
     n_self++;
 }
 
@@ -170,13 +209,28 @@ static void *helper_main(void *arg)
     fs *f = arg;
     atomic_store(&f->helper_tid, (int)syscall(SYS_gettid));
     buf path = {0};
+    bool coalesced = false;
     pthread_mutex_lock(&f->nlock);
     for (;;) {
         while (!f->nstop && !f->self_q) pthread_cond_wait(&f->hcond, &f->nlock);
         if (f->nstop) break;
+        if (!coalesced) {
+            /* let a burst gather first: one touch then covers many changes */
+            coalesced = true;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += SELF_COALESCE_NS;
+            if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            while (!f->nstop && pthread_cond_timedwait(&f->hcond, &f->nlock, &ts) != ETIMEDOUT) {
+            }
+            continue;
+        }
         struct fs_selfop *s = f->self_q;
         f->self_q = s->next;
+        if (!f->self_q) coalesced = false;
         n_self--;
+        /* from here a new change to this instance queues a new op */
+        self_unmark(s->kind, s->name);
         pthread_mutex_unlock(&f->nlock);
 
         buf_reset(&path);
@@ -567,8 +621,11 @@ static void wait_until(fs *f, const uint64_t *field, uint64_t v)
 
 void fs_notify_wait_seq(fs *f, uint64_t seq)
 {
-    kick();
-    wait_until(f, &f->done_seq, seq);
+    /* the subscription's own wake brings the notifier round: no kick */
+    pthread_mutex_lock(&f->nlock);
+    bool done = f->done_seq >= seq;
+    pthread_mutex_unlock(&f->nlock);
+    if (!done) wait_until(f, &f->done_seq, seq);
 }
 
 void fs_notify_inval(fs *f, uint64_t ino, uint64_t parent, const char *name, bool wait)
@@ -634,9 +691,11 @@ void fs_notify_stop(fs *f)
     while (f->self_q) {
         struct fs_selfop *s = f->self_q;
         f->self_q = s->next;
+        self_unmark(s->kind, s->name);
         free(s->name);
         free(s);
     }
+    self_tail = NULL;
     while (f->inval_q) {
         struct fs_inval *q = f->inval_q;
         f->inval_q = q->next;

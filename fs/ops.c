@@ -720,8 +720,10 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
             return;
         }
         fi->keep_cache = 1;
+        fi->noflush = 1; /* nothing to report at close: spare the round trip */
     } else {
         fi->keep_cache = 1;
+        fi->noflush = 1;
     }
     fi->fh = (uint64_t)(uintptr_t)h;
     if (created) {
