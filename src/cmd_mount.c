@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "base/buf.h"
@@ -67,6 +68,7 @@ static void usage(FILE *out)
 /* ---- the report from the child to the waiting parent ---------------------- */
 
 static int report_fd = -1;
+static bool logging; /* log_setup done: messages go to the log as well */
 
 static void report(char kind, const char *msg)
 {
@@ -95,7 +97,7 @@ static int fail(const char *fmt, ...)
     va_start(ap, fmt);
     buf_vprintf(&b, fmt, ap);
     va_end(ap);
-    log_error("%s", buf_cstr(&b));
+    if (logging) log_error("%s", buf_cstr(&b));
     if (report_fd >= 0)
         report('E', buf_cstr(&b));
     else
@@ -156,6 +158,12 @@ static bool mounted_at(const char *path)
 static int check_mountpoint(const char *mnt, char *real)
 {
     struct stat st;
+    struct statfs sf;
+    /* statfs always asks the file system; stat may answer from cache */
+    if (statfs(mnt, &sf) != 0 && errno == ENOTCONN)
+        return fail("%s is a stale mount left by a daemon that died (%s); "
+                    "release it with: fusermount3 -u %s",
+                    mnt, strerror(errno), mnt);
     if (stat(mnt, &st) != 0) {
         if (errno == ENOTCONN)
             return fail("%s is a stale mount left by a daemon that died (%s); "
@@ -318,6 +326,7 @@ int cmd_mount(int argc, char **argv)
     }
     buf_free(&deflog);
     log_setup(logf, cfg.log_level);
+    logging = logf != NULL || !foreground;
     if (!foreground) {
         int nul = open("/dev/null", O_RDWR);
         if (nul >= 0) {
