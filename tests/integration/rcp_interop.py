@@ -263,17 +263,18 @@ def t_batch():
 
 def t_jsonl():
     j = srv.connect()
-    h = j.ok("HELLO", {"protocol_version": 1, "wire_modes": ["jsonl"]})
-    assert h["wire_mode"] == "jsonl"
-    # HELLO's own answer was a frame? No: it is already a line; our client
-    # read it as a frame only if it started with RCPX. Switch now.
-    j.jsonl = True
-    assert j.ok("PING") == {"pong": True}
+    m = j.request_msg("HELLO", {"protocol_version": 1, "wire_modes": ["jsonl"]})
+    j.send(m)          # the HELLO itself goes as a binary frame ...
+    j.jsonl = True     # ... and its answer already comes back as a line
+    h = j.response_to(m["id"])
+    assert h["status"] == "ok" and h["result"]["wire_mode"] == "jsonl", h
+    assert j.ok("PING") == {"pong": True}   # requests as lines now too
     assert j.ok("GET_INSTANCE", {"instance_id": "o1"})["state"] == acked["o1"]
+    j.err("GET_INSTANCE", {"instance_id": "nope"}, "INSTANCE_NOT_FOUND")
     j.close()
     # a connection that starts with '{' is jsonl from the first byte
-    s = socket.create_connection(srv.addr.rsplit(":", 1)[0:1][0:1] and
-                                 (srv.addr.rsplit(":", 1)[0], int(srv.addr.rsplit(":", 1)[1])))
+    host, port = srv.addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)))
     s.sendall(b'{"type":"request","id":"a","op":"PING"}\n{"type":"request","id":"b","op":"BYE"}\n')
     data = b""
     while True:
