@@ -292,7 +292,14 @@ class Server:
             if self.proc.poll() is not None:
                 break
         if not line.startswith(b"listening on "):
-            self.proc.kill()
+            try:
+                self.start_rc = self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.start_rc = self.proc.wait()
+            self.proc.stdout.close()
+            self.errlog.close()
+            self.proc = None
             raise RuntimeError("stmfs serve did not start: %r\n%s" % (line, self.stderr()))
         self.addr = line.decode().split()[2]
         return self.addr
