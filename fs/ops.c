@@ -36,7 +36,7 @@
 /* The longest line events or new take: a WAL record holds at most 16 MiB. */
 #define FS_MAX_LINE (16 << 20)
 
-typedef struct {
+typedef struct fh {
     enum fs_kind kind;
     uint64_t ino;
     char *a, *b;
@@ -53,6 +53,10 @@ typedef struct {
     buf w;                      /* events/new: partial line; definitions: content */
     fs_watchfh *watch;
     pthread_mutex_t lock;       /* one write at a time per handle */
+    fs *f;
+    uint64_t id;                /* what the kernel holds (fi->fh) */
+    int refs;                   /* the table's, plus one per request using it */
+    struct fh *tnext;
 } fh;
 
 typedef struct {
@@ -607,20 +611,40 @@ static bool writable_kind(enum fs_kind k)
            k == K_VERSION;
 }
 
-static fh *fh_new(fs_node *n)
+/* Open handles are found by number, not by pointer: requests on one handle
+ * run on several loop threads, and one may still be reading when another
+ * releases it. A handle is freed when its last user is done. */
+#define FH_BUCKETS 4096
+static pthread_mutex_t fh_lock = PTHREAD_MUTEX_INITIALIZER;
+static fh *fh_tab[FH_BUCKETS];
+static uint64_t fh_next_id;
+
+static fh *fh_new(fs *f, fs_node *n)
 {
     fh *h = xcalloc(1, sizeof *h);
+    h->f = f;
     h->kind = kind_of(n);
     h->ino = n->ino;
     h->a = n->a ? xstrdup(n->a) : NULL;
     h->b = n->b ? xstrdup(n->b) : NULL;
     h->ver = n->ver;
     pthread_mutex_init(&h->lock, NULL);
+    pthread_mutex_lock(&fh_lock);
+    h->id = ++fh_next_id;
+    h->refs = 1;
+    h->tnext = fh_tab[h->id % FH_BUCKETS];
+    fh_tab[h->id % FH_BUCKETS] = h;
+    pthread_mutex_unlock(&fh_lock);
     return h;
 }
 
-static void fh_free(fh *h)
+static void fh_put(fh *h)
 {
+    pthread_mutex_lock(&fh_lock);
+    bool last = --h->refs == 0;
+    pthread_mutex_unlock(&fh_lock);
+    if (!last) return;
+    if (h->watch) fs_watch_release(h->f, h->watch);
     if (h->blob) fs_blob_unref(h->blob);
     buf_free(&h->w);
     free(h->a);
@@ -629,9 +653,29 @@ static void fh_free(fh *h)
     free(h);
 }
 
+/* Takes the handle out of the table and drops the table's reference. */
+static void fh_free(fh *h)
+{
+    pthread_mutex_lock(&fh_lock);
+    for (fh **pp = &fh_tab[h->id % FH_BUCKETS]; *pp; pp = &(*pp)->tnext)
+        if (*pp == h) {
+            *pp = h->tnext;
+            break;
+        }
+    pthread_mutex_unlock(&fh_lock);
+    fh_put(h);
+}
+
+/* The handle of a request, with a reference the caller drops (fh_put);
+ * NULL once released. */
 static fh *FH(struct fuse_file_info *fi)
 {
-    return (fh *)(uintptr_t)fi->fh;
+    pthread_mutex_lock(&fh_lock);
+    fh *h = fh_tab[fi->fh % FH_BUCKETS];
+    while (h && h->id != fi->fh) h = h->tnext;
+    if (h) h->refs++;
+    pthread_mutex_unlock(&fh_lock);
+    return h;
 }
 
 static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, bool created)
@@ -644,10 +688,10 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
     if (fs_self_op(f, req, &sname) == SELF_TOUCH) {
         /* the helper's open-write-close that makes inotify fire: content
          * untouched, straight to us (no page cache) */
-        fh *h = fh_new(n);
+        fh *h = fh_new(f, n);
         h->self = true;
         fi->direct_io = 1;
-        fi->fh = (uint64_t)(uintptr_t)h;
+        fi->fh = h->id;
         fuse_reply_open(req, fi);
         return;
     }
@@ -659,7 +703,7 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
         fuse_reply_err(req, EACCES);
         return;
     }
-    fh *h = fh_new(n);
+    fh *h = fh_new(f, n);
     h->writing = wr;
     if (k == K_VERSION && wr) {
         char tn[32];
@@ -725,7 +769,7 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
         fi->keep_cache = 1;
         fi->noflush = 1;
     }
-    fi->fh = (uint64_t)(uintptr_t)h;
+    fi->fh = h->id;
     if (created) {
         struct fuse_entry_param e;
         memset(&e, 0, sizeof e);
@@ -734,7 +778,6 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
             pthread_mutex_lock(&f->lock);
             fs_node_forget(f, n, 1);
             pthread_mutex_unlock(&f->lock);
-            if (h->watch) fs_watch_release(f, h->watch);
             fh_free(h);
             fuse_reply_err(req, -r);
             return;
@@ -749,7 +792,6 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
             fh_free(h);
         }
     } else if (fuse_reply_open(req, fi) != 0) {
-        if (h->watch) fs_watch_release(f, h->watch);
         fh_free(h);
     }
 }
@@ -777,12 +819,9 @@ static void reply_slice(fuse_req_t req, const char *data, size_t len, size_t siz
         fuse_reply_buf(req, data + off, len - (size_t)off < size ? len - (size_t)off : size);
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                    struct fuse_file_info *fi)
+static void do_read(fuse_req_t req, fh *h, size_t size, off_t off)
 {
-    (void)ino;
     fs *f = F(req);
-    fh *h = FH(fi);
     if (h->self) {
         fuse_reply_buf(req, NULL, 0);
         return;
@@ -1014,12 +1053,9 @@ static void write_at(buf *b, const char *data, size_t size, off_t off)
     memcpy(b->data + off, data, size);
 }
 
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
-                     struct fuse_file_info *fi)
+static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t off)
 {
-    (void)ino;
     fs *f = F(req);
-    fh *h = FH(fi);
     if (h->self) {
         fuse_reply_write(req, size);
         return;
@@ -1129,12 +1165,43 @@ static int finish(fs *f, fh *h)
     return r;
 }
 
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    (void)ino;
+    fh *h = FH(fi);
+    if (!h) {
+        fuse_reply_err(req, EBADF);
+        return;
+    }
+    do_read(req, h, size, off);
+    fh_put(h);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+    (void)ino;
+    fh *h = FH(fi);
+    if (!h) {
+        fuse_reply_err(req, EBADF);
+        return;
+    }
+    do_write(req, h, data, size, off);
+    fh_put(h);
+}
+
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     (void)ino;
     fs *f = F(req);
     fh *h = FH(fi);
+    if (!h) {
+        fuse_reply_err(req, 0);
+        return;
+    }
     fuse_reply_err(req, h->self || !h->writing ? 0 : finish(f, h));
+    fh_put(h);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1142,9 +1209,13 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     (void)ino;
     fs *f = F(req);
     fh *h = FH(fi);
+    if (!h) {
+        fuse_reply_err(req, 0);
+        return;
+    }
     if (h->writing && !h->self) finish(f, h);
-    if (h->watch) fs_watch_release(f, h->watch);
-    fh_free(h);
+    fh_free(h);  /* the table's reference */
+    fh_put(h);   /* ours; the last user frees it */
     fuse_reply_err(req, 0);
 }
 
@@ -1160,10 +1231,12 @@ static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 {
     (void)ino;
     fh *h = FH(fi);
-    if (h->watch) {
+    if (h && h->watch) {
         fs_watch_poll(F(req), h->watch, req, ph);
+        fh_put(h);
         return;
     }
+    if (h) fh_put(h);
     if (ph) fuse_pollhandle_destroy(ph);
     fuse_reply_poll(req, POLLIN | POLLOUT);
 }
@@ -1503,6 +1576,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
             }
             pthread_mutex_unlock(&f->lock);
         }
+        if (h) fh_put(h);
         /* events and new are streams: truncating them means nothing */
     }
     /* modes, owners and times are fixed by the layout; accepted so that
