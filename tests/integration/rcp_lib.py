@@ -324,6 +324,11 @@ class Server:
         self.proc.stdout.close()
         self.errlog.close()
         self.proc = None
+        err = self.stderr()
+        # under -Db_sanitize the server's own report must be clean
+        for mark in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if mark in err:
+                raise AssertionError("sanitizer report from stmfs serve:\n" + err[-6000:])
         return rc
 
     def kill(self):
