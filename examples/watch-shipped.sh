@@ -72,6 +72,9 @@ done
 exec {events}< <(exec inotifywait -m -r -e close_write,create --format '%e %w%f' "$mnt/instances")
 watcher=$!
 trap 'kill "$watcher" 2>/dev/null || true' EXIT
+# A signal ends the script through exit, so the EXIT trap always runs.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 while read -r ev path <&"$events"; do
     rel=${path#"$mnt"/instances/}
