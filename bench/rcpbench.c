@@ -58,6 +58,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +67,7 @@
 #define HDR 18
 #define MAX_FRAME (16u * 1024 * 1024)
 #define FLAG_CRC 0x0001
+#define SETUP_TIMEOUT_S 10
 
 /* ---- small things ---------------------------------------------------------- */
 
@@ -114,7 +116,8 @@ static void bytes_room(bytes *b, size_t extra)
         if (b->len + extra <= b->cap) return;
     }
     size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra) cap *= 2;
+    while (cap < b->len + extra)
+        cap *= 2;
     b->data = realloc(b->data, cap);
     if (!b->data) die("out of memory");
     b->cap = cap;
@@ -291,14 +294,14 @@ static options opt = {
 
 typedef struct conn {
     int fd;
-    unsigned index;          /* global connection number */
+    unsigned index; /* global connection number */
     bytes in, out;
     uint64_t *sent_at;       /* ring of send times, one per request in flight */
     unsigned head, inflight; /* ring head = oldest in flight */
     uint64_t next_id;
-    unsigned cycle_pos;      /* position in the mix cycle */
-    uint64_t created;        /* instances created so far */
-    unsigned state;          /* predicted state of the newest instance: 0 created, 1 paid, 2 shipped */
+    unsigned cycle_pos; /* position in the mix cycle */
+    uint64_t created;   /* instances created so far */
+    unsigned state;     /* predicted state of the newest instance: 0 created, 1 paid, 2 shipped */
     bool dead;
     bool want_out; /* EPOLLOUT registered: only changed when needed, a
                     * syscall per request would show in the figures */
@@ -385,7 +388,8 @@ static int response_status(const char *p, size_t n, char *code, size_t cap)
     const char *k = memmem(p, n, "\"code\":\"", 8);
     size_t i = 0;
     if (k)
-        for (k += 8; k < end && *k != '"' && i + 1 < cap; k++) code[i++] = *k;
+        for (k += 8; k < end && *k != '"' && i + 1 < cap; k++)
+            code[i++] = *k;
     code[i] = 0;
     return 0;
 }
@@ -436,7 +440,10 @@ static int setup_call(int fd, bytes *in, const char *payload, char *msg, size_t 
         }
         if (got < 0) {
             if (errno == EINTR) continue;
-            snprintf(msg, cap, "recv: %s", strerror(errno));
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                snprintf(msg, cap, "no answer within %d s", SETUP_TIMEOUT_S);
+            else
+                snprintf(msg, cap, "recv: %s", strerror(errno));
             return 0;
         }
         in->len += (size_t)got;
@@ -456,6 +463,10 @@ static int dial(char *msg, size_t cap)
         return -1;
     }
     set_nodelay(fd);
+    /* Setup is blocking; a server that stops answering must end the run
+     * with a message, not hang it. */
+    struct timeval tv = {.tv_sec = SETUP_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
 }
 
@@ -598,8 +609,8 @@ static void *worker_main(void *arg)
                  "\"amount\":1}}}",
                  opt.machine, opt.version, id);
         if (!setup_call(c->fd, &c->in, req, msg, sizeof msg)) {
-            fprintf(stderr, "rcpbench: connection %u: creating its first instance: %s\n",
-                    c->index, msg);
+            fprintf(stderr, "rcpbench: connection %u: creating its first instance: %s\n", c->index,
+                    msg);
             atomic_store(&setup_failed, 1);
             break;
         }
@@ -642,7 +653,8 @@ static void *worker_main(void *arg)
         }
     }
     close(ep);
-    for (unsigned i = 0; i < w->nconns; i++) close(w->conns[i].fd);
+    for (unsigned i = 0; i < w->nconns; i++)
+        close(w->conns[i].fd);
     return NULL;
 }
 
@@ -698,13 +710,15 @@ static int run_client(void)
     t_window = t_start + (uint64_t)(opt.warmup * 1e9);
     t_end = t_window + (uint64_t)(opt.duration * 1e9);
     pthread_barrier_wait(&go_barrier);
-    for (unsigned t = 0; t < nt; t++) pthread_join(ws[t].tid, NULL);
+    for (unsigned t = 0; t < nt; t++)
+        pthread_join(ws[t].tid, NULL);
     if (atomic_load(&setup_failed)) return 1;
 
     histo *all = xalloc(sizeof *all);
     uint64_t ops = 0, errors = 0, closed = 0;
     for (unsigned t = 0; t < nt; t++) {
-        for (unsigned b = 0; b < NBUCKETS; b++) all->count[b] += ws[t].h.count[b];
+        for (unsigned b = 0; b < NBUCKETS; b++)
+            all->count[b] += ws[t].h.count[b];
         ops += ws[t].ops;
         errors += ws[t].errors;
         closed += ws[t].closed;
@@ -722,6 +736,16 @@ static int run_client(void)
                 fprintf(stderr, " %s", ws[t].first_errors[i]);
         fputc('\n', stderr);
     }
+    for (unsigned t = 0; t < nt; t++) {
+        for (unsigned i = 0; i < ws[t].nconns; i++) {
+            free(ws[t].conns[i].in.data);
+            free(ws[t].conns[i].out.data);
+            free(ws[t].conns[i].sent_at);
+        }
+        free(ws[t].conns);
+    }
+    free(ws);
+    free(all);
     return closed ? 1 : 0;
 }
 
@@ -867,7 +891,8 @@ static int run_null_server(const char *addr)
     if (listen_fd < 0) die("socket: %s", strerror(errno));
     int one = 1;
     setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(listen_fd, (struct sockaddr *)&sa, salen) < 0) die("bind %s: %s", addr, strerror(errno));
+    if (bind(listen_fd, (struct sockaddr *)&sa, salen) < 0)
+        die("bind %s: %s", addr, strerror(errno));
     if (listen(listen_fd, 1024) < 0) die("listen: %s", strerror(errno));
     n_nws = opt.threads ? opt.threads : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     if (n_nws < 1) n_nws = 1;
@@ -889,21 +914,20 @@ static int run_null_server(const char *addr)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: rcpbench [options]              load an RCP server\n"
-            "       rcpbench --null-server ADDR     answer every frame at once, do nothing\n"
-            "\n"
-            "  --addr HOST:PORT      server to load (default 127.0.0.1:7401)\n"
-            "  --connections N       connections (default 16)\n"
-            "  --pipeline D          requests in flight per connection (default 1)\n"
-            "  --mix C:A:G           CREATE:APPLY:GET ratio per cycle (default 1:1:0)\n"
-            "  --duration SECONDS    measured time (default 10)\n"
-            "  --warmup SECONDS      unmeasured time before it (default 2)\n"
-            "  --threads T           client (or null server) threads (default: one per core)\n"
-            "  --machine NAME        machine to define and use (default rcpbench-order)\n"
-            "  --token TOKEN         send AUTH with this bearer token after HELLO\n"
-            "  --null-server ADDR    run the null server on ADDR instead\n"
-            "  --help                this text\n");
+    fprintf(f, "usage: rcpbench [options]              load an RCP server\n"
+               "       rcpbench --null-server ADDR     answer every frame at once, do nothing\n"
+               "\n"
+               "  --addr HOST:PORT      server to load (default 127.0.0.1:7401)\n"
+               "  --connections N       connections (default 16)\n"
+               "  --pipeline D          requests in flight per connection (default 1)\n"
+               "  --mix C:A:G           CREATE:APPLY:GET ratio per cycle (default 1:1:0)\n"
+               "  --duration SECONDS    measured time (default 10)\n"
+               "  --warmup SECONDS      unmeasured time before it (default 2)\n"
+               "  --threads T           client (or null server) threads (default: one per core)\n"
+               "  --machine NAME        machine to define and use (default rcpbench-order)\n"
+               "  --token TOKEN         send AUTH with this bearer token after HELLO\n"
+               "  --null-server ADDR    run the null server on ADDR instead\n"
+               "  --help                this text\n");
 }
 
 static unsigned parse_uint(const char *flag, const char *v, unsigned min, unsigned max)
@@ -944,9 +968,15 @@ int main(int argc, char **argv)
     int ch;
     while ((ch = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
         switch (ch) {
-        case 'a': opt.addr = optarg; break;
-        case 'c': opt.connections = parse_uint("--connections", optarg, 1, 100000); break;
-        case 'p': opt.pipeline = parse_uint("--pipeline", optarg, 1, 100000); break;
+        case 'a':
+            opt.addr = optarg;
+            break;
+        case 'c':
+            opt.connections = parse_uint("--connections", optarg, 1, 100000);
+            break;
+        case 'p':
+            opt.pipeline = parse_uint("--pipeline", optarg, 1, 100000);
+            break;
         case 'm': {
             unsigned a, b, g;
             char tail;
@@ -959,9 +989,15 @@ int main(int argc, char **argv)
             opt.mix[0] = a, opt.mix[1] = b, opt.mix[2] = g;
             break;
         }
-        case 'd': opt.duration = parse_secs("--duration", optarg); break;
-        case 'w': opt.warmup = parse_secs("--warmup", optarg); break;
-        case 't': opt.threads = parse_uint("--threads", optarg, 1, 1024); break;
+        case 'd':
+            opt.duration = parse_secs("--duration", optarg);
+            break;
+        case 'w':
+            opt.warmup = parse_secs("--warmup", optarg);
+            break;
+        case 't':
+            opt.threads = parse_uint("--threads", optarg, 1, 1024);
+            break;
         case 'M':
             for (const char *s = optarg; *s; s++)
                 if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '.')) {
@@ -970,10 +1006,18 @@ int main(int argc, char **argv)
                 }
             opt.machine = optarg;
             break;
-        case 'T': opt.token = optarg; break;
-        case 'N': null_addr = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'T':
+            opt.token = optarg;
+            break;
+        case 'N':
+            null_addr = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc) {
