@@ -356,7 +356,9 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
         return rc;
     }
     wal_seg *cur = w->segs[w->nsegs - 1];
-    bool ckpt = w->since_ckpt >= WAL_CHECKPOINT_EVERY;
+    /* An empty segment after the first (left by a crash right after a
+     * rotation) still gets its leading checkpoint. */
+    bool ckpt = w->since_ckpt >= WAL_CHECKPOINT_EVERY || (cur->size == 0 && cur->id > 1);
     uint64_t total = need + (ckpt ? WAL_HEADER_SIZE + WAL_CKPT_MAX : 0);
     if (w->cur_has_data && cur->size + total > w->segment_size) {
         cur = rotate(w);

@@ -624,6 +624,29 @@ START_TEST(test_corrupt_earlier_segment)
 }
 END_TEST
 
+START_TEST(test_empty_segment_gets_checkpoint)
+{
+    /* A crash right after a rotation can leave the new segment empty. */
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 64u << 20, "every_write");
+    wal_record r = append_ok(w, 3, "{}", 2);
+    close_wal(w);
+    int fd = open(seg_path(dir, 2), O_CREAT | O_WRONLY, 0644);
+    close(fd);
+    w = open_wal(dir, 64u << 20, "every_write");
+    r = append_ok(w, 3, "{}", 2);
+    ck_assert_uint_eq(WAL_OFF_SEG(r.offset), 2);
+    ck_assert_uint_gt(WAL_OFF_POS(r.offset), 0);
+    wait_ok(w, r.seq);
+    buf b = {0};
+    stm_err err;
+    ck_assert_int_eq(wal_read_at(w, WAL_OFFSET(2, 0), &b, &r, &err), STM_OK);
+    ck_assert_uint_eq(r.type, WAL_T_CHECKPOINT);
+    buf_free(&b);
+    close_wal(w);
+}
+END_TEST
+
 START_TEST(test_empty_and_read_only)
 {
     char *dir = path_in("wal");
@@ -1311,6 +1334,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_corrupt_middle);
     tcase_add_test(t, test_corrupt_earlier_segment);
     tcase_add_test(t, test_empty_and_read_only);
+    tcase_add_test(t, test_empty_segment_gets_checkpoint);
     tcase_add_test(t, test_chain_verify);
     tcase_add_test(t, test_delete_before);
     tcase_add_test(t, test_group_commit);
