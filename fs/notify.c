@@ -122,7 +122,8 @@ static bool take_skip(const char *id)
  * instances stays linear. Beyond SELF_QUEUE_MAX pending ops new ones are
  * dropped, as inotify itself drops events when its queue overflows. */
 #define SELF_QUEUE_MAX 20000
-#define SELF_COALESCE_NS 5000000L /* 5 ms */
+#define SELF_COALESCE_NS 5000000u /* 5 ms */
+#define SELF_WINDOW_MAX_NS 50000000u /* 50 ms */
 #define SELF_BUCKETS 4096
 static size_t n_self;
 static struct fs_selfop *self_tail;
@@ -216,6 +217,7 @@ static void *helper_main(void *arg)
     atomic_store(&f->helper_tid, (int)syscall(SYS_gettid));
     buf path = {0};
     bool coalesced = false;
+    uint64_t window = SELF_COALESCE_NS, batch_start = 0;
     pthread_mutex_lock(&f->nlock);
     for (;;) {
         while (!f->nstop && !f->self_q) pthread_cond_wait(&f->hcond, &f->nlock);
@@ -225,15 +227,25 @@ static void *helper_main(void *arg)
             coalesced = true;
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += SELF_COALESCE_NS;
+            ts.tv_sec += (time_t)(window / 1000000000u);
+            ts.tv_nsec += (long)(window % 1000000000u);
             if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
             while (!f->nstop && pthread_cond_timedwait(&f->hcond, &f->nlock, &ts) != ETIMEDOUT) {
             }
+            batch_start = util_mono_ns();
             continue;
         }
         struct fs_selfop *s = f->self_q;
         f->self_q = s->next;
-        if (!f->self_q) coalesced = false;
+        if (!f->self_q) {
+            coalesced = false;
+            /* a duty cycle: the next window is at least what this batch
+             * took, so under a storm of changes the helper uses at most
+             * about half of one loop thread */
+            uint64_t took = util_mono_ns() - batch_start;
+            window = SELF_COALESCE_NS + took;
+            if (window > SELF_WINDOW_MAX_NS) window = SELF_WINDOW_MAX_NS;
+        }
         n_self--;
         /* from here a new change to this instance queues a new op */
         self_unmark(s->kind, s->name);

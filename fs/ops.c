@@ -691,6 +691,7 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
         fh *h = fh_new(f, n);
         h->self = true;
         fi->direct_io = 1;
+        fi->noflush = 1;
         fi->fh = h->id;
         fuse_reply_open(req, fi);
         return;

@@ -270,7 +270,6 @@ static fs_blob *stats_file(fs *f, int *errp)
     cJSON_AddNumberToObject(r, "instances", (double)st.instances);
     cJSON_AddNumberToObject(r, "deleted_instances", (double)st.deleted_instances);
     cJSON_AddNumberToObject(r, "subscriptions", (double)st.subscriptions);
-    cJSON_AddNumberToObject(r, "fsyncs", (double)st.wal.fsyncs);
     cJSON_AddNumberToObject(r, "acked_seq", (double)st.wal.acked_seq);
     char *c = json_canonical(r, NULL);
     cJSON_Delete(r);
