@@ -201,6 +201,7 @@ enum { SELF_NONE, SELF_TOUCH, SELF_CREATE, SELF_DELETE };
 /* The mount made this name appear/disappear itself (mkdir/rmdir through the
  * mount fired inotify already); the helper skips its own op for it. */
 void fs_notify_skip(fs *f, const char *id);
+void fs_notify_unskip(fs *f, const char *id); /* the rmdir failed after all */
 
 /* Watch files: one handle per open, with its own subscription. */
 fs_watchfh *fs_watch_open(fs *f, const char *id, stm_err *err);

@@ -106,6 +106,15 @@ void fs_notify_skip(fs *f, const char *id)
     pthread_mutex_unlock(&f->nlock);
 }
 
+static bool take_skip(const char *id);
+
+void fs_notify_unskip(fs *f, const char *id)
+{
+    pthread_mutex_lock(&f->nlock);
+    take_skip(id);
+    pthread_mutex_unlock(&f->nlock);
+}
+
 static bool take_skip(const char *id)
 {
     for (size_t i = 0; i < n_skips; i++)

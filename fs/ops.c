@@ -1391,6 +1391,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
             stm_code c = eng_call(f->e, "DELETE_INSTANCE", params, &res, &seq, &err);
             cJSON_Delete(params);
             cJSON_Delete(res);
+            if (c != STM_OK) fs_notify_unskip(f, buf_cstr(&raw));
             if (c == STM_OK && eng_wait(f->e, seq, &err) != STM_OK) c = err.code;
             /* no wait for the notifier here: the kernel holds instances/
              * locked until we reply, and invalidating a name in it needs
