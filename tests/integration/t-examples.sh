@@ -220,6 +220,60 @@ test_expect_success 'audit.sh fails, and keeps the head file, when the log does 
     test "$(cat head.txt)" = "${good%%:*}:$(printf '%064d' 0)"
 EOT
 
+# ---------------------------------------------------------------- README
+
+README=$TEST_SRC_DIR/../../README.md
+
+test_expect_success 'the README tour: its ticket definition, events and refusals' - <<\EOT
+    sed -n "/^\$ cat > machines\/ticket\/definition.yaml <<'EOF'\$/,/^EOF\$/p" "$README" |
+        sed '1d;$d' >ticket.yaml &&
+    test_line_count = 6 ticket.yaml &&
+    mkdir "$M/machines/ticket" &&
+    cp ticket.yaml "$M/machines/ticket/definition.yaml" &&
+    echo 't-1 {"title":"printer on fire"}' >"$M/machines/ticket/new" &&
+    printf 'ASSIGN\nCLOSE\n' >expect &&
+    test_cmp expect "$I/t-1/events" &&
+    test_must_fail write_line "$I/t-1/events" ASSIGN 2>err &&
+    grep -q 'Permission denied' err &&
+    grep -qx 'code GUARD_FAILED' "$I/t-1/error" &&
+    write_line "$I/t-1/events" 'ASSIGN {"to":"sam"}' &&
+    test_must_fail write_line "$I/t-1/events" 'ASSIGN {"to":"sam"}' &&
+    write_line "$I/t-1/events" 'ASSIGN {"to":"kim"}' &&
+    at=$(sed -n 2p "$I/t-1/history" | jq .offset) &&
+    rcp_call APPLY_EVENT '{"instance_id":"t-1","event":"CLOSE"}' &&
+    echo closed >expect &&
+    test_cmp expect "$I/t-1/state" &&
+    "$STMFS" replay "$D" --at "$at" --instance t-1 >replay.json &&
+    jq -e '.state == "assigned" and .ctx == {"title":"printer on fire","to":"sam"}' replay.json
+EOT
+
+test_expect_success 'README keeps the quick start and the errno table of fs/errno.c' - <<\EOT
+    grep -q '^scripts/run.sh ' "$README" &&
+    grep -q '^scripts/test.sh ' "$README" &&
+    : "each code row of the comment table in fs/errno.c is a README row" &&
+    sed -n 's/^ \*   \([A-Z_]*\) *\(E[A-Z]*\) *\(.*\)$/| \1 | \2 | \3 |/p' \
+        "$TEST_SRC_DIR/../../fs/errno.c" >errno.rows &&
+    test_line_count = 16 errno.rows &&
+    while read -r row; do
+        grep -qxF "$row" "$README" || { echo "not in README: $row"; exit 1; }
+    done <errno.rows
+EOT
+
+test_expect_success 'stmfs(1) names every long option of every --help, and renders cleanly' - <<\EOT
+    MAN=$TEST_SRC_DIR/../../man/stmfs.1 &&
+    for cmd in mount serve wal replay call watch; do
+        "$STMFS" $cmd --help | grep -o -- '--[a-z][a-z-]*' || exit 1
+    done | sort -u >opts &&
+    test_line_count -gt 15 opts &&
+    while read -r opt; do
+        grep -qF -- "$(printf '%s' "$opt" | sed 's/-/\\-/g')" "$MAN" ||
+            { echo "stmfs(1) lacks $opt"; exit 1; }
+    done <opts &&
+    if command -v groff >/dev/null; then
+        groff -t -man -ww -z "$MAN" 2>groff.err && test_must_be_empty groff.err
+    fi
+EOT
+
 # ---------------------------------------------------------------- the unit
 
 # The unit's own command lines, with its paths swapped for the test's: the
