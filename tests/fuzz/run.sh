@@ -1,0 +1,15 @@
+#!/bin/sh
+# One fuzz target's CI run: replay every seed of its corpus (a regression
+# check: each must run clean), then fuzz for a bounded time.
+#   run.sh TARGET SEED_DIR WORK_DIR SECONDS [libFuzzer flags...]
+# New inputs go to WORK_DIR (scratch, in the build dir); the seed dir is
+# only read. A crash leaves its input as WORK_DIR/crash-* and fails.
+set -eu
+target=$1 seeds=$2 work=$3 secs=$4
+shift 4
+mkdir -p "$work"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+"$target" -runs=0 "$@" "$seeds"
+"$target" -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
+    -artifact_prefix="$work/" "$@" "$work" "$seeds"
