@@ -17,11 +17,12 @@
 #     4    2026-11-28T04:00:43.843Z  SHIP: paid -> shipped       {"address":"1 Main St"}
 #
 #     # 2. The log, checked against the head saved last time
-#     $ stmfs wal verify DATA --expect 3038:27c71761...
+#     $ stmfs wal verify DATA --expect 3038:27c717611212c47...
 #     ok: 3044 records (0 checkpoints) in 1 segments, 484401 bytes
 #     head: 3044:9d0c... (offset 1099512111959)
 #     expected chain at seq 3038: matches
-#     $ stmfs wal verify DATA --expect 4:c1990900...   (o-1's last change)
+#     (the last change of o-1)
+#     $ stmfs wal verify DATA --expect 4:c1990900d1a7c6282f...
 #     ...
 #     expected chain at seq 4: matches
 #     saved the head 3044:9d0c... in HEAD_FILE for the next audit

@@ -18,16 +18,17 @@ What you will see (offsets and the id vary):
     connected to stmfs 0.1.0 (wire mode binary_json)
     machine order: version 1
     watching py-4242 (subscription sub-...)
-    CREATE_INSTANCE py-4242 -> created            mount says: created
-    APPLY_EVENT PAY {"amount": 30} -> paid        mount says: paid
-    APPLY_EVENT PAY again -> INVALID_TRANSITION: invalid transition: ...
+    CREATE_INSTANCE py-4242 -> created   mount says: created
+    APPLY_EVENT PAY {"amount": 30} -> paid   mount says: paid
+    APPLY_EVENT PAY again -> INVALID_TRANSITION: invalid transition: cannot apply 'PAY' in state 'paid'
     APPLY_EVENT SHIP {"address": "1 Main St"} -> shipped   mount says: shipped
-    APPLY_EVENT DELIVER (key deliver-1) -> delivered (applied: true)
-    APPLY_EVENT DELIVER (key deliver-1, a retry) -> delivered (applied: false)
+    APPLY_EVENT DELIVER (key deliver-1) -> delivered (applied: true)   mount says: delivered
+    APPLY_EVENT DELIVER (key deliver-1, a retry) -> delivered (applied: false)   mount says: delivered
     ctx: {"address": "1 Main St", "amount": 30, "customer": "carol"}
     events the watch received:
-      created -> paid on PAY at 1099511630402
-      ...
+      created -> paid on PAY at 1099511632776
+      paid -> shipped on SHIP at 1099511632980
+      shipped -> delivered on DELIVER at 1099511633217
 
 Options: --addr HOST:PORT (default 127.0.0.1:7401), --mount DIR (default:
 none), --id ID (default py-<pid>), --token T (sent with AUTH when the
