@@ -44,7 +44,10 @@ uint64_t rcp_now_ms(void)
 
 void rcp_server_wake(rcp_server *s)
 {
-    if (__atomic_exchange_n(&s->wake_pending, 1, __ATOMIC_ACQ_REL) == 0) {
+    /* Sequentially consistent on both sides: the loop clears the flag and
+     * then reads the watermark; a waker that still sees the flag set must
+     * have published its watermark before the loop's read. */
+    if (__atomic_exchange_n(&s->wake_pending, 1, __ATOMIC_SEQ_CST) == 0) {
         uint64_t one = 1;
         ssize_t r = write(s->wake_fd, &one, sizeof one);
         (void)r; /* a full counter still wakes the loop */
@@ -369,9 +372,12 @@ static void on_wake(rcp_loop *l, int fd, void *arg, unsigned ev)
     (void)ev;
     rcp_server *s = arg;
     uint64_t v;
-    __atomic_store_n(&s->wake_pending, 0, __ATOMIC_RELEASE);
+    /* Drain first, then clear: a waker that sets the flag after the clear
+     * writes again, so the eventfd is readable again; clearing first could
+     * swallow that write and leave the flag set with nobody to clear it. */
     ssize_t r = read(fd, &v, sizeof v);
     (void)r;
+    __atomic_exchange_n(&s->wake_pending, 0, __ATOMIC_SEQ_CST);
     if (s->stop_requested) begin_stop(s);
     for (rcp_conn *c = s->conns, *next; c; c = next) {
         next = c->next;
