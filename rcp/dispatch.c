@@ -79,7 +79,8 @@ static void watch_free(rcp_watch *w)
     eng_unsubscribe(w->sub);
     free(w->instance_id);
     for (int k = 0; k < 4; k++) {
-        for (size_t i = 0; i < w->n_lists[k]; i++) free(w->lists[k][i]);
+        for (size_t i = 0; i < w->n_lists[k]; i++)
+            free(w->lists[k][i]);
         free(w->lists[k]);
     }
     free(w);
@@ -115,8 +116,7 @@ static stm_code watch_subscribe(rcp_conn *c, rcp_watch *w, stm_err *err)
 }
 
 /* Keeps a list of strings (absent or null = empty) in w and its filter. */
-static stm_code watch_list(rcp_watch *w, int k, const cJSON *params, const char *key,
-                           stm_err *err)
+static stm_code watch_list(rcp_watch *w, int k, const cJSON *params, const char *key, stm_err *err)
 {
     const cJSON *v = json_get(params, key);
     if (!v || cJSON_IsNull(v)) return STM_OK;
@@ -125,7 +125,8 @@ static stm_code watch_list(rcp_watch *w, int k, const cJSON *params, const char 
     for (const cJSON *x = v->child; x; x = x->next)
         if (!cJSON_IsString(x)) return bad(err, "invalid type for an element of", key);
     w->lists[k] = xcalloc(n ? n : 1, sizeof(char *));
-    for (const cJSON *x = v->child; x; x = x->next) w->lists[k][w->n_lists[k]++] = xstrdup(x->valuestring);
+    for (const cJSON *x = v->child; x; x = x->next)
+        w->lists[k][w->n_lists[k]++] = xstrdup(x->valuestring);
     return STM_OK;
 }
 
@@ -178,7 +179,8 @@ static stm_code watch_instance(rcp_conn *c, const cJSON *params, cJSON **result,
     new_sub_id(w->id);
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "current_state", cJSON_IsString(st) ? st->valuestring : "");
-    cJSON_AddItemToObject(r, "current_wal_offset", off ? cJSON_Duplicate(off, true) : cJSON_CreateNumber(0));
+    cJSON_AddItemToObject(r, "current_wal_offset",
+                          off ? cJSON_Duplicate(off, true) : cJSON_CreateNumber(0));
     cJSON_AddStringToObject(r, "instance_id", id);
     cJSON_AddStringToObject(r, "subscription_id", w->id);
     cJSON_Delete(inst);
@@ -348,8 +350,9 @@ static stm_code batch_elem(const cJSON *el, size_t i, int *op, const cJSON **par
                         o ? "invalid type for" : "missing");
     *op = rcp_op_lookup(o->valuestring);
     if (*op < 0)
-        return stm_fail(err, STM_BAD_REQUEST, "invalid request: batch op %zu: unknown operation `%.48s`",
-                        i, o->valuestring);
+        return stm_fail(err, STM_BAD_REQUEST,
+                        "invalid request: batch op %zu: unknown operation `%.48s`", i,
+                        o->valuestring);
     const cJSON *p = json_get(el, "params");
     *params = cJSON_IsNull(p) ? NULL : p;
     return STM_OK;
@@ -360,8 +363,8 @@ static bool needs_auth(int op)
     return op != RCP_OP_HELLO && op != RCP_OP_AUTH && op != RCP_OP_PING && op != RCP_OP_BYE;
 }
 
-static stm_code batch(rcp_conn *c, const cJSON *params, cJSON **result, uint64_t *seq,
-                      stm_err *err, int depth)
+static stm_code batch(rcp_conn *c, const cJSON *params, cJSON **result, uint64_t *seq, stm_err *err,
+                      int depth)
 {
     rcp_server *s = c->srv;
     stm_code rc;
@@ -404,7 +407,8 @@ static stm_code batch(rcp_conn *c, const cJSON *params, cJSON **result, uint64_t
         stm_err e2 = {0};
         rc = eng_call_atomic(s->e, n, names, ps, results, seq, &failed, &e2);
         if (rc != STM_OK) {
-            for (i = 0; i < n; i++) cJSON_Delete(results[i]);
+            for (i = 0; i < n; i++)
+                cJSON_Delete(results[i]);
             if (rc < 0 || rc >= STM_CODE_COUNT) rc = STM_INTERNAL_ERROR;
             s->m.errors[rc]++;
             /* Retryable trouble (the disk) keeps its code; a refused op
@@ -417,7 +421,8 @@ static stm_code batch(rcp_conn *c, const cJSON *params, cJSON **result, uint64_t
         }
         cJSON *r = cJSON_CreateObject();
         cJSON *arr = cJSON_AddArrayToObject(r, "results");
-        for (i = 0; i < n; i++) cJSON_AddItemToArray(arr, batch_item(STM_OK, results[i], NULL));
+        for (i = 0; i < n; i++)
+            cJSON_AddItemToArray(arr, batch_item(STM_OK, results[i], NULL));
         *result = r;
         return STM_OK;
     }
@@ -467,11 +472,16 @@ stm_code rcp_dispatch(rcp_conn *c, int op, const cJSON *params, cJSON **result, 
     case RCP_OP_AUTH:
     case RCP_OP_PING:
     case RCP_OP_BYE:
-    case RCP_OP_INFO: return rcp_session_op(c, op, params, result, err);
-    case RCP_OP_BATCH: return batch(c, params, result, seq, err, depth);
-    case RCP_OP_WATCH_INSTANCE: return watch_instance(c, params, result, seq, err);
-    case RCP_OP_WATCH_ALL: return watch_all(c, params, result, err);
-    case RCP_OP_UNWATCH: return unwatch(c, params, result, err);
+    case RCP_OP_INFO:
+        return rcp_session_op(c, op, params, result, err);
+    case RCP_OP_BATCH:
+        return batch(c, params, result, seq, err, depth);
+    case RCP_OP_WATCH_INSTANCE:
+        return watch_instance(c, params, result, seq, err);
+    case RCP_OP_WATCH_ALL:
+        return watch_all(c, params, result, err);
+    case RCP_OP_UNWATCH:
+        return unwatch(c, params, result, err);
     default: {
         stm_code rc = eng_call(s->e, rcp_op_name(op), params, result, seq, err);
         if (rc != STM_OK && *result) {

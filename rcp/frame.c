@@ -10,11 +10,26 @@
 #include "base/json.h"
 
 static const char *const op_names[RCP_OP_COUNT] = {
-    "HELLO",          "AUTH",          "PING",         "BYE",
-    "INFO",           "PUT_MACHINE",   "GET_MACHINE",  "LIST_MACHINES",
-    "CREATE_INSTANCE", "GET_INSTANCE", "LIST_INSTANCES", "DELETE_INSTANCE",
-    "APPLY_EVENT",    "BATCH",         "SNAPSHOT_INSTANCE", "WAL_READ",
-    "WAL_STATS",      "COMPACT",       "WATCH_INSTANCE", "WATCH_ALL",
+    "HELLO",
+    "AUTH",
+    "PING",
+    "BYE",
+    "INFO",
+    "PUT_MACHINE",
+    "GET_MACHINE",
+    "LIST_MACHINES",
+    "CREATE_INSTANCE",
+    "GET_INSTANCE",
+    "LIST_INSTANCES",
+    "DELETE_INSTANCE",
+    "APPLY_EVENT",
+    "BATCH",
+    "SNAPSHOT_INSTANCE",
+    "WAL_READ",
+    "WAL_STATS",
+    "COMPACT",
+    "WATCH_INSTANCE",
+    "WATCH_ALL",
     "UNWATCH",
 };
 
@@ -203,9 +218,9 @@ void rcp_frame_header(unsigned char h[RCP_HDR_LEN], const void *payload, size_t 
 {
     uint32_t crc = crc32c(0, payload, len);
     memcpy(h, "RCPX", 4);
-    h[4] = 0, h[5] = 1;  /* version 1 */
-    h[6] = 0, h[7] = 1;  /* CRC present */
-    h[8] = 0, h[9] = 0;  /* no header extension */
+    h[4] = 0, h[5] = 1; /* version 1 */
+    h[6] = 0, h[7] = 1; /* CRC present */
+    h[8] = 0, h[9] = 0; /* no header extension */
     h[10] = (unsigned char)(len >> 24), h[11] = (unsigned char)(len >> 16);
     h[12] = (unsigned char)(len >> 8), h[13] = (unsigned char)len;
     h[14] = (unsigned char)(crc >> 24), h[15] = (unsigned char)(crc >> 16);
@@ -251,8 +266,10 @@ bool rcp_write_ok(buf *out, enum rcp_wire mode, const char *id, const cJSON *res
     size_t start = rcp_msg_begin(out, mode);
     begin_response(out, id);
     buf_puts(out, ",\"status\":\"ok\",\"result\":");
-    if (result) json_write(out, result, true);
-    else buf_puts(out, "{}");
+    if (result)
+        json_write(out, result, true);
+    else
+        buf_puts(out, "{}");
     buf_putc(out, '}');
     return rcp_msg_end(out, start, mode);
 }
@@ -271,8 +288,7 @@ bool rcp_write_error(buf *out, enum rcp_wire mode, const char *id, stm_code code
     return rcp_msg_end(out, start, mode);
 }
 
-bool rcp_write_result_or_error(buf *out, enum rcp_wire mode, const char *id,
-                               const cJSON *result)
+bool rcp_write_result_or_error(buf *out, enum rcp_wire mode, const char *id, const cJSON *result)
 {
     if (rcp_write_ok(out, mode, id, result)) return true;
     return rcp_write_error(out, mode, id, STM_BAD_REQUEST,

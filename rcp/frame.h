@@ -48,8 +48,8 @@ enum rcp_wire { RCP_WIRE_BINARY = 0, RCP_WIRE_JSONL = 1 };
 /* Incremental decoder state of one connection. */
 typedef struct {
     enum rcp_wire mode;
-    bool auto_detect;  /* the first byte still decides the mode */
-    size_t scanned;    /* jsonl: bytes already searched for '\n' */
+    bool auto_detect; /* the first byte still decides the mode */
+    size_t scanned;   /* jsonl: bytes already searched for '\n' */
 } rcp_decoder;
 
 void rcp_decoder_init(rcp_decoder *d, bool auto_detect);
@@ -99,10 +99,10 @@ const char *rcp_op_name(int op);
 /* ---- request envelope ---------------------------------------------------- */
 
 typedef struct {
-    cJSON *root;          /* owned; free with rcp_request_free */
-    const char *id;       /* points into root */
-    int op;               /* enum rcp_op */
-    const cJSON *params;  /* NULL when absent or null (= {}) */
+    cJSON *root;         /* owned; free with rcp_request_free */
+    const char *id;      /* points into root */
+    int op;              /* enum rcp_op */
+    const cJSON *params; /* NULL when absent or null (= {}) */
 } rcp_request;
 
 typedef enum {
@@ -131,8 +131,7 @@ bool rcp_write_ok(buf *out, enum rcp_wire mode, const char *id, const cJSON *res
 bool rcp_write_error(buf *out, enum rcp_wire mode, const char *id, stm_code code,
                      const char *message);
 /* An ok response whose result is too big becomes this error instead. */
-bool rcp_write_result_or_error(buf *out, enum rcp_wire mode, const char *id,
-                               const cJSON *result);
+bool rcp_write_result_or_error(buf *out, enum rcp_wire mode, const char *id, const cJSON *result);
 
 /* Fills an 18-byte header for a payload (flags CRC present). */
 void rcp_frame_header(unsigned char hdr[RCP_HDR_LEN], const void *payload, size_t len);

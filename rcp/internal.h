@@ -38,24 +38,24 @@ typedef struct rcp_conn rcp_conn;
 typedef struct rcp_server rcp_server;
 
 typedef struct {
-    size_t end;        /* end of the message in out.data */
-    uint64_t seq;      /* WAL sequence it depends on (0 = none) */
-    uint64_t t0_ns;    /* when its request was decoded (0 = an event) */
-    int op;            /* for the duration histogram; -1 = an event */
+    size_t end;     /* end of the message in out.data */
+    uint64_t seq;   /* WAL sequence it depends on (0 = none) */
+    uint64_t t0_ns; /* when its request was decoded (0 = an event) */
+    int op;         /* for the duration histogram; -1 = an event */
 } rcp_mark;
 
 typedef struct rcp_watch {
     struct rcp_watch *next;
     rcp_conn *conn;
     eng_sub *sub;
-    char id[41];                /* "sub-" + UUID v4 */
-    bool all;                   /* WATCH_ALL (else WATCH_INSTANCE) */
+    char id[41]; /* "sub-" + UUID v4 */
+    bool all;    /* WATCH_ALL (else WATCH_INSTANCE) */
     bool include_ctx;
-    uint64_t skip_upto;         /* drop events at or below this offset */
+    uint64_t skip_upto; /* drop events at or below this offset */
     /* the filter, owned, to resubscribe after an overflow */
     eng_filter f;
     char *instance_id;
-    char **lists[4];            /* machines, from_states, to_states, events */
+    char **lists[4]; /* machines, from_states, to_states, events */
     size_t n_lists[4];
 } rcp_watch;
 
@@ -65,12 +65,12 @@ struct rcp_conn {
     int fd;
     char peer[64];
     SSL *ssl;
-    bool handshaking;           /* TLS handshake not finished */
-    bool tls_want_write;        /* the last SSL call wants the socket writable */
+    bool handshaking;    /* TLS handshake not finished */
+    bool tls_want_write; /* the last SSL call wants the socket writable */
     rcp_decoder dec;
     enum rcp_wire wire_out;
     bool authenticated;
-    bool closing;               /* BYE or broken input: flush, then close */
+    bool closing; /* BYE or broken input: flush, then close */
     bool read_paused;
     bool eof;
     buf in;
@@ -81,7 +81,6 @@ struct rcp_conn {
     size_t mark_head, mark_n, mark_cap;
     rcp_watch *watches;
     uint64_t last_active_ms;
-    unsigned cur_mask;
 };
 
 /* ---- metrics (metrics.c); touched only by the loop thread -------------- */
@@ -93,7 +92,7 @@ typedef struct {
     uint64_t errors[STM_CODE_COUNT];
     uint64_t hist[RCP_OP_COUNT][RCP_HIST_BUCKETS + 1];
     double hist_sum[RCP_OP_COUNT];
-    uint64_t events_forwarded[2];   /* instance, all */
+    uint64_t events_forwarded[2]; /* instance, all */
     int64_t subscriptions[2];
     uint64_t bytes_in, bytes_out;
 } rcp_counters;
@@ -107,7 +106,7 @@ struct rcp_server {
     pthread_t thread;
     bool thread_started;
     int listen_fd;
-    int wake_fd;                  /* eventfd: WAL acks, watch wakes, stop */
+    int wake_fd; /* eventfd: WAL acks, watch wakes, stop */
     int listener_id;
     char bound[80];
     rcp_conn *conns;
@@ -129,13 +128,13 @@ struct rcp_server {
     rcp_http *https;
     rcp_counters m;
     int64_t start_ms;
-    bool need_pass;               /* something left to do before sleeping */
-    int wake_pending;             /* an eventfd write is on its way (atomic) */
-    bool accept_paused;           /* out of descriptors: retry on the next tick */
+    bool need_pass;     /* something left to do before sleeping */
+    int wake_pending;   /* an eventfd write is on its way (atomic) */
+    bool accept_paused; /* out of descriptors: retry on the next tick */
 };
 
 /* server.c */
-void rcp_conn_want(rcp_conn *c);                /* recompute epoll interest */
+void rcp_conn_want(rcp_conn *c); /* recompute epoll interest */
 void rcp_queue_mark(rcp_conn *c, uint64_t seq, int op, uint64_t t0_ns);
 uint64_t rcp_now_ms(void);
 /* Asks the loop to look at every connection soon; any thread may call it. */

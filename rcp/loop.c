@@ -76,7 +76,8 @@ int rcp_loop_add(rcp_loop *l, int fd, unsigned mask, rcp_loop_fn fn, void *arg)
     if (fd < 0) return -1;
     if (fd >= l->cap) {
         int ncap = l->cap ? l->cap : 64;
-        while (ncap <= fd) ncap *= 2;
+        while (ncap <= fd)
+            ncap *= 2;
         l->h = xrealloc(l->h, (size_t)ncap * sizeof *l->h);
         memset(l->h + l->cap, 0, (size_t)(ncap - l->cap) * sizeof *l->h);
         l->cap = ncap;

@@ -42,7 +42,8 @@ void rcp_metrics_observe(rcp_server *s, int op, uint64_t ns)
     if (op < 0 || op >= RCP_OP_COUNT) return;
     double secs = (double)ns / 1e9;
     int b = 0;
-    while (b < RCP_HIST_BUCKETS && secs > bucket_le[b]) b++;
+    while (b < RCP_HIST_BUCKETS && secs > bucket_le[b])
+        b++;
     s->m.hist[op][b]++;
     s->m.hist_sum[op] += secs;
 }
@@ -62,7 +63,8 @@ static void process_metrics(buf *o, const rcp_server *s)
 {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
-        one(o, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+        one(o, "process_cpu_seconds_total", "counter",
+            "Total user and system CPU time spent in seconds.",
             (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
                 ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6);
     FILE *f = fopen("/proc/self/statm", "r");
@@ -90,8 +92,7 @@ static void render(buf *o, rcp_server *s)
     const rcp_counters *m = &s->m;
     one(o, "rstmdb_connections_total", "counter", "Total connections accepted",
         (double)m->connections_total);
-    one(o, "rstmdb_connections_active", "gauge", "Currently open connections",
-        (double)s->n_conns);
+    one(o, "rstmdb_connections_active", "gauge", "Currently open connections", (double)s->n_conns);
     metric_head(o, "rstmdb_requests_total", "counter", "Total requests by operation");
     for (int i = 0; i < RCP_OP_COUNT; i++)
         if (m->requests[i])
@@ -106,11 +107,13 @@ static void render(buf *o, rcp_server *s)
                 "Request duration until the response was released (durable) in seconds");
     for (int i = 0; i < RCP_OP_COUNT; i++) {
         uint64_t cum = 0, total = 0;
-        for (int b = 0; b <= RCP_HIST_BUCKETS; b++) total += m->hist[i][b];
+        for (int b = 0; b <= RCP_HIST_BUCKETS; b++)
+            total += m->hist[i][b];
         if (!total) continue;
         for (int b = 0; b < RCP_HIST_BUCKETS; b++) {
             cum += m->hist[i][b];
-            buf_printf(o, "rstmdb_request_duration_seconds_bucket{operation=\"%s\",le=\"%g\"} %llu\n",
+            buf_printf(o,
+                       "rstmdb_request_duration_seconds_bucket{operation=\"%s\",le=\"%g\"} %llu\n",
                        rcp_op_name(i), bucket_le[b], (unsigned long long)cum);
         }
         buf_printf(o, "rstmdb_request_duration_seconds_bucket{operation=\"%s\",le=\"+Inf\"} %llu\n",
@@ -123,7 +126,8 @@ static void render(buf *o, rcp_server *s)
     metric_head(o, "rstmdb_subscriptions_active", "gauge", "Active watch subscriptions by type");
     buf_printf(o, "rstmdb_subscriptions_active{type=\"instance\"} %lld\n",
                (long long)m->subscriptions[0]);
-    buf_printf(o, "rstmdb_subscriptions_active{type=\"all\"} %lld\n", (long long)m->subscriptions[1]);
+    buf_printf(o, "rstmdb_subscriptions_active{type=\"all\"} %lld\n",
+               (long long)m->subscriptions[1]);
     metric_head(o, "rstmdb_events_forwarded_total", "counter", "Stream events sent by type");
     buf_printf(o, "rstmdb_events_forwarded_total{type=\"instance\"} %llu\n",
                (unsigned long long)m->events_forwarded[0]);
@@ -137,7 +141,8 @@ static void render(buf *o, rcp_server *s)
         (double)st.instances);
     one(o, "rstmdb_machines_total", "gauge", "Machine versions defined",
         (double)st.machine_versions);
-    one(o, "rstmdb_wal_entries", "gauge", "Highest WAL sequence written", (double)st.wal.entry_count);
+    one(o, "rstmdb_wal_entries", "gauge", "Highest WAL sequence written",
+        (double)st.wal.entry_count);
     one(o, "rstmdb_wal_segments", "gauge", "WAL segment files", (double)st.wal.segment_count);
     one(o, "rstmdb_wal_size_bytes", "gauge", "Size of the WAL segments in bytes",
         (double)st.wal.total_size_bytes);
@@ -172,8 +177,10 @@ static void http_close(rcp_http *h)
 
 static void respond(rcp_http *h, int status, const char *ctype, const char *body, size_t len)
 {
-    const char *reason = status == 200 ? "OK" : status == 404 ? "Not Found"
-                         : status == 405 ? "Method Not Allowed" : "Bad Request";
+    const char *reason = status == 200   ? "OK"
+                         : status == 404 ? "Not Found"
+                         : status == 405 ? "Method Not Allowed"
+                                         : "Bad Request";
     buf_printf(&h->out,
                "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                "Connection: close\r\n\r\n",
@@ -280,7 +287,8 @@ stm_code rcp_metrics_start(rcp_server *s, stm_err *err)
 
 void rcp_metrics_stop(rcp_server *s)
 {
-    while (s->https) http_close(s->https);
+    while (s->https)
+        http_close(s->https);
     if (s->metrics_fd >= 0) {
         rcp_loop_del(s->loop, s->metrics_fd);
         close(s->metrics_fd);

@@ -72,7 +72,8 @@ void rcp_queue_mark(rcp_conn *c, uint64_t seq, int op, uint64_t t0_ns)
     if (c->mark_n == c->mark_cap) {
         size_t ncap = c->mark_cap ? c->mark_cap * 2 : 16;
         rcp_mark *m = xmalloc(ncap * sizeof *m);
-        for (size_t i = 0; i < c->mark_n; i++) m[i] = c->marks[(c->mark_head + i) % c->mark_cap];
+        for (size_t i = 0; i < c->mark_n; i++)
+            m[i] = c->marks[(c->mark_head + i) % c->mark_cap];
         free(c->marks);
         c->marks = m;
         c->mark_cap = ncap;
@@ -116,7 +117,8 @@ static void out_compact(rcp_conn *c)
     c->out.data[c->out.len] = 0;
     c->out_off = 0;
     c->ready_end -= d;
-    for (size_t i = 0; i < c->mark_n; i++) c->marks[(c->mark_head + i) % c->mark_cap].end -= d;
+    for (size_t i = 0; i < c->mark_n; i++)
+        c->marks[(c->mark_head + i) % c->mark_cap].end -= d;
 }
 
 /* ---- connections --------------------------------------------------------- */
@@ -131,8 +133,10 @@ static void conn_close(rcp_conn *c)
         SSL_free(c->ssl);
     }
     close(c->fd);
-    if (c->prev) c->prev->next = c->next;
-    else s->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->n_conns--;
     buf_free(&c->in);
@@ -193,10 +197,11 @@ static bool conn_settle(rcp_conn *c)
         /* The client caught up: take its buffered requests again. */
         c->read_paused = false;
         rcp_session_process_input(c);
-        release(c);
-        if (!conn_flush(c)) return false;
-        if (!c->read_paused && !c->closing && !c->eof) conn_read(c);
-        return false; /* conn_read settled it already (or closed it) */
+        if (!c->read_paused && !c->closing && !c->eof) {
+            conn_read(c); /* settles c itself (or closes it) */
+            return false;
+        }
+        return conn_settle(c);
     }
     rcp_conn_want(c);
     return true;
@@ -337,7 +342,6 @@ static void on_accept(rcp_loop *l, int fd, void *arg, unsigned ev)
             free(c);
             continue;
         }
-        c->cur_mask = RCP_EV_READ;
         c->next = s->conns;
         if (s->conns) s->conns->prev = c;
         s->conns = c;
@@ -424,7 +428,8 @@ static void *loop_main(void *arg)
     rcp_server *s = arg;
     rcp_loop_run(s->loop);
     /* Whatever is left after the grace period goes now. */
-    while (s->conns) conn_close(s->conns);
+    while (s->conns)
+        conn_close(s->conns);
     return NULL;
 }
 
@@ -483,7 +488,8 @@ static void server_free(rcp_server *s)
 {
     if (!s) return;
     if (s->listener_id) eng_remove_listener(s->e, s->listener_id);
-    while (s->conns) conn_close(s->conns);
+    while (s->conns)
+        conn_close(s->conns);
     rcp_metrics_stop(s);
     if (s->listen_fd >= 0) close(s->listen_fd);
     if (s->wake_fd >= 0) close(s->wake_fd);

@@ -52,7 +52,8 @@ static stm_code hello(rcp_conn *c, const cJSON *params, cJSON **result, stm_err 
     const cJSON *pv = json_get(params, "protocol_version");
     if (!pv || cJSON_IsNull(pv)) return bad(err, "protocol_version", "missing field");
     uint64_t v;
-    if (!json_get_uint(pv, 65535, &v)) return bad(err, "protocol_version", "invalid type for field");
+    if (!json_get_uint(pv, 65535, &v))
+        return bad(err, "protocol_version", "invalid type for field");
     if (v != 1)
         return stm_fail(err, STM_BAD_REQUEST, "invalid request: unsupported protocol version: %llu",
                         (unsigned long long)v);
@@ -94,7 +95,8 @@ bool rcp_auth_check_token(const rcp_server *s, const char *token)
     /* Compare against every hash, always all 64 bytes, so the time taken
      * says nothing about which hash or how many leading digits matched. */
     int found = 0;
-    for (size_t i = 0; i < s->n_hashes; i++) found |= util_ct_memcmp(h, s->hashes[i], 64) == 0;
+    for (size_t i = 0; i < s->n_hashes; i++)
+        found |= util_ct_memcmp(h, s->hashes[i], 64) == 0;
     return found;
 }
 
@@ -110,10 +112,11 @@ static stm_code auth(rcp_conn *c, const cJSON *params, cJSON **result, stm_err *
     if (strcmp(m->valuestring, "bearer") != 0) {
         char shown[64];
         snprintf(shown, sizeof shown, "%.48s", m->valuestring);
-        return stm_fail(err, STM_AUTH_FAILED,
-                        "authentication failed: unsupported auth method: %s", shown);
+        return stm_fail(err, STM_AUTH_FAILED, "authentication failed: unsupported auth method: %s",
+                        shown);
     }
-    if (!*t->valuestring) return stm_fail(err, STM_AUTH_FAILED, "authentication failed: empty token");
+    if (!*t->valuestring)
+        return stm_fail(err, STM_AUTH_FAILED, "authentication failed: empty token");
     if (c->srv->auth_required && !rcp_auth_check_token(c->srv, t->valuestring))
         return stm_fail(err, STM_AUTH_FAILED, "authentication failed: invalid token");
     c->authenticated = true;
@@ -127,8 +130,10 @@ stm_code rcp_session_op(rcp_conn *c, int op, const cJSON *params, cJSON **result
 {
     cJSON *r;
     switch (op) {
-    case RCP_OP_HELLO: return hello(c, params, result, err);
-    case RCP_OP_AUTH: return auth(c, params, result, err);
+    case RCP_OP_HELLO:
+        return hello(c, params, result, err);
+    case RCP_OP_AUTH:
+        return auth(c, params, result, err);
     case RCP_OP_PING:
         r = cJSON_CreateObject();
         cJSON_AddTrueToObject(r, "pong");
@@ -155,7 +160,8 @@ stm_code rcp_session_op(rcp_conn *c, int op, const cJSON *params, cJSON **result
         *result = r;
         return STM_OK;
     }
-    default: return stm_fail(err, STM_INTERNAL_ERROR, "not a session operation");
+    default:
+        return stm_fail(err, STM_INTERNAL_ERROR, "not a session operation");
     }
 }
 
@@ -201,8 +207,10 @@ static void handle_request(rcp_conn *c, const char *p, size_t n)
             return;
         }
     }
-    if (written) rcp_queue_mark(c, 0, op, t0);
-    else c->closing = true; /* not even an error fits: the id alone is ~16 MiB */
+    if (written)
+        rcp_queue_mark(c, 0, op, t0);
+    else
+        c->closing = true; /* not even an error fits: the id alone is ~16 MiB */
     rcp_request_free(&r);
 }
 
@@ -218,8 +226,8 @@ void rcp_session_process_input(rcp_conn *c)
         const char *payload;
         size_t len, used;
         stm_err err;
-        rcp_dec_rc rc = rcp_decode(&c->dec, c->in.data + c->in_off, c->in.len - c->in_off,
-                                   &payload, &len, &used, &err);
+        rcp_dec_rc rc = rcp_decode(&c->dec, c->in.data + c->in_off, c->in.len - c->in_off, &payload,
+                                   &len, &used, &err);
         if (rc == RCP_DEC_NEED) {
             c->in_off += used;
             break;

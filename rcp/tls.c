@@ -93,7 +93,8 @@ static ssize_t ssl_result(rcp_conn *c, int r)
         c->tls_want_write = true;
         errno = EAGAIN;
         return -1;
-    case SSL_ERROR_ZERO_RETURN: return 0;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
     case SSL_ERROR_SYSCALL:
         ERR_clear_error();
         if (errno == 0) return 0; /* EOF without close_notify */

@@ -23,19 +23,18 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: stmfs serve DATA_DIR [-c config.yaml] [--bind ADDR]\n"
-            "\n"
-            "Recovers the database in DATA_DIR and serves it over RCP, the protocol of\n"
-            "rstmdb (its CLI and clients work unchanged), until SIGTERM or SIGINT.\n"
-            "\n"
-            "  -c, --config FILE   YAML configuration (rstmdb's keys); RSTMDB_* and\n"
-            "                      STMFS_* environment variables override it\n"
-            "  --bind ADDR         listen address IP:PORT (default 127.0.0.1:7401;\n"
-            "                      port 0 picks a free port); overrides the config\n"
-            "  -h, --help          this text\n"
-            "\n"
-            "Prints \"listening on ADDR\" on stdout when ready.\n");
+    fprintf(out, "usage: stmfs serve DATA_DIR [-c config.yaml] [--bind ADDR]\n"
+                 "\n"
+                 "Recovers the database in DATA_DIR and serves it over RCP, the protocol of\n"
+                 "rstmdb (its CLI and clients work unchanged), until SIGTERM or SIGINT.\n"
+                 "\n"
+                 "  -c, --config FILE   YAML configuration (rstmdb's keys); RSTMDB_* and\n"
+                 "                      STMFS_* environment variables override it\n"
+                 "  --bind ADDR         listen address IP:PORT (default 127.0.0.1:7401;\n"
+                 "                      port 0 picks a free port); overrides the config\n"
+                 "  -h, --help          this text\n"
+                 "\n"
+                 "Prints \"listening on ADDR\" on stdout when ready.\n");
 }
 
 int cmd_serve(int argc, char **argv)

@@ -245,6 +245,25 @@ def t_client_never_reads():
     still_good()
 
 
+def t_slow_reader_gets_all():
+    """The same flood, read late: every answer arrives, in order."""
+    import threading
+    b = srv.connect()
+    n = 100
+    data = b"".join(frame(req(op="WAL_READ", rid=str(i), params={"from_offset": 0, "limit": 1000}))
+                    for i in range(n))
+    t = threading.Thread(target=b.send_raw, args=(data,))
+    t.start()
+    time.sleep(1.0)
+    for i in range(n):
+        m = b.recv(timeout=30)
+        assert m["id"] == str(i) and m["status"] == "ok", (i, m.get("id"))
+    t.join()
+    assert b.ok("PING") == {"pong": True}
+    b.close()
+    still_good()
+
+
 try:
     R.run("broken frames close silently", t_frames)
     R.run("valid odd frames are accepted", t_accepted_frames)
@@ -254,6 +273,7 @@ try:
     R.run("huge ids and 16 MiB frames", t_huge_ids)
     R.run("jsonl garbage", t_jsonl_garbage)
     R.run("a client that never reads", t_client_never_reads)
+    R.run("a slow reader gets every answer in order", t_slow_reader_gets_all)
 finally:
     rc = srv.stop()
     err = srv.stderr()

@@ -31,7 +31,8 @@ static const char *EX_B =
     "226f70223a2250494e47227d";
 static const char *PING_A = "{\"type\":\"request\",\"id\":\"1\",\"op\":\"PING\",\"params\":{}}";
 static const char *PING_B = "{\"type\":\"request\",\"id\":\"1\",\"op\":\"PING\"}";
-static const char *PONG = "{\"type\":\"response\",\"id\":\"1\",\"status\":\"ok\",\"result\":{\"pong\":true}}";
+static const char *PONG =
+    "{\"type\":\"response\",\"id\":\"1\",\"status\":\"ok\",\"result\":{\"pong\":true}}";
 
 /* Builds a frame with arbitrary header fields. */
 static size_t mk(unsigned char *out, const char *magic, unsigned version, unsigned flags,
@@ -100,9 +101,10 @@ START_TEST(example_c_encode)
     rcp_frame_header(ha, PING_A, 51);
     ck_assert(memcmp(ha, fa, 18) == 0);
     /* The HELLO of rstmdb-py. */
-    const char *hello = "{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1,"
-                        "\"client_name\":\"rstmdb-py\",\"wire_modes\":[\"binary_json\"],\"features\":"
-                        "[\"idempotency\",\"batch\"]}}";
+    const char *hello =
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1,"
+        "\"client_name\":\"rstmdb-py\",\"wire_modes\":[\"binary_json\"],\"features\":"
+        "[\"idempotency\",\"batch\"]}}";
     ck_assert_uint_eq(strlen(hello), 162);
     ck_assert_uint_eq(crc32c(0, hello, 162), 0x22A3D727u);
     cJSON_Delete(r);
@@ -155,7 +157,8 @@ START_TEST(many_frames_one_buffer)
 {
     unsigned char f[69 * 10 + 40];
     size_t n = 0;
-    for (int i = 0; i < 10; i++) n += unhex(EX_A, f + n);
+    for (int i = 0; i < 10; i++)
+        n += unhex(EX_A, f + n);
     memcpy(f + n, f, 30); /* and a partial eleventh */
     n += 30;
     rcp_decoder d;
@@ -249,7 +252,12 @@ START_TEST(envelopes)
     ck_assert_str_eq(r.id, "");
     rcp_request_free(&r);
     /* no id to answer to: fatal */
-    const char *fatal[] = {"", "   ", "{", "[1]", "\"x\"", "{\"type\":\"request\",\"op\":\"PING\"}",
+    const char *fatal[] = {"",
+                           "   ",
+                           "{",
+                           "[1]",
+                           "\"x\"",
+                           "{\"type\":\"request\",\"op\":\"PING\"}",
                            "{\"type\":\"request\",\"id\":1,\"op\":\"PING\"}",
                            "{\"type\":\"request\",\"id\":null,\"op\":\"PING\"}",
                            "{\"type\":\"request\",\"id\":\"1\",\"op\":\"PING\"} x"};
@@ -262,7 +270,8 @@ START_TEST(envelopes)
     ck_assert_int_eq(rcp_request_parse(bad_utf8, sizeof bad_utf8 - 1, &r, &err), RCP_ENV_FATAL);
     rcp_request_free(&r);
     /* id recovered: answerable */
-    const char *badreq[] = {"{\"id\":\"5\",\"op\":\"PING\"}", "{\"type\":7,\"id\":\"5\",\"op\":\"PING\"}",
+    const char *badreq[] = {"{\"id\":\"5\",\"op\":\"PING\"}",
+                            "{\"type\":7,\"id\":\"5\",\"op\":\"PING\"}",
                             "{\"type\":\"request\",\"id\":\"5\"}",
                             "{\"type\":\"request\",\"id\":\"5\",\"op\":\"ping\"}",
                             "{\"type\":\"request\",\"id\":\"5\",\"op\":\"NOPE\"}",
@@ -275,7 +284,8 @@ START_TEST(envelopes)
     }
     /* all 21 names */
     ck_assert_int_eq(rcp_op_lookup("UNWATCH"), RCP_OP_UNWATCH);
-    for (int i = 0; i < RCP_OP_COUNT; i++) ck_assert_int_eq(rcp_op_lookup(rcp_op_name(i)), i);
+    for (int i = 0; i < RCP_OP_COUNT; i++)
+        ck_assert_int_eq(rcp_op_lookup(rcp_op_name(i)), i);
 }
 END_TEST
 
@@ -283,8 +293,10 @@ START_TEST(deep_nesting_fatal)
 {
     buf b = {0};
     buf_puts(&b, "{\"type\":\"request\",\"id\":\"1\",\"op\":\"PING\",\"params\":");
-    for (int i = 0; i < 200; i++) buf_putc(&b, '[');
-    for (int i = 0; i < 200; i++) buf_putc(&b, ']');
+    for (int i = 0; i < 200; i++)
+        buf_putc(&b, '[');
+    for (int i = 0; i < 200; i++)
+        buf_putc(&b, ']');
     buf_putc(&b, '}');
     rcp_request r;
     stm_err err;
@@ -400,8 +412,9 @@ START_TEST(jsonl_auto_detect_binary)
     ck_assert_int_eq(rcp_decode(&d, (char *)f, n, &pl, &len, &used, &err), RCP_DEC_FRAME);
     ck_assert_int_eq(d.mode, RCP_WIRE_BINARY);
     /* a binary client that later sends a line is broken: bad magic */
-    ck_assert_int_eq(rcp_decode(&d, "{\"x\":1}\n{\"y\":2}\n{\"z\":3}\n", 24, &pl, &len, &used, &err),
-                     RCP_DEC_ERROR);
+    ck_assert_int_eq(
+        rcp_decode(&d, "{\"x\":1}\n{\"y\":2}\n{\"z\":3}\n", 24, &pl, &len, &used, &err),
+        RCP_DEC_ERROR);
 }
 END_TEST
 

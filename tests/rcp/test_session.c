@@ -138,8 +138,10 @@ static const char *str(const cJSON *v, const char *path)
         cur = json_get(cur, key);
         path += n + (dot ? 1 : 0);
     }
-    return cJSON_IsString(cur) ? cur->valuestring : cJSON_IsTrue(cur) ? "true"
-                                                  : cJSON_IsFalse(cur) ? "false" : NULL;
+    return cJSON_IsString(cur)  ? cur->valuestring
+           : cJSON_IsTrue(cur)  ? "true"
+           : cJSON_IsFalse(cur) ? "false"
+                                : NULL;
 }
 
 static void expect_ok(const char *json)
@@ -161,9 +163,9 @@ static void expect_err(const char *json, const char *code)
     cJSON_Delete(v);
 }
 
-#define DEF                                                                                     \
-    "{\"states\":[\"created\",\"paid\",\"shipped\"],\"initial\":\"created\",\"transitions\":[" \
-    "{\"from\":\"created\",\"event\":\"PAY\",\"to\":\"paid\"},"                                 \
+#define DEF                                                                                        \
+    "{\"states\":[\"created\",\"paid\",\"shipped\"],\"initial\":\"created\",\"transitions\":["     \
+    "{\"from\":\"created\",\"event\":\"PAY\",\"to\":\"paid\"},"                                    \
     "{\"from\":\"paid\",\"event\":\"SHIP\",\"to\":\"shipped\"}]}"
 
 static void define(void)
@@ -180,8 +182,9 @@ START_TEST(pipelined_in_order)
             "\"order\",\"version\":1,\"instance_id\":\"o1\"}}");
     put(&C, "{\"type\":\"request\",\"id\":\"b\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":"
             "\"o1\",\"event\":\"PAY\",\"payload\":{\"n\":1}}}");
-    put(&C, "{\"type\":\"request\",\"id\":\"c\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_id\":"
-            "\"o1\"}}");
+    put(&C,
+        "{\"type\":\"request\",\"id\":\"c\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_id\":"
+        "\"o1\"}}");
     put(&C, "{\"type\":\"request\",\"id\":\"d\",\"op\":\"PING\"}");
     run(&C);
     const char *ids[] = {"a", "b", "c", "d"};
@@ -236,56 +239,70 @@ END_TEST
 
 START_TEST(param_types)
 {
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":\"1\"}}",
+    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_"
+               "version\":\"1\"}}",
                "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":2}}",
-               "BAD_REQUEST");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":2}}",
+        "BAD_REQUEST");
     expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\"}", "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1,"
-               "\"wire_modes\":\"jsonl\"}}",
-               "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\"}}",
-               "BAD_REQUEST");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1,"
+        "\"wire_modes\":\"jsonl\"}}",
+        "BAD_REQUEST");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\"}}",
+        "BAD_REQUEST");
     expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_INSTANCE\",\"params\":{}}",
                "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{\"machines\":\"x\"}}",
-               "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{\"include_ctx\":1}}",
-               "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{\"from_offset\":-1}}",
-               "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"UNWATCH\",\"params\":{\"subscription_id\":5}}",
-               "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WAL_READ\",\"params\":{\"from_offset\":\"0\"}}",
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{\"machines\":\"x\"}}",
+        "BAD_REQUEST");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{\"include_ctx\":1}}",
+        "BAD_REQUEST");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{\"from_offset\":-1}}",
+        "BAD_REQUEST");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"UNWATCH\",\"params\":{\"subscription_id\":5}}",
+        "BAD_REQUEST");
+    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WAL_READ\",\"params\":{\"from_offset\":"
+               "\"0\"}}",
                "BAD_REQUEST");
     expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"ops\":{}}}",
                "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_id\":7}}",
+    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_"
+               "id\":7}}",
                "BAD_REQUEST");
     /* absent or null params mean {} */
     expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"LIST_INSTANCES\"}");
     expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":null}");
-    expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{\"machines\":null}}");
+    expect_ok(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{\"machines\":null}}");
     ck_assert(!C.closing);
 }
 END_TEST
 
 START_TEST(hello_result)
 {
-    cJSON *v = call("{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1,"
-                    "\"client_name\":null,\"wire_modes\":[\"jsonl\",\"binary_json\"],\"features\":"
-                    "[\"wal_read\",\"batch\",\"watch\",\"idempotency\"]}}");
+    cJSON *v = call(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1,"
+        "\"client_name\":null,\"wire_modes\":[\"jsonl\",\"binary_json\"],\"features\":"
+        "[\"wal_read\",\"batch\",\"watch\",\"idempotency\"]}}");
     char *t = json_canonical(json_get(v, "result"), NULL);
-    ck_assert_str_eq(t, "{\"features\":[\"idempotency\",\"batch\",\"wal_read\"],\"protocol_version\":1,"
-                        "\"server_name\":\"stmfs\",\"server_version\":\"" STMFS_VERSION "\","
-                        "\"wire_mode\":\"binary_json\"}");
+    ck_assert_str_eq(
+        t, "{\"features\":[\"idempotency\",\"batch\",\"wal_read\"],\"protocol_version\":1,"
+           "\"server_name\":\"stmfs\",\"server_version\":\"" STMFS_VERSION "\","
+           "\"wire_mode\":\"binary_json\"}");
     free(t);
     cJSON_Delete(v);
     v = call("{\"type\":\"request\",\"id\":\"2\",\"op\":\"INFO\"}");
     t = json_canonical(json_get(v, "result"), NULL);
-    ck_assert_str_eq(t, "{\"features\":[\"idempotency\",\"batch\",\"wal_read\"],\"max_batch_ops\":100,"
-                        "\"max_frame_bytes\":16777216,\"protocol_version\":1,\"server_name\":\"stmfs\","
-                        "\"server_version\":\"" STMFS_VERSION "\"}");
+    ck_assert_str_eq(
+        t, "{\"features\":[\"idempotency\",\"batch\",\"wal_read\"],\"max_batch_ops\":100,"
+           "\"max_frame_bytes\":16777216,\"protocol_version\":1,\"server_name\":\"stmfs\","
+           "\"server_version\":\"" STMFS_VERSION "\"}");
     free(t);
     cJSON_Delete(v);
 }
@@ -293,8 +310,9 @@ END_TEST
 
 START_TEST(jsonl_symmetric)
 {
-    put(&C, "{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1,"
-            "\"wire_modes\":[\"jsonl\"]}}");
+    put(&C,
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1,"
+        "\"wire_modes\":[\"jsonl\"]}}");
     /* pipelined right behind the HELLO, already as a line */
     buf_puts(&C.in, "{\"type\":\"request\",\"id\":\"2\",\"op\":\"PING\"}\n");
     run(&C);
@@ -331,44 +349,54 @@ START_TEST(auth_gate)
     S.n_hashes = 1;
     C.authenticated = false;
     expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"PING\"}");
-    expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1}}");
+    expect_ok(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"HELLO\",\"params\":{\"protocol_version\":1}}");
     expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"INFO\"}", "UNAUTHORIZED");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{}}", "UNAUTHORIZED");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_INSTANCE\",\"params\":{\"instance_id\":"
-               "\"x\"}}",
+    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_ALL\",\"params\":{}}",
                "UNAUTHORIZED");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_INSTANCE\",\"params\":{\"instance_id\":"
+        "\"x\"}}",
+        "UNAUTHORIZED");
     expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"LIST_MACHINES\"}", "UNAUTHORIZED");
     /* BATCH too (and inside it each op is checked again) */
     expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"ops\":["
                "{\"op\":\"PING\"},{\"op\":\"LIST_MACHINES\"}]}}",
                "UNAUTHORIZED");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
-               "\"token\":\"nope\"}}",
-               "AUTH_FAILED");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"basic\","
-               "\"token\":\"tok\"}}",
-               "AUTH_FAILED");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
-               "\"token\":\"\"}}",
-               "AUTH_FAILED");
-    expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
-              "\"token\":\"tok\"}}");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
+        "\"token\":\"nope\"}}",
+        "AUTH_FAILED");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"basic\","
+        "\"token\":\"tok\"}}",
+        "AUTH_FAILED");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
+        "\"token\":\"\"}}",
+        "AUTH_FAILED");
+    expect_ok(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
+        "\"token\":\"tok\"}}");
     expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"INFO\"}");
     /* a failed AUTH does not undo a successful one */
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
-               "\"token\":\"nope\"}}",
-               "AUTH_FAILED");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
+        "\"token\":\"nope\"}}",
+        "AUTH_FAILED");
     expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"INFO\"}");
 }
 END_TEST
 
 START_TEST(auth_off_any_token)
 {
-    expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
-              "\"token\":\"anything\"}}");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
-               "\"token\":\"\"}}",
-               "AUTH_FAILED");
+    expect_ok(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
+        "\"token\":\"anything\"}}");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"AUTH\",\"params\":{\"method\":\"bearer\","
+        "\"token\":\"\"}}",
+        "AUTH_FAILED");
 }
 END_TEST
 
@@ -376,16 +404,21 @@ START_TEST(batch_modes)
 {
     define();
     /* atomic: all or nothing */
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"mode\":\"atomic\",\"ops\":["
-               "{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,\"instance_id\":"
-               "\"b1\"}},{\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"b1\",\"event\":\"SHIP\"}}]}}",
+    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"mode\":"
+               "\"atomic\",\"ops\":["
+               "{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,"
+               "\"instance_id\":"
+               "\"b1\"}},{\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"b1\",\"event\":"
+               "\"SHIP\"}}]}}",
                "BAD_REQUEST");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_id\":\"b1\"}}",
+    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_"
+               "id\":\"b1\"}}",
                "INSTANCE_NOT_FOUND");
-    cJSON *v = call("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"mode\":\"atomic\","
-                    "\"ops\":[{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,"
-                    "\"instance_id\":\"b1\"}},{\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"b1\","
-                    "\"event\":\"PAY\"}}]}}");
+    cJSON *v =
+        call("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"mode\":\"atomic\","
+             "\"ops\":[{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,"
+             "\"instance_id\":\"b1\"}},{\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"b1\","
+             "\"event\":\"PAY\"}}]}}");
     ck_assert_str_eq(str(v, "status"), "ok");
     cJSON *res = json_get(json_get(v, "result"), "results");
     ck_assert_int_eq(cJSON_GetArraySize(res), 2);
@@ -393,12 +426,15 @@ START_TEST(batch_modes)
     ck_assert_str_eq(str(cJSON_GetArrayItem(res, 1), "result.to_state"), "paid");
     cJSON_Delete(v);
     /* session ops cannot be part of an atomic batch */
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"mode\":\"atomic\",\"ops\":["
+    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"mode\":"
+               "\"atomic\",\"ops\":["
                "{\"op\":\"PING\"}]}}",
                "BAD_REQUEST");
     /* best effort: every op runs */
-    v = call("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"mode\":\"best_effort\",\"ops\":["
-             "{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,\"instance_id\":\"b2\"}},"
+    v = call("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"mode\":\"best_"
+             "effort\",\"ops\":["
+             "{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,"
+             "\"instance_id\":\"b2\"}},"
              "{\"op\":\"GET_INSTANCE\",\"params\":{\"instance_id\":\"nope\"}},"
              "{\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"b2\",\"event\":\"PAY\"}}]}}");
     res = json_get(json_get(v, "result"), "results");
@@ -410,17 +446,22 @@ START_TEST(batch_modes)
     cJSON_Delete(v);
     /* a malformed element stops the batch there; earlier ops stay */
     expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"ops\":["
-               "{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,\"instance_id\":\"b3\"}},"
-               "{\"op\":\"NOPE\"},{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,"
+               "{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\",\"version\":1,"
+               "\"instance_id\":\"b3\"}},"
+               "{\"op\":\"NOPE\"},{\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":\"order\","
+               "\"version\":1,"
                "\"instance_id\":\"b4\"}}]}}",
                "BAD_REQUEST");
-    expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_id\":\"b3\"}}");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_id\":\"b4\"}}",
+    expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_"
+              "id\":\"b3\"}}");
+    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"GET_INSTANCE\",\"params\":{\"instance_"
+               "id\":\"b4\"}}",
                "INSTANCE_NOT_FOUND");
     /* more than max_batch_ops */
     buf b = {0};
     buf_puts(&b, "{\"type\":\"request\",\"id\":\"1\",\"op\":\"BATCH\",\"params\":{\"ops\":[");
-    for (int i = 0; i < 101; i++) buf_puts(&b, i ? ",{\"op\":\"PING\"}" : "{\"op\":\"PING\"}");
+    for (int i = 0; i < 101; i++)
+        buf_puts(&b, i ? ",{\"op\":\"PING\"}" : "{\"op\":\"PING\"}");
     buf_puts(&b, "]}}");
     expect_err(b.data, "BAD_REQUEST");
     buf_free(&b);
@@ -454,27 +495,32 @@ static cJSON *next_event(void)
 START_TEST(watches)
 {
     define();
-    expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":"
-              "\"order\",\"version\":1,\"instance_id\":\"w1\",\"initial_ctx\":{\"a\":1}}}");
-    expect_err("{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_INSTANCE\",\"params\":{\"instance_id\":"
-               "\"nope\"}}",
-               "INSTANCE_NOT_FOUND");
-    cJSON *v = call("{\"type\":\"request\",\"id\":\"2\",\"op\":\"WATCH_INSTANCE\",\"params\":{\"instance_id\":"
-                    "\"w1\",\"include_ctx\":true}}");
+    expect_ok(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":"
+        "\"order\",\"version\":1,\"instance_id\":\"w1\",\"initial_ctx\":{\"a\":1}}}");
+    expect_err(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"WATCH_INSTANCE\",\"params\":{\"instance_id\":"
+        "\"nope\"}}",
+        "INSTANCE_NOT_FOUND");
+    cJSON *v = call(
+        "{\"type\":\"request\",\"id\":\"2\",\"op\":\"WATCH_INSTANCE\",\"params\":{\"instance_id\":"
+        "\"w1\",\"include_ctx\":true}}");
     ck_assert_str_eq(str(v, "result.current_state"), "created");
     ck_assert_str_eq(str(v, "result.instance_id"), "w1");
     char sub1[64];
     snprintf(sub1, sizeof sub1, "%s", str(v, "result.subscription_id"));
     ck_assert(strncmp(sub1, "sub-", 4) == 0 && strlen(sub1) == 40);
     cJSON_Delete(v);
-    v = call("{\"type\":\"request\",\"id\":\"3\",\"op\":\"WATCH_ALL\",\"params\":{\"include_ctx\":false,"
-             "\"machines\":[\"order\"],\"to_states\":[\"shipped\"]}}");
+    v = call(
+        "{\"type\":\"request\",\"id\":\"3\",\"op\":\"WATCH_ALL\",\"params\":{\"include_ctx\":false,"
+        "\"machines\":[\"order\"],\"to_states\":[\"shipped\"]}}");
     char sub2[64];
     snprintf(sub2, sizeof sub2, "%s", str(v, "result.subscription_id"));
     ck_assert(cJSON_IsNumber(json_get(json_get(v, "result"), "wal_offset")));
     cJSON_Delete(v);
 
-    v = call("{\"type\":\"request\",\"id\":\"4\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"w1\","
+    v = call("{\"type\":\"request\",\"id\":\"4\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_"
+             "id\":\"w1\","
              "\"event\":\"PAY\",\"payload\":{\"b\":2}}}");
     double off = json_get(json_get(v, "result"), "wal_offset")->valuedouble;
     cJSON_Delete(v);
@@ -484,7 +530,8 @@ START_TEST(watches)
     /* key order on the wire */
     char expect[512];
     snprintf(expect, sizeof expect,
-             "{\"type\":\"event\",\"subscription_id\":\"%s\",\"instance_id\":\"w1\",\"machine\":\"order\","
+             "{\"type\":\"event\",\"subscription_id\":\"%s\",\"instance_id\":\"w1\",\"machine\":"
+             "\"order\","
              "\"version\":1,\"wal_offset\":%.0f,\"from_state\":\"created\",\"to_state\":\"paid\","
              "\"event\":\"PAY\",\"payload\":{\"b\":2},\"ctx\":{\"a\":1,\"b\":2}}",
              sub1, off);
@@ -492,7 +539,8 @@ START_TEST(watches)
     cJSON_Delete(v);
     ck_assert_ptr_null(next_event()); /* the WATCH_ALL filter wants shipped */
 
-    expect_ok("{\"type\":\"request\",\"id\":\"5\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"w1\","
+    expect_ok("{\"type\":\"request\",\"id\":\"5\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_"
+              "id\":\"w1\","
               "\"event\":\"SHIP\"}}");
     int n = 0, with_ctx = 0;
     while ((v = next_event())) {
@@ -507,7 +555,8 @@ START_TEST(watches)
     /* UNWATCH: own id removed once; anything else is not removed */
     char req[256];
     snprintf(req, sizeof req,
-             "{\"type\":\"request\",\"id\":\"6\",\"op\":\"UNWATCH\",\"params\":{\"subscription_id\":\"%s\"}}",
+             "{\"type\":\"request\",\"id\":\"6\",\"op\":\"UNWATCH\",\"params\":{\"subscription_"
+             "id\":\"%s\"}}",
              sub1);
     v = call(req);
     ck_assert_str_eq(str(v, "result.removed"), "true");
@@ -520,7 +569,8 @@ START_TEST(watches)
     rcp_conn other;
     conn_init(&other);
     snprintf(req, sizeof req,
-             "{\"type\":\"request\",\"id\":\"7\",\"op\":\"UNWATCH\",\"params\":{\"subscription_id\":\"%s\"}}",
+             "{\"type\":\"request\",\"id\":\"7\",\"op\":\"UNWATCH\",\"params\":{\"subscription_"
+             "id\":\"%s\"}}",
              sub2);
     put(&other, req);
     run(&other);
@@ -536,19 +586,24 @@ END_TEST
 START_TEST(watch_from_offset)
 {
     define();
-    expect_ok("{\"type\":\"request\",\"id\":\"1\",\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":"
-              "\"order\",\"version\":1,\"instance_id\":\"h1\"}}");
-    expect_ok("{\"type\":\"request\",\"id\":\"2\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"h1\","
+    expect_ok(
+        "{\"type\":\"request\",\"id\":\"1\",\"op\":\"CREATE_INSTANCE\",\"params\":{\"machine\":"
+        "\"order\",\"version\":1,\"instance_id\":\"h1\"}}");
+    expect_ok("{\"type\":\"request\",\"id\":\"2\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_"
+              "id\":\"h1\","
               "\"event\":\"PAY\"}}");
     /* history first (from the start), then live, no gap, no duplicate */
-    cJSON *v = call("{\"type\":\"request\",\"id\":\"3\",\"op\":\"WATCH_ALL\",\"params\":{\"from_offset\":0}}");
+    cJSON *v = call(
+        "{\"type\":\"request\",\"id\":\"3\",\"op\":\"WATCH_ALL\",\"params\":{\"from_offset\":0}}");
     ck_assert_str_eq(str(v, "status"), "ok");
     cJSON_Delete(v);
-    v = call("{\"type\":\"request\",\"id\":\"4\",\"op\":\"WATCH_INSTANCE\",\"params\":{\"instance_id\":\"h1\","
+    v = call("{\"type\":\"request\",\"id\":\"4\",\"op\":\"WATCH_INSTANCE\",\"params\":{\"instance_"
+             "id\":\"h1\","
              "\"from_offset\":0}}");
     ck_assert_str_eq(str(v, "result.current_state"), "paid");
     cJSON_Delete(v);
-    expect_ok("{\"type\":\"request\",\"id\":\"5\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":\"h1\","
+    expect_ok("{\"type\":\"request\",\"id\":\"5\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_"
+              "id\":\"h1\","
               "\"event\":\"SHIP\"}}");
     int pay = 0, ship = 0;
     while ((v = next_event())) {
