@@ -209,9 +209,13 @@ static stm_code watch_all(rcp_conn *c, const cJSON *params, cJSON **result, stm_
     w->f.from_states = (const char *const *)w->lists[1], w->f.n_from_states = w->n_lists[1];
     w->f.to_states = (const char *const *)w->lists[2], w->f.n_to_states = w->n_lists[2];
     w->f.events = (const char *const *)w->lists[3], w->f.n_events = w->n_lists[3];
-    if ((rc = watch_subscribe(c, w, err)) != STM_OK) goto fail;
+    /* The next write position before subscribing: every event below it
+     * predates this watch, so a resubscription after an overflow never
+     * replays them (only with from_offset does the client ask for those). */
     eng_stats st;
     eng_get_stats(c->srv->e, &st);
+    if (!w->f.from_offset && st.wal.latest_offset) w->skip_upto = st.wal.latest_offset - 1;
+    if ((rc = watch_subscribe(c, w, err)) != STM_OK) goto fail;
     new_sub_id(w->id);
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "subscription_id", w->id);
@@ -294,6 +298,7 @@ void rcp_watches_drain(rcp_conn *c)
                 eng_unsubscribe(w->sub);
                 w->sub = NULL;
                 w->f.from_offset = resume ? resume : 1;
+                if (w->f.from_offset <= w->skip_upto) w->f.from_offset = w->skip_upto + 1;
                 stm_err err;
                 if (watch_subscribe(c, w, &err) != STM_OK) {
                     log_warn("rcp %s: watch %s lost: cannot resubscribe: %s", c->peer, w->id,
