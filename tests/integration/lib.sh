@@ -375,15 +375,38 @@ stop_mount() {
 # STMFS_RCP_CLIENT=call uses `stmfs call` instead of the test's own client.
 rcp_call() {
     if [ "${STMFS_RCP_CLIENT:-}" = call ]; then
-        "$STMFS" call --addr "$RCP_ADDR" "$1" "${2:-{\}}"
+        # stmfs call prints an error as "error: CODE: message" on stderr;
+        # give the tests the same error object the test client prints.
+        local rc
+        "$STMFS" call --addr "$RCP_ADDR" "$1" "${2:-{\}}" 2>"$TEST_DIR/.call-err"
+        rc=$?
+        cat "$TEST_DIR/.call-err" >&2
+        if [ "$rc" -eq 1 ]; then
+            python3 -c 'import json, re, sys
+m = re.match(r"error: ([A-Z_]+): (.*)", sys.stdin.read())
+print(json.dumps({"code": m.group(1), "message": m.group(2)}) if m else "{}")' <"$TEST_DIR/.call-err"
+        fi
+        return "$rc"
     else
         python3 "$RCPC" --addr "$RCP_ADDR" "$1" "${2:-{\}}"
     fi
 }
 rcp() { rcp_call "$@"; }
 
-# json_get FILTER: jq -r FILTER on stdin, failing when the value is null.
-json_get() { jq -er "$1"; }
+# jq -e FILTER: jq 1.6 exits 0 when its input is empty, so an assertion
+# such as `jq -e '.state == "paid"' got` would pass on an empty file. With
+# -e first, this wrapper also fails when jq printed nothing.
+jq() {
+    if [ "${1:-}" = -e ]; then
+        local out rc
+        out=$(command jq "$@")
+        rc=$?
+        [ -n "$out" ] && printf '%s\n' "$out"
+        [ "$rc" -eq 0 ] && [ -n "$out" ]
+        return
+    fi
+    command jq "$@"
+}
 
 # A machine most tests use: an order that is paid, shipped (only when it
 # has an amount) or cancelled.
