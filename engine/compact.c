@@ -411,6 +411,12 @@ static size_t verify_trailer(const char *data, size_t len)
     return ok ? start : 0;
 }
 
+static const char *str_or_null(const cJSON *o, const char *key)
+{
+    const cJSON *v = json_get(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
 static stm_code load_one(eng *e, const char *path, const char *data, size_t len, stm_err *err)
 {
     size_t pos = 0;
@@ -454,9 +460,13 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             json_get_uint(json_get(o, "offset"), UINT64_MAX, &e->snap_offset);
             json_get_uint(json_get(o, "seq"), UINT64_MAX, &e->snap_seq);
         } else if (json_get(o, "m")) {
-            const char *name = json_get(o, "m")->valuestring;
+            const char *name = str_or_null(o, "m");
+            const cJSON *defj = json_get(o, "def");
             uint64_t v = 0, off = 0, seq = 0, ts = 0;
-            json_get_uint(json_get(o, "v"), UINT32_MAX, &v);
+            if (!name || !cJSON_IsObject(defj) || !json_get_uint(json_get(o, "v"), UINT32_MAX, &v)) {
+                cJSON_Delete(o);
+                return stm_fail(err, STM_INTERNAL_ERROR, "%s: bad machine line at byte %zu", path, pos);
+            }
             json_get_uint(json_get(o, "off"), UINT64_MAX, &off);
             json_get_uint(json_get(o, "seq"), UINT64_MAX, &seq);
             json_get_uint(json_get(o, "ts"), UINT64_MAX, &ts);
@@ -465,7 +475,7 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             cJSON_AddStringToObject(entry, "type", "put_machine");
             cJSON_AddStringToObject(entry, "machine", name);
             cJSON_AddNumberToObject(entry, "version", (double)v);
-            cJSON_AddItemToObject(entry, "definition", cJSON_Duplicate(json_get(o, "def"), true));
+            cJSON_AddItemToObject(entry, "definition", cJSON_Duplicate(defj, true));
             cJSON_AddNumberToObject(entry, "ts", (double)ts);
             wal_record rec = {.offset = off, .seq = seq, .type = WAL_T_PUT_MACHINE};
             bool saved = e->replaying;
@@ -477,17 +487,21 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             e->n_undo = 0;
             cJSON_Delete(entry);
         } else if (json_get(o, "i")) {
-            const char *id = json_get(o, "i")->valuestring;
-            const char *mname = json_get(o, "machine")->valuestring;
+            const char *id = str_or_null(o, "i");
+            const char *mname = str_or_null(o, "machine");
+            const char *state = str_or_null(o, "state");
             uint64_t v = 0;
-            json_get_uint(json_get(o, "version"), UINT32_MAX, &v);
+            if (!id || !mname || !state || !json_get(o, "ctx") ||
+                !json_get_uint(json_get(o, "version"), UINT32_MAX, &v) || inst_find(e, id) ||
+                !machine_find(e, mname)) {
+                cJSON_Delete(o);
+                return stm_fail(err, STM_INTERNAL_ERROR,
+                                "%s: bad instance line at byte %zu (a field is missing, the id "
+                                "repeats or the machine is unknown)",
+                                path, pos);
+            }
             cur = inst_add(e, id);
             cur->m = machine_find(e, mname);
-            if (!cur->m) {
-                cJSON_Delete(o);
-                return stm_fail(err, STM_INTERNAL_ERROR, "%s: instance %s names unknown machine %s",
-                                path, id, mname);
-            }
             cur->mv = mversion_find(cur->m, (uint32_t)v);
             if (!cur->mv) {
                 cur->mv = xcalloc(1, sizeof *cur->mv);
@@ -496,10 +510,10 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
                 cur->m->versions = xrealloc(cur->m->versions, (cur->m->n_versions + 1) * sizeof(mversion *));
                 cur->m->versions[cur->m->n_versions++] = cur->mv;
             }
-            cur->state = intern(e, json_get(o, "state")->valuestring);
+            cur->state = intern(e, state);
             cur->ctx = json_canonical(json_get(o, "ctx"), NULL);
-            const cJSON *eid = json_get(o, "event_id");
-            cur->last_event_id = cJSON_IsString(eid) ? xstrdup(eid->valuestring) : NULL;
+            const char *eid = str_or_null(o, "event_id");
+            cur->last_event_id = eid ? xstrdup(eid) : NULL;
             json_get_uint(json_get(o, "last_off"), UINT64_MAX, &cur->last_offset);
             json_get_uint(json_get(o, "last_seq"), UINT64_MAX, &cur->last_seq);
             const cJSON *ca = json_get(o, "created_at"), *ua = json_get(o, "updated_at");
@@ -512,15 +526,18 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             }
         } else if (json_get(o, "k")) {
             uint64_t type = 0, off = 0, seq = 0, fp = 0;
+            const char *key = str_or_null(o, "k"), *scope = str_or_null(o, "scope");
+            if (!key || !scope || !json_get(o, "result")) {
+                cJSON_Delete(o);
+                return stm_fail(err, STM_INTERNAL_ERROR, "%s: bad key line at byte %zu", path, pos);
+            }
             json_get_uint(json_get(o, "type"), 255, &type);
             json_get_uint(json_get(o, "off"), UINT64_MAX, &off);
             json_get_uint(json_get(o, "seq"), UINT64_MAX, &seq);
-            const cJSON *fpv = json_get(o, "fp");
-            if (cJSON_IsString(fpv)) fp = strtoull(fpv->valuestring, NULL, 16);
-            idem_put(e, json_get(o, "scope")->valuestring, json_get(o, "k")->valuestring,
-                     (uint8_t)type, fp, off, seq);
-            idem_entry *k = idem_find(e, json_get(o, "scope")->valuestring,
-                                      json_get(o, "k")->valuestring);
+            const char *fpv = str_or_null(o, "fp");
+            if (fpv) fp = strtoull(fpv, NULL, 16);
+            idem_put(e, scope, key, (uint8_t)type, fp, off, seq);
+            idem_entry *k = idem_find(e, scope, key);
             if (k && !k->result) k->result = json_canonical(json_get(o, "result"), NULL);
         } else if (json_get(o, "end")) {
             cJSON_Delete(o);
