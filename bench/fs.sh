@@ -46,8 +46,12 @@ cleanup() {
         fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || true
     done
     rm -rf "$shm"
-    # The data dirs may hold a lazily unmounted tree for a moment.
-    rm -rf "$work" 2>/dev/null || true
+    # Never rm -rf into a live mount: rmdir there deletes instances.
+    if grep -q " $work/" /proc/mounts; then
+        echo "fs.sh: $work still has a mount in it; left in place" >&2
+    else
+        rm -rf "$work"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT

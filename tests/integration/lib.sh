@@ -124,7 +124,10 @@ _cleanup() {
         proc_gone "$p" || kill -9 "$p" 2>/dev/null
     done
     cd /
-    if [ "$test_failure" -eq 0 ] && [ -z "${STMFS_TEST_KEEP:-}" ]; then
+    if grep -q " $TEST_DIR/" /proc/mounts; then
+        # Never rm -rf into a live mount: rmdir there deletes instances.
+        echo "# $TEST_DIR still has a mount in it; left in place"
+    elif [ "$test_failure" -eq 0 ] && [ -z "${STMFS_TEST_KEEP:-}" ]; then
         rm -rf "$TEST_DIR"
     else
         echo "# kept $TEST_DIR for inspection"
