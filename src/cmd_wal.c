@@ -1,5 +1,5 @@
 /*
- * cmd_wal.c - `stmfs wal verify|dump DATA_DIR`
+ * cmd_wal.c - `stmfs wal verify|dump|repair DATA_DIR`
  *
  *   verify  checks every record's CRC and the hash chain through every
  *           checkpoint; prints the head as SEQ:HEX, which a user can write
@@ -9,14 +9,20 @@
  *   dump    prints every record as one JSON line,
  *           {"entry":{...keys sorted...},"offset":N,"sequence":N}
  *
- * Both only read: the log is opened read-only, a torn tail is reported and
- * left as it is. The log lives in DATA_DIR/wal.
+ *   repair  the one command that changes the log: cuts it at a corrupt
+ *           record that has valid records after it (which every other open
+ *           refuses), keeping the cut bytes in a side file beside the segment.
+ *           Run it with nothing else using DATA_DIR.
+ *
+ * verify and dump only read: the log is opened read-only, a torn tail is
+ * reported and left as it is. The log lives in DATA_DIR/wal.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/buf.h"
 #include "base/json.h"
@@ -27,6 +33,7 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: stmfs wal verify DATA_DIR [--expect SEQ:HEX]\n"
                  "       stmfs wal dump DATA_DIR [--from OFFSET]\n"
+                 "       stmfs wal repair DATA_DIR\n"
                  "\n"
                  "verify  checks every CRC and the SHA-256 hash chain of the write-ahead log\n"
                  "        in DATA_DIR/wal and prints its head as SEQ:HEX. Keep that line: a\n"
@@ -34,12 +41,16 @@ static void usage(FILE *out)
                  "        Exit 0 when intact, 1 on damage (segment file and byte named).\n"
                  "dump    prints each record as a JSON line:\n"
                  "        {\"entry\":{...},\"offset\":N,\"sequence\":N}\n"
+                 "repair  cuts the log at a corrupt record inside it (which opening refuses),\n"
+                 "        keeping the cut bytes in a side file; stop stmfs first.\n"
                  "\n"
                  "  --expect SEQ:HEX  (verify) the chain value the log must have at SEQ\n"
                  "  --from OFFSET     (dump) start at this WAL offset (default: the oldest)\n"
                  "  -h, --help        this text\n"
                  "\n"
-                 "Both only read; a torn tail is reported, not cut.\n");
+                 "verify and dump only read; a torn tail is reported, not cut.\n"
+                 "Exit status: 0 intact, 1 damaged or failed, 2 bad usage, 3 --expect names a\n"
+                 "record the log no longer holds (compacted) or does not hold yet.\n");
 }
 
 static char *wal_dir_of(const char *data_dir)
@@ -70,9 +81,37 @@ static int do_verify(const char *data_dir, const char *expect)
         seq = v;
     }
     char *dir = wal_dir_of(data_dir);
+    if (access(dir, R_OK | X_OK) != 0) {
+        fprintf(stderr, "stmfs wal verify: no write-ahead log at %s: %s (is DATA_DIR right?)\n",
+                dir, strerror(errno));
+        free(dir);
+        return 1;
+    }
     wal_verify_report rep;
     stm_err err = {0};
-    stm_code rc = wal_verify(dir, seq, seq ? chain : NULL, &rep, &err);
+    /* First the log on its own: damage is damage whatever --expect says. */
+    stm_code rc = wal_verify(dir, 0, NULL, &rep, &err);
+    if (rc != STM_OK) {
+        fprintf(stderr, "stmfs wal verify: DAMAGED: %s\n", err.msg);
+        free(dir);
+        return 1;
+    }
+    if (seq && (seq < rep.first_seq || seq > rep.head_seq)) {
+        if (seq < rep.first_seq)
+            fprintf(stderr,
+                    "stmfs wal verify: cannot check seq %llu: the log now starts at seq %llu "
+                    "(older records were compacted into a snapshot); the log itself is intact "
+                    "from there\n",
+                    (unsigned long long)seq, (unsigned long long)rep.first_seq);
+        else
+            fprintf(stderr,
+                    "stmfs wal verify: cannot check seq %llu: the log ends at seq %llu (was it "
+                    "cut back, or is this another data directory?)\n",
+                    (unsigned long long)seq, (unsigned long long)rep.head_seq);
+        free(dir);
+        return 3;
+    }
+    if (seq) rc = wal_verify(dir, seq, chain, &rep, &err);
     if (rc != STM_OK) {
         fprintf(stderr, "stmfs wal verify: DAMAGED: %s\n", err.msg);
         free(dir);
@@ -151,6 +190,35 @@ static int do_dump(const char *data_dir, uint64_t from)
     return status;
 }
 
+static int do_repair(const char *data_dir)
+{
+    char *dir = wal_dir_of(data_dir);
+    if (access(dir, R_OK | W_OK | X_OK) != 0) {
+        fprintf(stderr, "stmfs wal repair: no writable write-ahead log at %s: %s\n", dir,
+                strerror(errno));
+        free(dir);
+        return 1;
+    }
+    /* The policy does not matter: nothing is appended, and close syncs. */
+    wal_opts o = {.dir = dir, .segment_size = 64ull << 20, .repair = true};
+    wal *w;
+    wal_recovery rec = {0};
+    stm_err err = {0};
+    stm_code rc = wal_open(&o, &w, &rec, &err);
+    if (rc == STM_OK) rc = wal_close(w, &err);
+    free(dir);
+    if (rc != STM_OK) {
+        fprintf(stderr, "stmfs wal repair: %s\n", err.msg);
+        return 1;
+    }
+    if (rec.cut_bytes)
+        printf("%s\n", rec.message);
+    else
+        printf("nothing to repair: %llu records in %llu segments are intact\n",
+               (unsigned long long)rec.records, (unsigned long long)rec.segments);
+    return 0;
+}
+
 int cmd_wal(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -211,7 +279,14 @@ int cmd_wal(int argc, char **argv)
         }
         return do_dump(data_dir, from);
     }
-    fprintf(stderr, "stmfs wal: unknown subcommand '%s' (verify or dump)\n", sub);
+    if (strcmp(sub, "repair") == 0) {
+        if (expect || have_from) {
+            fprintf(stderr, "stmfs wal repair: takes no options\n");
+            return 2;
+        }
+        return do_repair(data_dir);
+    }
+    fprintf(stderr, "stmfs wal: unknown subcommand '%s' (verify, dump or repair)\n", sub);
     usage(stderr);
     return 2;
 }

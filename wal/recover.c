@@ -376,8 +376,9 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
             return stm_fail(err, STM_WAL_IO_ERROR,
                             "corrupt WAL record in %s at byte %llu (offset %llu): %s; valid "
                             "records follow (%s byte %llu), so this is damage inside the log, "
-                            "not a torn tail. Refusing to open: restore the file, or repair "
-                            "(cuts the log there and keeps the %llu cut bytes beside it)",
+                            "not a torn tail. Refusing to open: restore the file, or run "
+                            "`stmfs wal repair DATA_DIR` (cuts the log there and keeps the %llu "
+                            "cut bytes beside it)",
                             s->path, (unsigned long long)bad_pos, (unsigned long long)bad_off, why,
                             w->segs[good_seg]->path, (unsigned long long)good,
                             (unsigned long long)cut);
@@ -757,6 +758,7 @@ stm_code wal_verify(const char *dir, uint64_t expect_seq, const uint8_t expect_c
     wal_record r;
     int k;
     while ((k = wal_iter_next(it, &r, err)) == 1) {
+        if (!rep->first_seq) rep->first_seq = r.seq;
         if (!r.has_chain) {
             /* Before the oldest anchor of a compacted rstmdb log: CRC only. */
             rep->records++;

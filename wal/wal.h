@@ -214,6 +214,7 @@ stm_code wal_delete_before(wal *w, uint64_t offset, uint64_t *segments, uint64_t
  * (segment file, byte position, what was wrong) in err. */
 typedef struct {
     uint64_t segments, records, checkpoints, bytes;
+    uint64_t first_seq;         /* oldest retained record (0 = empty log) */
     uint64_t head_seq;
     uint64_t head_offset;
     uint8_t head_chain[32];
