@@ -638,6 +638,12 @@ static void on_acked(void *arg, uint64_t acked, bool failed)
     if (e->hub) hub_wake(e->hub);
 }
 
+stm_code eng_sync(eng *e, stm_err *err)
+{
+    if (e->opts.read_only) return STM_OK;
+    return wal_sync(e->w, err);
+}
+
 uint64_t eng_acked_seq(eng *e)
 {
     return atomic_load(&e->acked);

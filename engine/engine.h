@@ -89,6 +89,9 @@ stm_code eng_call_atomic(eng *e, size_t n, const char *const *ops, const cJSON *
 /* ---- durability ---------------------------------------------------------- */
 
 uint64_t eng_acked_seq(eng *e);
+/* Writes and fdatasyncs everything appended so far, whatever the fsync
+ * policy (fsync(2) on the mount, a clean shutdown). */
+stm_code eng_sync(eng *e, stm_err *err);
 stm_code eng_wait(eng *e, uint64_t seq, stm_err *err);
 /* fn runs on the WAL flusher thread (no engine lock held) whenever the acked
  * watermark advances; keep it short (write an eventfd, signal a condvar).
