@@ -272,6 +272,16 @@ stm_code eng_subscribe(eng *e, const eng_filter *f, void (*wake)(void *), void *
     s->wake_arg = arg;
     pthread_mutex_lock(&h->lock);
     s->cursor = h->next;
+    /* Where this subscription starts, should it ever need to resume from the
+     * WAL: just after the newest record now (every appended record is in
+     * the ring; an empty ring means nothing was appended since open). */
+    if (h->next > h->first) {
+        s->next_offset = h->ring[(h->next - 1) % RING_EVENTS]->ev.offset + 1;
+    } else {
+        wal_stats st;
+        wal_get_stats(e->w, &st);
+        s->next_offset = st.latest_offset;
+    }
     if (f->from_offset) {
         bool in_ring = h->next > h->first && h->ring[h->first % RING_EVENTS]->ev.offset <= f->from_offset;
         if (in_ring) {
@@ -396,7 +406,7 @@ int eng_sub_next(eng_sub *s, eng_event *ev, uint64_t *resume_offset)
     for (;;) {
         if (s->cursor < h->first) {
             /* Fell behind the ring: say where to pick up from the WAL. */
-            if (resume_offset) *resume_offset = s->next_offset ? s->next_offset : 1;
+            if (resume_offset) *resume_offset = s->next_offset;
             s->cursor = h->next;
             pthread_mutex_unlock(&h->lock);
             return -1;
