@@ -148,7 +148,7 @@ typedef struct fs {
     struct fs_inval *inval_q;   /* extra invalidations asked for by handlers */
     struct fs_selfop *self_q;   /* pending inotify self-operations */
     pthread_cond_t hcond;
-    atomic_int helper_tid;
+    atomic_int helper_tid;       /* pid of the helper process */
     /* the helper's current op, so handlers recognise it */
     pthread_mutex_t slock;
     int self_kind;
@@ -186,6 +186,11 @@ void fs_fmt_time(int64_t ms, char out[32]);
 
 /* ---- notify.c ------------------------------------------------------------ */
 
+/* Forks the helper process that performs the inotify self-operations:
+ * before the mount exists (it must not hold /dev/fuse). fs_notify_reap
+ * ends it, after the session is gone. */
+int fs_notify_prefork(fs *f, stm_err *err);
+void fs_notify_reap(fs *f);
 int fs_notify_start(fs *f, stm_err *err);
 void fs_notify_stop(fs *f);
 /* Waits (bounded) until the notifier has invalidated everything for records

@@ -92,6 +92,7 @@ int fs_run(eng *e, const stm_config *c, const char *mountpoint, const char *fuse
                  buf_cstr(&o));
         goto out;
     }
+    if (fs_notify_prefork(f, err) != 0) goto out_session;
     if (fuse_set_signal_handlers(f->se) != 0) {
         stm_fail(err, STM_INTERNAL_ERROR, "cannot install signal handlers");
         goto out_session;
@@ -142,6 +143,8 @@ out_signals:
     fuse_remove_signal_handlers(f->se);
 out_session:
     fuse_session_destroy(f->se);
+    /* only now: the child may have waited on the connection until it closed */
+    fs_notify_reap(f);
 out:
     fuse_opt_free_args(&args);
     buf_free(&o);

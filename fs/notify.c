@@ -28,7 +28,12 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -201,9 +206,25 @@ static void set_self(fs *f, int kind, const char *name)
     pthread_mutex_unlock(&f->slock);
 }
 
-static void touch_file(fs *f, const char *path)
+/* ---- the helper process ---------------------------------------------------
+ *
+ * The operations on the mount are made by a child process, not by a thread
+ * of the daemon: a thread blocked in a request to its own mount can never
+ * be reaped if the daemon is killed (kill -9 leaves the process a zombie
+ * holding /dev/fuse, and the mount hangs for good). The child holds no
+ * descriptor but its socket, so when the daemon dies the connection is
+ * aborted, the child's request fails, and the child dies of PDEATHSIG.
+ * It is forked before the mount exists and, since the daemon has threads
+ * by then, runs only async-signal-safe calls. One message = one operation;
+ * it answers each with one byte, so the daemon knows which operation its
+ * handlers are seeing. */
+struct selfmsg {
+    int kind;
+    char path[PATH_MAX];
+};
+
+static void child_touch(const char *path)
 {
-    (void)f;
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) {
         /* no write permission (default_permissions, not root): a touch
@@ -220,10 +241,110 @@ static void touch_file(fs *f, const char *path)
     close(fd);
 }
 
+static void child_main(int sock, pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    /* nothing of the daemon's: above all not /dev/fuse or the WAL */
+    if (sock != 3) {
+        dup2(sock, 3);
+        sock = 3;
+    }
+    close_range(4, ~0U, 0);
+    int nul = open("/dev/null", O_RDWR);
+    if (nul >= 0) {
+        dup2(nul, 0);
+        dup2(nul, 1);
+        dup2(nul, 2);
+        if (nul > 3) close(nul);
+    }
+    static struct selfmsg m; /* static: no stack of 4 KiB surprises */
+    for (;;) {
+        ssize_t n = recv(sock, &m, sizeof m, 0);
+        if (n <= 0) _exit(0);
+        if ((size_t)n < sizeof m.kind + 1) continue;
+        ((char *)&m)[n < (ssize_t)sizeof m ? n : (ssize_t)sizeof m - 1] = 0;
+        if (m.kind == SELF_CREATE) {
+            mkdir(m.path, 0755);
+        } else if (m.kind == SELF_DELETE) {
+            rmdir(m.path);
+        } else {
+            /* path is the instance dir */
+            static const char *const files[] = {"/state", "/ctx.json", "/history"};
+            size_t base = strlen(m.path);
+            for (size_t i = 0; i < 3; i++) {
+                size_t fl = strlen(files[i]);
+                if (base + fl + 1 > sizeof m.path) break;
+                memcpy(m.path + base, files[i], fl + 1);
+                child_touch(m.path);
+            }
+        }
+        char ack = 0;
+        if (send(sock, &ack, 1, MSG_NOSIGNAL) != 1) _exit(0);
+    }
+}
+
+static int helper_sock = -1;
+static pid_t helper_pid;
+
+int fs_notify_prefork(fs *f, stm_err *err)
+{
+    if (f->ro) return 0; /* a read-only mount cannot be touched */
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        stm_fail(err, STM_INTERNAL_ERROR, "socketpair: %s", strerror(errno));
+        return -1;
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        stm_fail(err, STM_INTERNAL_ERROR, "fork of the inotify helper: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        close(sv[0]);
+        child_main(sv[1], parent);
+        _exit(0);
+    }
+    close(sv[1]);
+    helper_sock = sv[0];
+    helper_pid = pid;
+    atomic_store(&f->helper_tid, (int)pid);
+    return 0;
+}
+
+void fs_notify_reap(fs *f)
+{
+    (void)f;
+    if (helper_sock >= 0) close(helper_sock);
+    helper_sock = -1;
+    if (helper_pid > 0) {
+        kill(helper_pid, SIGKILL);
+        waitpid(helper_pid, NULL, 0);
+    }
+    helper_pid = 0;
+}
+
+/* Has the child perform one operation; false when it is gone. */
+static bool child_do(int kind, const char *path)
+{
+    static struct selfmsg m;
+    m.kind = kind;
+    size_t n = strlen(path);
+    if (n >= sizeof m.path) return true;
+    memcpy(m.path, path, n + 1);
+    if (send(helper_sock, &m, sizeof m.kind + n + 1, MSG_NOSIGNAL) < 0) return false;
+    char ack;
+    return recv(helper_sock, &ack, 1, 0) == 1;
+}
+
 static void *helper_main(void *arg)
 {
     fs *f = arg;
-    atomic_store(&f->helper_tid, (int)syscall(SYS_gettid));
     buf path = {0};
     bool coalesced = false;
     uint64_t window = SELF_COALESCE_NS, batch_start = 0;
@@ -270,21 +391,17 @@ static void *helper_main(void *arg)
             uint64_t iino = in ? in->ino : 0;
             pthread_mutex_unlock(&f->lock);
             if (iino) fuse_lowlevel_notify_inval_entry(f->se, iino, s->name, strlen(s->name));
-            if (mkdir(buf_cstr(&path), 0755) < 0 && errno != EEXIST)
-                log_debug("mount: inotify create of %s: %s", s->name, strerror(errno));
-        } else if (s->kind == SELF_DELETE) {
-            if (rmdir(buf_cstr(&path)) < 0 && errno != ENOENT)
-                log_debug("mount: inotify delete of %s: %s", s->name, strerror(errno));
-        } else {
-            static const char *const files[] = {"state", "ctx.json", "history"};
-            size_t base = path.len;
-            for (size_t i = 0; i < 3; i++) {
-                path.len = base;
-                buf_printf(&path, "/%s", files[i]);
-                touch_file(f, buf_cstr(&path));
-            }
         }
+        bool alive = child_do(s->kind, buf_cstr(&path));
         set_self(f, SELF_NONE, NULL);
+        if (!alive) {
+            log_warn("mount: the inotify helper is gone; file watchers see only changes "
+                     "made through the mount from now on");
+            free(s->name);
+            free(s);
+            pthread_mutex_lock(&f->nlock);
+            break;
+        }
         free(s->name);
         free(s);
         pthread_mutex_lock(&f->nlock);
@@ -692,7 +809,7 @@ int fs_notify_start(fs *f, stm_err *err)
         return -1;
     }
     f->notifier_started = true;
-    if (!f->ro) {
+    if (!f->ro && helper_sock >= 0) {
         if (pthread_create(&f->helper, NULL, helper_main, f) != 0) {
             stm_fail(err, STM_INTERNAL_ERROR, "cannot start the inotify helper thread");
             return -1;
@@ -710,6 +827,8 @@ void fs_notify_stop(fs *f)
     pthread_cond_broadcast(&f->ndone);
     pthread_mutex_unlock(&f->nlock);
     kick();
+    /* a helper thread waiting for the child's answer returns at once */
+    if (helper_sock >= 0) shutdown(helper_sock, SHUT_RDWR);
     if (f->notifier_started) pthread_join(f->notifier, NULL);
     if (f->helper_started) pthread_join(f->helper, NULL);
     f->notifier_started = f->helper_started = false;
