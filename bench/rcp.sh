@@ -101,19 +101,24 @@ num() { case $2 in fail) printf fail ;; *) printf "$1" "$2" ;; esac; }
 
 run=0
 echo "# rcp.sh: $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, mix $MIX, ${DURATION}s runs after ${WARMUP}s warmup, medians of $RUNS" >&2
-printf '| fsync | conns | depth | stmfs ops/s | p50 ms | p99 ms | null ops/s | null p50 ms | null p99 ms | stmfs / null |\n'
-printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| fsync | conns | depth | stmfs ops/s | p50 ms | p99 ms | null ops/s | null p50 ms | null p99 ms | stmfs / null | writes / fsync |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for policy in $POLICIES; do
     printf 'storage:\n  fsync_policy: %s\n' "$policy" >"$work/$policy.yaml"
     for c in $CONNS; do
         for d in $DEPTHS; do
-            : >"$work/s" && : >"$work/n"
+            : >"$work/s" && : >"$work/n" && : >"$work/g"
             for _ in $(seq "$RUNS"); do
                 # A fresh server and data directory per run: every run starts
                 # from the same empty state, and one run cannot disturb the next.
                 start_server "$policy"
                 bench "127.0.0.1:$NULL_PORT" "$c" "$d" >>"$work/n"
                 bench "127.0.0.1:$PORT" "$c" "$d" >>"$work/s"
+                # How many records each fdatasync carried, over the whole run
+                # (setup and warmup included): the group commit at work.
+                "$STMFS" call --addr "127.0.0.1:$PORT" wal_stats 2>/dev/null |
+                    awk -F'[:,]' '/"writes"/ {w=$2} /"fsyncs"/ {f=$2}
+                        END {if (f > 0) printf "%.1f\n", w/f; else print "-"}' >>"$work/g"
                 stop_server
                 echo "  $policy c=$c d=$d: stmfs $(tail -1 "$work/s" | tr ' ' '\n' | grep -E '^(ops_per_sec|p50_ms|p99_ms|errors)=' | tr '\n' ' ')| null $(tail -1 "$work/n" | tr ' ' '\n' | grep -E '^(ops_per_sec|p99_ms)=' | tr '\n' ' ')" >&2
             done
@@ -126,9 +131,12 @@ for policy in $POLICIES; do
             errs=$(field errors <"$work/s" | awk '{t+=$1} END {print t+0}')
             ratio=$(awk -v a="$s_ops" -v b="$n_ops" 'BEGIN {if (a == "fail" || b == "fail" || !b) print "-"; else printf "%.0f%%", 100*a/b}')
             [ "$errs" = 0 ] || ratio="$ratio ($errs errors)"
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$policy" "$c" "$d" \
+            group=$(grep -v -- - "$work/g" || true)
+            [ -z "$group" ] || group=$(median <<<"$group")
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$policy" "$c" "$d" \
                 "$(num %.0f "$s_ops")" "$(num %.3f "$s_p50")" "$(num %.3f "$s_p99")" \
-                "$(num %.0f "$n_ops")" "$(num %.3f "$n_p50")" "$(num %.3f "$n_p99")" "$ratio"
+                "$(num %.0f "$n_ops")" "$(num %.3f "$n_p50")" "$(num %.3f "$n_p99")" "$ratio" \
+                "${group:--}"
         done
     done
 done
