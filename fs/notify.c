@@ -765,11 +765,15 @@ static void wait_until(fs *f, const uint64_t *field, uint64_t v)
 
 void fs_notify_wait_seq(fs *f, uint64_t seq)
 {
-    /* the subscription's own wake brings the notifier round: no kick */
     pthread_mutex_lock(&f->nlock);
     bool done = f->done_seq >= seq;
     pthread_mutex_unlock(&f->nlock);
-    if (!done) wait_until(f, &f->done_seq, seq);
+    if (done) return;
+    /* the subscription's wake normally brings the notifier round, but the
+     * record is durable now (the caller waited for it): do not depend on
+     * the order in which the engine tells its listeners */
+    kick();
+    wait_until(f, &f->done_seq, seq);
 }
 
 void fs_notify_inval(fs *f, uint64_t ino, uint64_t parent, const char *name, bool wait)
