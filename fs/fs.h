@@ -12,7 +12,11 @@
 /* Mounts e at mountpoint with the fuse settings of c plus extra -o options
  * (may be NULL), runs the multithreaded loop until unmount or SIGTERM/INT,
  * and returns 0 after a clean unmount. ready(arg) is called once the mount
- * answers (the daemon detaches then). */
+ * answers (the daemon detaches then). The caller should block SIGTERM, SIGINT
+ * and SIGHUP before starting its own threads: fs_run unblocks them in the
+ * loop's thread, the one that must receive them. It forks one helper
+ * process (inotify self-operations) before mounting; the helper only makes
+ * system calls and exits with the mount. */
 int fs_run(eng *e, const stm_config *c, const char *mountpoint, const char *fuse_opts,
            void (*ready)(void *arg), void *arg, stm_err *err);
 
