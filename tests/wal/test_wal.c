@@ -1239,7 +1239,7 @@ static void power_loss_rounds(const char *policy, int rounds, bool acked_must_su
         for (int t = 0; t < T; t++) {
             pthread_join(th[t], NULL);
             all = realloc(all, (nall + a[t].n + 1) * sizeof *all);
-            memcpy(all + nall, a[t].acked, a[t].n * sizeof *all);
+            if (a[t].n) memcpy(all + nall, a[t].acked, a[t].n * sizeof *all);
             nall += a[t].n;
             free(a[t].acked);
         }
