@@ -266,6 +266,12 @@ int cmd_mount(int argc, char **argv)
     }
     free(cfg.data_dir);
     cfg.data_dir = absolute(data_arg);
+    if (bind && strcmp(bind, "none") != 0 && !config_valid_addr(bind)) {
+        fprintf(stderr, "stmfs mount: --bind wants IP:PORT with a literal address "
+                        "(127.0.0.1:7401, [::1]:7401) or none, not '%s'\n", bind);
+        config_free(&cfg);
+        return 2;
+    }
     if (bind) {
         free(cfg.bind_addr);
         cfg.bind_addr = xstrdup(bind);

@@ -76,6 +76,12 @@ int cmd_serve(int argc, char **argv)
     /* Flags override the file and the environment. */
     free(cfg.data_dir);
     cfg.data_dir = xstrdup(data_dir);
+    if (bind && !config_valid_addr(bind)) {
+        fprintf(stderr, "stmfs serve: --bind wants IP:PORT with a literal address "
+                        "(127.0.0.1:7401, [::1]:7401), not '%s'\n", bind);
+        config_free(&cfg);
+        return 2;
+    }
     if (bind) {
         free(cfg.bind_addr);
         cfg.bind_addr = xstrdup(bind);

@@ -154,7 +154,7 @@ static bool parse_whole(const char *s, uint64_t *out, bool *overflow)
 
 /* IP:PORT with a literal address, as rstmdb's SocketAddr parse demands:
  * a.b.c.d:port or [v6]:port. Hostnames are refused there, so here too. */
-static bool valid_addr(const char *s)
+bool config_valid_addr(const char *s)
 {
     const char *colon;
     char host[64];
@@ -345,7 +345,7 @@ static stm_code set_scalar(stm_config *c, const key_desc *k, const char *text, c
             set_str((char **)base, "none");
             return STM_OK;
         }
-        if (!valid_addr(text))
+        if (!config_valid_addr(text))
             return bad_value(err, name, text,
                              k->kind == K_BIND
                                  ? "is not IP:PORT (e.g. 127.0.0.1:7401 or [::1]:7401) or none"

@@ -54,6 +54,8 @@ stm_code config_load(stm_config *c, const char *path, stm_err *err);
 /* Parses one YAML text (for tests and fuzzing) on top of what c holds. */
 stm_code config_parse_yaml(stm_config *c, const char *text, size_t len, stm_err *err);
 void config_defaults(stm_config *c);
+/* True for IP:PORT with a literal IPv4 or [IPv6] address and a port. */
+bool config_valid_addr(const char *s);
 void config_free(stm_config *c);
 /* The engine options the config implies. Pointers borrow from c. */
 void config_to_eng_opts(const stm_config *c, eng_opts *o);
