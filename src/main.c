@@ -24,7 +24,8 @@ static void usage(FILE *out)
     fprintf(out, "usage: stmfs <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(out, "  %s\n", commands[i].summary);
-    fprintf(out, "\n`stmfs <command> --help` lists the options of each command.\n");
+    fprintf(out, "\n`stmfs <command> --help` lists the options of each command;\n"
+                 "`stmfs --version` prints the version.\n");
 }
 
 int main(int argc, char **argv)
