@@ -6,13 +6,18 @@
  * (fsync there is free, which keeps the exec rate up) or else $TMPDIR or
  * /tmp. fuzz_tmp_clear empties it between inputs, so no input sees files of
  * the one before and a crash reproduces from its input alone; it is removed
- * at exit. Only a process that crashes leaves it behind (its content is the
- * state of the crashing input, worth keeping).
+ * at exit. A process that crashes or times out exits without cleaning up;
+ * its directory is named after its pid, so the next fuzz process to start
+ * removes the directories of pids that no longer run (with fork mode and
+ * -ignore_crashes there can be hundreds).
  */
 #ifndef STM_FUZZ_TMP_H
 #define STM_FUZZ_TMP_H
 
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <ftw.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -43,6 +48,24 @@ static inline void fuzz_tmp_remove(void)
     if (fuzz_tmp_root[0]) rmdir(fuzz_tmp_root);
 }
 
+/* Removes base/stmfs-fuzz-<pid>-* of processes that are gone. */
+static inline void fuzz_tmp_sweep(const char *base)
+{
+    DIR *d = opendir(base);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        long pid;
+        char tail[16];
+        if (sscanf(de->d_name, "stmfs-fuzz-%ld-%15s", &pid, tail) != 2 || pid <= 0) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        snprintf(fuzz_tmp_root, sizeof fuzz_tmp_root, "%s/%s", base, de->d_name);
+        fuzz_tmp_remove();
+    }
+    closedir(d);
+    fuzz_tmp_root[0] = 0;
+}
+
 /* The scratch directory, created on the first call. Aborts if it cannot be
  * made: a fuzz run without it would test nothing. */
 static inline const char *fuzz_tmp_dir(void)
@@ -53,7 +76,8 @@ static inline const char *fuzz_tmp_dir(void)
         base = getenv("TMPDIR");
         if (!base || !*base) base = "/tmp";
     }
-    snprintf(fuzz_tmp_root, sizeof fuzz_tmp_root, "%s/stmfs-fuzz-XXXXXX", base);
+    fuzz_tmp_sweep(base);
+    snprintf(fuzz_tmp_root, sizeof fuzz_tmp_root, "%s/stmfs-fuzz-%ld-XXXXXX", base, (long)getpid());
     if (!mkdtemp(fuzz_tmp_root)) {
         perror("stmfs fuzz: mkdtemp");
         abort();
