@@ -28,7 +28,9 @@
  *     p999_ms=2.10 errors=0
  *
  * Error responses are counted (and the first few codes printed); a server
- * that closes a connection ends the run with exit status 1.
+ * that closes a connection ends the run with exit status 1, and so does one
+ * that leaves a setup request (HELLO, AUTH, PUT_MACHINE, the first CREATE)
+ * unanswered for 10 s.
  *
  * Null server: `rcpbench --null-server 127.0.0.1:7499` answers every
  * request frame at once with {"type":"response","id":<its id>,"status":
