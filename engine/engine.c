@@ -791,23 +791,18 @@ static stm_code load_snapshot(eng *e, uint64_t stop_at, stm_err *err)
     wal_stats st;
     wal_get_stats(e->w, &st);
     bool log_complete = st.first_offset == 0 || WAL_OFF_SEG(st.first_offset) == 1;
+    /* A point in time is rebuilt from the log alone while the log still
+     * holds everything: the result cannot depend on when compaction ran. */
+    if (stop_at != UINT64_MAX && log_complete) return STM_OK;
     stm_code rc = snap_load(e, err);
     if (rc != STM_OK) return rc;
-    if (e->snap_fd >= 0 && stop_at < e->snap_offset) {
-        if (!log_complete)
-            return stm_fail(err, STM_BAD_REQUEST,
-                            "offset %llu is before the oldest point kept: the log before offset "
-                            "%llu was compacted into snapshot db-%016llx.snap",
-                            (unsigned long long)stop_at, (unsigned long long)st.first_offset,
-                            (unsigned long long)e->snap_offset);
-        /* rebuild from the log alone */
-        eng_opts o = e->opts;
-        (void)o;
+    if (e->snap_fd >= 0 && stop_at < e->snap_offset)
         return stm_fail(err, STM_BAD_REQUEST,
-                        "replaying to offset %llu, before snapshot db-%016llx.snap, needs "
-                        "--from-log",
-                        (unsigned long long)stop_at, (unsigned long long)e->snap_offset);
-    }
+                        "offset %llu is before the oldest point kept: the log up to offset %llu "
+                        "was compacted into snapshot db-%016llx.snap; the earliest offset that "
+                        "can be replayed is %llu",
+                        (unsigned long long)stop_at, (unsigned long long)e->snap_offset,
+                        (unsigned long long)e->snap_offset, (unsigned long long)e->snap_offset);
     if (e->snap_fd >= 0 && st.first_offset &&
         st.first_offset > WAL_OFFSET(WAL_OFF_SEG(e->snap_offset), 0))
         return stm_fail(err, STM_WAL_IO_ERROR,

@@ -11,6 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Every record, rebuilt from the log alone (no snapshot) while the log is
+ * complete: any stop point other than UINT64_MAX means that. */
+#define FROM_LOG_ALONE (UINT64_MAX - 1)
+
 static void dump_instance(buf *out, instance *in)
 {
     buf_puts(out, "{\"id\":");
@@ -38,7 +42,7 @@ static int cmp_mach(const void *a, const void *b)
 /* The whole state as compact JSON (deterministic: everything sorted). */
 static void dump_all(eng *e, uint64_t at, buf *out)
 {
-    buf_printf(out, "{\"at\":%llu,\"machines\":[", (unsigned long long)at);
+    buf_printf(out, "{\"at\":%llu,\"machines\":[", (unsigned long long)(at >= FROM_LOG_ALONE ? e->applied_offset : at));
     machine **ms = xmalloc((e->n_machines + 1) * sizeof *ms);
     size_t n = 0;
     for (size_t i = 0; i < e->mtab_size; i++)
@@ -127,7 +131,7 @@ stm_code eng_replay(const char *data_dir, uint64_t at, const char *instance_id, 
                     stm_err *err)
 {
     eng *e;
-    stm_code rc = open_ro(data_dir, at, &e, err);
+    stm_code rc = open_ro(data_dir, at == UINT64_MAX ? FROM_LOG_ALONE : at, &e, err);
     if (rc != STM_OK) return rc;
     buf compact = {0};
     if (instance_id) {
@@ -150,7 +154,7 @@ stm_code eng_replay(const char *data_dir, uint64_t at, const char *instance_id, 
 stm_code eng_replay_verify(const char *data_dir, buf *report, stm_err *err)
 {
     eng *full, *normal;
-    stm_code rc = open_ro(data_dir, UINT64_MAX, &full, err);
+    stm_code rc = open_ro(data_dir, FROM_LOG_ALONE, &full, err);
     if (rc != STM_OK) return rc;
     eng_opts o;
     eng_opts_defaults(&o);

@@ -406,6 +406,18 @@ START_TEST(replay_at_offset)
     ck_assert_ptr_nonnull(strstr(buf_cstr(&out), "\"state\": \"paid\""));
     buf_reset(&out);
     ck_assert_int_eq(eng_replay_verify(dir, &out, &err), STM_OK);
+    /* a snapshot does not hide earlier points while the log holds them */
+    e = open_dir(dir, NULL);
+    cJSON *c = ok(e, "COMPACT", NULL);
+    ck_assert_int_eq((int)num(c, "snapshots_created"), 1);
+    cJSON_Delete(c);
+    eng_close(e);
+    buf_reset(&out);
+    ck_assert_int_eq(eng_replay(dir, pay - 1, "t", &out, &err), STM_OK);
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&out), "\"state\": \"created\""));
+    buf_reset(&out);
+    ck_assert_int_eq(eng_replay_verify(dir, &out, &err), STM_OK);
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&out), "identical"));
     buf_free(&out);
     rmrf(dir);
     free(dir);
