@@ -8,7 +8,7 @@ set -u
 STMFS=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 T=$(mktemp -d /tmp/stmfs-cli-XXXXXX)
 passed=0 failed=0
-SERVER= WATCHER=
+SERVER='' WATCHER=''
 cleanup() {
     [ -n "$WATCHER" ] && kill "$WATCHER" 2>/dev/null
     [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
