@@ -253,6 +253,14 @@ cJSON *json_get(const cJSON *obj, const char *key)
     return cJSON_GetObjectItemCaseSensitive(obj, key);
 }
 
+int64_t json_int64(const cJSON *v)
+{
+    if (!cJSON_IsNumber(v)) return 0;
+    double d = v->valuedouble;
+    if (!(d >= -9.2e18 && d <= 9.2e18)) return 0;
+    return (int64_t)d;
+}
+
 bool json_get_uint(const cJSON *v, uint64_t max, uint64_t *out)
 {
     if (!cJSON_IsNumber(v)) return false;

@@ -50,6 +50,9 @@ bool json_utf8_valid(const char *s, size_t n);
 
 /* Case-sensitive member lookup; NULL when obj is not an object or lacks key. */
 cJSON *json_get(const cJSON *obj, const char *key);
+/* The number v as an int64, 0 when v is not a number or out of range (no
+ * undefined conversion on hostile input). */
+int64_t json_int64(const cJSON *v);
 /* True when v is a number holding an integer in [0, max]; stores it in *out. */
 bool json_get_uint(const cJSON *v, uint64_t max, uint64_t *out);
 

@@ -109,7 +109,7 @@ mversion *mversion_find(machine *m, uint32_t version)
     return lo < m->n_versions && m->versions[lo]->version == version ? m->versions[lo] : NULL;
 }
 
-static void mversion_insert(machine *m, mversion *mv)
+void mversion_insert(machine *m, mversion *mv)
 {
     if (m->n_versions == m->cap_versions) {
         m->cap_versions = m->cap_versions ? m->cap_versions * 2 : 4;
@@ -338,7 +338,7 @@ void entry_fields_of(const cJSON *entry, entry_fields *f)
         case 'p': if (!strcmp(k, "payload")) f->payload = c; break;
         case 't':
             if (!strcmp(k, "to_state")) f->to_state = sv;
-            else if (!strcmp(k, "ts") && cJSON_IsNumber(c)) f->ts = (int64_t)c->valuedouble;
+            else if (!strcmp(k, "ts")) f->ts = json_int64(c);
             else if (!strcmp(k, "txn")) f->txn = c;
             break;
         case 'v': if (!strcmp(k, "version")) f->version = c; break;
@@ -731,7 +731,9 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
         uint64_t k = 0;
         if (json_get_uint(txn, UINT32_MAX, &k) && k > 0) {
             /* a new batch while one is held: the held one was torn */
-            if (n_held && k >= (uint64_t)json_get(held[n_held - 1].entry, "txn")->valuedouble) {
+            uint64_t held_k = 0;
+            if (n_held) json_get_uint(json_get(held[n_held - 1].entry, "txn"), UINT32_MAX, &held_k);
+            if (n_held && k >= held_k) {
                 for (size_t i = 0; i < n_held; i++) {
                     cJSON_Delete(held[i].entry);
                     free(held[i].payload);
@@ -803,6 +805,13 @@ static stm_code load_snapshot(eng *e, uint64_t stop_at, stm_err *err)
                         "can be replayed is %llu",
                         (unsigned long long)stop_at, (unsigned long long)e->snap_offset,
                         (unsigned long long)e->snap_offset, (unsigned long long)e->snap_offset);
+    if (e->snap_fd >= 0 && st.entry_count < e->snap_seq)
+        return stm_fail(err, STM_WAL_IO_ERROR,
+                        "snapshot db-%016llx.snap covers the log up to seq %llu but the log ends "
+                        "at seq %llu: records the snapshot was made from are missing; restore "
+                        "the wal/ directory from a backup",
+                        (unsigned long long)e->snap_offset, (unsigned long long)e->snap_seq,
+                        (unsigned long long)st.entry_count);
     if (e->snap_fd >= 0 && st.first_offset &&
         st.first_offset > WAL_OFFSET(WAL_OFF_SEG(e->snap_offset), 0))
         return stm_fail(err, STM_WAL_IO_ERROR,

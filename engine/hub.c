@@ -167,7 +167,9 @@ static hevent *make_event(const wal_record *rec, const entry_fields *f, const ch
 
 static uint32_t version_of(const entry_fields *f)
 {
-    return cJSON_IsNumber(f->version) ? (uint32_t)f->version->valuedouble : 0;
+    uint64_t v = 0;
+    json_get_uint(f->version, UINT32_MAX, &v);
+    return (uint32_t)v;
 }
 
 void hub_publish(hub *h, const wal_record *rec, const entry_fields *f, const instance *in,

@@ -178,6 +178,8 @@ instance *inst_add(eng *e, const char *id);
 instance *inst_after(eng *e, const char *after);
 machine *machine_find(eng *e, const char *name);
 mversion *mversion_find(machine *m, uint32_t version);
+/* Adds mv to m's versions, keeping them ascending. */
+void mversion_insert(machine *m, mversion *mv);
 /* Applies one decoded WAL record to memory (live writes and replay share it). */
 stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm_err *err);
 /* Appends an entry (JSON text) to the WAL and applies it; rec receives where. */
