@@ -89,6 +89,11 @@ daemon_pid_of() {
     return 1
 }
 
+# daemon_gone PID: the detached daemon has wholly exited. Its parent is
+# init, which reaps it at once, so its /proc entry goes away; a zombie
+# leader that stays is a process with a thread still stuck somewhere.
+daemon_gone() { [ ! -e "/proc/$1" ]; }
+
 # proc_gone PID: the process has exited (a zombie counts as gone).
 proc_gone() {
     local st
@@ -111,17 +116,26 @@ _cleanup() {
         done
         proc_gone "$p" || kill -9 "$p" 2>/dev/null
     done
+    # Something that ignores SIGKILL is stuck in a FUSE request: abort our
+    # connections so that it, the daemon and the unmount can all finish.
+    for p in "${BG_PIDS[@]}" "${DAEMONS[@]}"; do
+        if ! proc_gone "$p" || { [ -e "/proc/$p" ] && grep -q "^D" <(cut -d" " -f3 /proc/"$p"/task/*/stat 2>/dev/null); }; then
+            echo "# pid $p is stuck; aborting this script's FUSE connections"
+            abort_mounts
+            break
+        fi
+    done
     for m in "${MOUNTS[@]}"; do
-        if mountpoint -q "$m" 2>/dev/null || grep -q " $m fuse" /proc/mounts; then
+        if grep -q " $m fuse" /proc/mounts; then
             fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null
         fi
     done
     for p in "${DAEMONS[@]}"; do
         for i in $(seq 50); do
-            proc_gone "$p" && break
+            daemon_gone "$p" && break
             sleep 0.1
         done
-        proc_gone "$p" || kill -9 "$p" 2>/dev/null
+        daemon_gone "$p" || kill -9 "$p" 2>/dev/null
     done
     cd /
     if grep -q " $TEST_DIR/" /proc/mounts; then
@@ -139,8 +153,13 @@ _cleanup() {
 # mount). Every request stuck on them fails with ENOTCONN at once.
 abort_mounts() {
     local m dev
+    # The control files live on fusectl, which not every system mounts.
+    [ -d /sys/fs/fuse/connections ] && ! grep -q " /sys/fs/fuse/connections fusectl" /proc/mounts &&
+        mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null
     for m in "${MOUNTS[@]}" $(cat "$TEST_DIR/.mounts" 2>/dev/null); do
-        dev=$(awk -v m="$m" '$5 == m && $9 ~ /^fuse/ { print $3 }' /proc/self/mountinfo | tail -n 1)
+        # mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [optional...] - FSTYPE ...
+        dev=$(awk -v m="$m" '{ fs = ""; for (i = 7; i <= NF; i++) if ($i == "-") { fs = $(i + 1); break } }
+                             $5 == m && fs ~ /^fuse/ { print $3 }' /proc/self/mountinfo | tail -n 1)
         [ -n "$dev" ] && echo 1 >"/sys/fs/fuse/connections/${dev#*:}/abort" 2>/dev/null
     done
     return 0
@@ -193,6 +212,10 @@ test_have_prereq() {
 
 say() { printf '%s\n' "$*"; }
 
+# A body runs in a function, in this shell: variables carry over to the
+# next test, and a body leaves early with `return 1`, never `exit`.
+_test_eval() { eval "$1"; }
+
 # test_expect_success [PREREQS] 'description' 'body'
 # test_expect_success [PREREQS] 'description' - <<\EOT ... EOT
 # (the second form reads the body from a here-document, so that JSON with
@@ -212,10 +235,10 @@ test_expect_success() {
     local rc
     if [ -n "$verbose" ]; then
         say "expecting success: $body"
-        { eval "$body"; } </dev/null > >(tee "$log") 2>&1
+        _test_eval "$body" </dev/null > >(tee "$log") 2>&1
         rc=$?
     else
-        { eval "$body"; } </dev/null >"$log" 2>&1
+        _test_eval "$body" </dev/null >"$log" 2>&1
         rc=$?
     fi
     if [ "$rc" -eq 0 ]; then
@@ -370,7 +393,7 @@ stop_mount() {
     mnt=$(cd "$1" && pwd)
     pid=$(daemon_pid_of "$mnt")
     fusermount3 -u "$mnt" || return 1
-    [ -z "$pid" ] || test_poll 20 "proc_gone $pid"
+    [ -z "$pid" ] || test_poll 20 "daemon_gone $pid"
 }
 
 # rcp_call OP [PARAMS-JSON]: one RCP request to the mounted daemon. Prints

@@ -61,7 +61,7 @@ test_expect_success DOT 'graph.dot renders with dot -Tsvg, guards as labels' - <
     dot -Tsvg "$O/graph.dot" >graph.svg &&
     grep -q "<svg" graph.svg &&
     for s in created paid shipped cancelled PAY SHIP CANCEL; do
-        grep -q "$s" graph.svg || { echo "missing $s"; exit 1; }
+        grep -q "$s" graph.svg || { echo "missing $s"; return 1; }
     done &&
     grep -F "ctx.amount" "$O/graph.dot"
 EOT
@@ -69,7 +69,7 @@ EOT
 test_expect_success 'machine files report their exact size' - <<\EOT
     for f in definition.json definition.yaml graph.dot versions/1.json; do
         size=$(stat -c %s "$O/$f") && len=$(wc -c <"$O/$f") &&
-        { [ "$size" = "$len" ] || { echo "$f: st_size $size, content $len bytes"; exit 1; }; }
+        { [ "$size" = "$len" ] || { echo "$f: st_size $size, content $len bytes"; return 1; }; }
     done
 EOT
 
@@ -117,7 +117,7 @@ EOT
 test_expect_success JQ 'history has one JSON line per change' - <<\EOT
     test_line_count = 2 "$I/o-1/history" &&
     while read -r line; do
-        printf "%s\n" "$line" | jq -e . >/dev/null || exit 1
+        printf "%s\n" "$line" | jq -e . >/dev/null || return 1
     done <"$I/o-1/history" &&
     tail -n 1 "$I/o-1/history" | grep PAY &&
     tail -n 1 "$I/o-1/history" | grep paid
@@ -203,7 +203,7 @@ test_expect_success JQ 'new takes several lines, and a CREATE_INSTANCE params ob
     printf 'n-b\nn-a\n' >"$O/new" &&
     echo '{"instance_id": "n-c", "initial_ctx": {"k": 1}}' >"$O/new" &&
     for id in n-a n-b n-c; do
-        test -d "$I/$id" || { echo "no $id"; exit 1; }
+        test -d "$I/$id" || { echo "no $id"; return 1; }
     done &&
     jq -e '.k == 1' "$I/n-c/ctx.json" &&
     jq -e '. == {}' "$I/n-a/ctx.json"
@@ -232,7 +232,7 @@ test_expect_success 'instance files report their exact size' - <<\EOT
     for f in state ctx.json info.json events history error; do
         for id in o-1 o-2 o-3; do
             size=$(stat -c %s "$I/$id/$f") && len=$(wc -c <"$I/$id/$f") &&
-            { [ "$size" = "$len" ] || { echo "$id/$f: st_size $size, content $len"; exit 1; }; }
+            { [ "$size" = "$len" ] || { echo "$id/$f: st_size $size, content $len"; return 1; }; }
         done
     done
 EOT

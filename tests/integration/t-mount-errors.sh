@@ -193,7 +193,7 @@ test_expect_success 'malformed definitions fail cp and define nothing' - <<\EOT
     do
         printf "%s\n" "$bad" >bad.json &&
         test_must_fail cp bad.json "$O/definition.json" 2>msg &&
-        cat msg || exit 1
+        cat msg || return 1
     done &&
     ls "$O/versions" >after &&
     test_cmp before after &&
@@ -212,9 +212,9 @@ test_expect_success 'files that only read refuse writes: Permission denied' - <<
     for f in "$I/o-1/state" "$I/o-1/ctx.json" "$I/o-1/info.json" "$I/o-1/history" \
              "$I/o-1/error" "$M/wal/entries" "$M/wal/stats.json" "$O/graph.dot" \
              "$O/versions/1.json"; do
-        test_must_fail write_line "$f" junk 2>msg || { echo "$f took a write"; exit 1; }
+        test_must_fail write_line "$f" junk 2>msg || { echo "$f took a write"; return 1; }
         cat msg &&
-        grep -q "Permission denied" msg || exit 1
+        grep -q "Permission denied" msg || return 1
     done &&
     snapshot o-1 >now && test_cmp o-1.before now
 EOT

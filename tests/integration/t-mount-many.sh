@@ -55,7 +55,7 @@ test_expect_success '16 shells each echo 20 events to their own instance' - <<\E
         echo s20 >expect &&
         test_cmp expect "$I/s-$w/state" &&
         test_line_count = 21 "$I/s-$w/history" &&
-        jq -e ".k == 20" "$I/s-$w/ctx.json" || exit 1
+        jq -e ".k == 20" "$I/s-$w/ctx.json" || return 1
     done
 EOT
 
@@ -74,7 +74,7 @@ test_expect_success '16 shells echo 25 events each to one instance' - <<\EOT
         jq -r --argjson w "$w" "[.. | objects | select(.w == \$w and has(\"k\")) | .k] | unique | .[]" \
             "$I/one/history" >"ks.$w" &&
         seq 25 >expect &&
-        test_cmp expect "ks.$w" || exit 1
+        test_cmp expect "ks.$w" || return 1
     done
 EOT
 
@@ -91,7 +91,7 @@ test_expect_success '16 writers each keep events open and write 50 lines' - <<\E
     run16 keep50 &&
     for w in $(seq 16); do
         test_line_count = 51 "$I/k-$w/history" &&
-        jq -e ".k == 50" "$I/k-$w/ctx.json" || exit 1
+        jq -e ".k == 50" "$I/k-$w/ctx.json" || return 1
     done
 EOT
 

@@ -161,7 +161,7 @@ test_expect_success 'ids that cannot be file names, created over RCP, are still 
     for id in "a/b" ".." "." "x y" "tab\tin" "caf\u00e9" "-dash"; do
         n=$((n + 1)) &&
         rcp_call CREATE_INSTANCE "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"$id\",\"initial_ctx\":{\"n\":$n}}" ||
-            exit 1
+            return 1
     done &&
     ls -b "$I" >after &&
     test_line_count = $(( $(wc -l <before) + n )) after &&

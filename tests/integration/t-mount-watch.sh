@@ -61,8 +61,8 @@ EOT
 
 test_expect_success JQ 'watch lines are history lines' - <<\EOT
     while read -r line; do
-        printf "%s\n" "$line" | jq -e . >/dev/null || exit 1
-        grep -qxF "$line" "$I/t-1/history" || { echo "not in history: $line"; exit 1; }
+        printf "%s\n" "$line" | jq -e . >/dev/null || return 1
+        grep -qxF "$line" "$I/t-1/history" || { echo "not in history: $line"; return 1; }
     done <watch.out
 EOT
 
