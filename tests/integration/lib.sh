@@ -334,7 +334,9 @@ write_line() { echo "$2" >"$1"; }
 bg_run() {
     local var=$1
     shift
-    "$@" &
+    # <&0: an explicit stdin, or bash gives background jobs /dev/null
+    # (entr reads the list of files to watch from stdin).
+    "$@" <&0 &
     local pid=$!
     BG_PIDS+=("$pid")
     printf -v "$var" '%s' "$pid"
