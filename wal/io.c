@@ -180,6 +180,17 @@ static int hit(wal_fault_op op, unsigned long *callno)
     return e;
 }
 
+/* Counts the call and enters the live (read) side; a power cut cannot then
+ * fall between the check and the real call, which would let a write land
+ * after the cut. On failure the live side is left again. */
+static int enter(wal_fault_op op, unsigned long *callno)
+{
+    pthread_rwlock_rdlock(&live);
+    int e = hit(op, callno);
+    if (e) pthread_rwlock_unlock(&live);
+    return e;
+}
+
 static tfile *tracked(int fd)
 {
     return fd >= 0 && fd < MAX_FD && fd_file[fd] ? &files[fd_file[fd] - 1] : NULL;
@@ -194,12 +205,11 @@ static tfile *file_named(const char *path)
 
 static int f_open(const char *path, int flags, mode_t mode)
 {
-    int e = hit(WAL_FAULT_OPEN, NULL);
+    int e = enter(WAL_FAULT_OPEN, NULL);
     if (e) {
         errno = e;
         return -1;
     }
-    pthread_rwlock_rdlock(&live);
     bool existed = access(path, F_OK) == 0;
     int fd = posix_open(path, flags, mode);
     e = errno;
@@ -251,7 +261,7 @@ static void grew(int fd, off_t end)
 static ssize_t f_pwrite(int fd, const void *b, size_t n, off_t off)
 {
     unsigned long callno;
-    int e = hit(WAL_FAULT_PWRITE, &callno);
+    int e = enter(WAL_FAULT_PWRITE, &callno);
     if (e) {
         errno = e;
         return -1;
@@ -260,7 +270,6 @@ static ssize_t f_pwrite(int fd, const void *b, size_t n, off_t off)
     bool tear = tear_at && callno == tear_at;
     size_t keep = tear_keep;
     pthread_mutex_unlock(&fmu);
-    pthread_rwlock_rdlock(&live);
     ssize_t k;
     if (tear) {
         /* A torn write: part of the data reaches the file, the call fails. */
@@ -281,12 +290,11 @@ static ssize_t f_pwrite(int fd, const void *b, size_t n, off_t off)
 
 static int f_fdatasync(int fd)
 {
-    int e = hit(WAL_FAULT_FDATASYNC, NULL);
+    int e = enter(WAL_FAULT_FDATASYNC, NULL);
     if (e) {
         errno = e;
         return -1;
     }
-    pthread_rwlock_rdlock(&live);
     pthread_mutex_lock(&fmu);
     tfile *f = tracked(fd);
     off_t covered = f ? f->size : 0;
@@ -304,12 +312,11 @@ static int f_fdatasync(int fd)
 
 static int f_ftruncate(int fd, off_t len)
 {
-    int e = hit(WAL_FAULT_FTRUNCATE, NULL);
+    int e = enter(WAL_FAULT_FTRUNCATE, NULL);
     if (e) {
         errno = e;
         return -1;
     }
-    pthread_rwlock_rdlock(&live);
     int rc = ftruncate(fd, len);
     e = errno;
     pthread_mutex_lock(&fmu);
@@ -326,12 +333,11 @@ static int f_ftruncate(int fd, off_t len)
 
 static int f_rename(const char *a, const char *b)
 {
-    int e = hit(WAL_FAULT_RENAME, NULL);
+    int e = enter(WAL_FAULT_RENAME, NULL);
     if (e) {
         errno = e;
         return -1;
     }
-    pthread_rwlock_rdlock(&live);
     int rc = rename(a, b);
     e = errno;
     pthread_mutex_lock(&fmu);
@@ -353,12 +359,11 @@ static int f_rename(const char *a, const char *b)
 
 static int f_unlink(const char *p)
 {
-    int e = hit(WAL_FAULT_UNLINK, NULL);
+    int e = enter(WAL_FAULT_UNLINK, NULL);
     if (e) {
         errno = e;
         return -1;
     }
-    pthread_rwlock_rdlock(&live);
     int rc = unlink(p);
     e = errno;
     pthread_mutex_lock(&fmu);
@@ -375,12 +380,11 @@ static int f_unlink(const char *p)
 
 static int f_fsync_dir(const char *d)
 {
-    int e = hit(WAL_FAULT_FSYNC_DIR, NULL);
+    int e = enter(WAL_FAULT_FSYNC_DIR, NULL);
     if (e) {
         errno = e;
         return -1;
     }
-    pthread_rwlock_rdlock(&live);
     int rc = posix_fsync_dir(d);
     e = errno;
     size_t dl = strlen(d);
