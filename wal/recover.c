@@ -143,6 +143,13 @@ static int rd_record(reader *r, uint64_t pos, rview *v, char *why, size_t whyn, 
         snprintf(why, whyn, "sequence number 0");
         return -1;
     }
+    /* The header sits outside the CRC. A number no log can reach (2^62
+     * appends) is damage, and trusting it would wrap the next append's. */
+    if (wal_be64(h + 16) > WAL_MAX_SEQ) {
+        snprintf(why, whyn, "sequence number %llu out of range",
+                 (unsigned long long)wal_be64(h + 16));
+        return -1;
+    }
     uint32_t crc = wal_be32(h + 12);
     uint32_t got = crc32c(0, h + WAL_HEADER_SIZE, len);
     if (got != crc) {
@@ -316,6 +323,10 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
     char why[160];
     int e = 0;
     bool first = true;
+    /* rstmdb numbers records before taking its write lock, so its files may
+     * hold 5, 7, 6; stmfs numbers under the lock. From the first checkpoint
+     * (which only stmfs writes) every record must be its predecessor + 1. */
+    bool ours = false;
     uint64_t max_seq = 0, head_seq = 0;
     size_t bad_seg = SIZE_MAX;
     uint64_t bad_pos = 0;
@@ -332,6 +343,11 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
                 rd_free(&r);
                 return io_fail(err, "reading", s->path, e);
             }
+            if (k == 1 && ours && v.seq != head_seq + 1) {
+                snprintf(why, sizeof why, "sequence break (%llu after %llu)",
+                         (unsigned long long)v.seq, (unsigned long long)head_seq);
+                k = -1;
+            }
             if (k < 0) {
                 bad_seg = i;
                 bad_pos = pos;
@@ -342,6 +358,7 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
             uint64_t cseq;
             bool is_ckpt =
                 v.type == WAL_T_CHECKPOINT && wal_ckpt_parse(v.payload, v.len, ch, &cseq);
+            ours |= is_ckpt;
             if (first && !is_ckpt) {
                 static const uint8_t zero[32];
                 wal_add_anchor(w, off, zero);

@@ -81,6 +81,8 @@
 
 #define WAL_HEADER_SIZE 24
 #define WAL_MAX_PAYLOAD (16u * 1024 * 1024)
+/* Above this a sequence number is damage: 2^62 appends would take millennia. */
+#define WAL_MAX_SEQ (UINT64_C(1) << 62)
 #define WAL_CHECKPOINT_EVERY (1u * 1024 * 1024)
 #define WAL_POS_BITS 40
 #define WAL_OFFSET(seg, pos) (((uint64_t)(seg) << WAL_POS_BITS) | (uint64_t)(pos))

@@ -596,6 +596,62 @@ START_TEST(test_corrupt_middle)
 }
 END_TEST
 
+/* The header's sequence number is outside the CRC. After a checkpoint (only
+ * stmfs writes them) a number that breaks the run of +1 is damage; a number
+ * no log can reach is damage anywhere, or it would wrap the next append's. */
+START_TEST(test_sequence_damage)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 64u << 20, "never");
+    char pl[1024];
+    size_t len;
+    for (int i = 0; i < 10; i++) {
+        payload_for((uint64_t)i, pl, &len);
+        append_ok(w, 3, pl, len);
+    }
+    close_wal(w); /* ends with a checkpoint */
+    w = open_wal(dir, 64u << 20, "never");
+    wal_record last = {0};
+    for (int i = 10; i < 13; i++) {
+        payload_for((uint64_t)i, pl, &len);
+        last = append_ok(w, 3, pl, len);
+    }
+    wait_ok(w, last.seq);
+    kept got[16];
+    ck_assert_uint_eq(read_all(w, got, 16, false), 14); /* with the checkpoint */
+    close_wal(w);
+    const char *seg = seg_path(dir, 1);
+    off_t size = file_size(seg);
+
+    /* The record with seq 13 (the checkpoint took 11) says 77. */
+    ck_assert_uint_eq(got[12].seq, 13);
+    uint64_t at = WAL_OFF_POS(got[12].offset);
+    poke(seg, (off_t)(at + 23), 13 ^ 77);
+    wal_opts o = {.dir = dir, .segment_size = 64u << 20};
+    wal_recovery rep;
+    stm_err err;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_WAL_IO_ERROR);
+    ck_assert_msg(strstr(err.msg, "sequence break (77 after 12)"), "%s", err.msg);
+    ck_assert_int_eq(file_size(seg), size);
+    poke(seg, (off_t)(at + 23), 13 ^ 77);
+
+    /* Record 2 (before any checkpoint) says 2^64-1: refused, then cut by repair. */
+    at = WAL_OFF_POS(got[1].offset);
+    for (int b = 16; b < 24; b++)
+        poke(seg, (off_t)(at + (uint64_t)b), b == 23 ? 0xff ^ 2 : 0xff);
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_WAL_IO_ERROR);
+    ck_assert_msg(strstr(err.msg, "sequence number 18446744073709551615 out of range"), "%s",
+                  err.msg);
+    o.repair = true;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.records, 1);
+    wal_record r;
+    ck_assert_int_eq(wal_append(w, 3, "{}", 2, &r, &err), STM_OK);
+    ck_assert_uint_eq(r.seq, 2);
+    close_wal(w);
+}
+END_TEST
+
 START_TEST(test_corrupt_earlier_segment)
 {
     char *dir = path_in("wal");
@@ -1333,6 +1389,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_bad_crc_last);
     tcase_add_test(t, test_corrupt_middle);
     tcase_add_test(t, test_corrupt_earlier_segment);
+    tcase_add_test(t, test_sequence_damage);
     tcase_add_test(t, test_empty_and_read_only);
     tcase_add_test(t, test_empty_segment_gets_checkpoint);
     tcase_add_test(t, test_chain_verify);
