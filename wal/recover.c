@@ -324,8 +324,9 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
     int e = 0;
     bool first = true;
     /* rstmdb numbers records before taking its write lock, so its files may
-     * hold 5, 7, 6; stmfs numbers under the lock. From the first checkpoint
-     * (which only stmfs writes) every record must be its predecessor + 1. */
+     * hold 5, 7, 6; stmfs numbers under the lock and continues from the
+     * highest. So a checkpoint (only stmfs writes them), and every record
+     * after one, must be the highest number so far + 1. */
     bool ours = false;
     uint64_t max_seq = 0, head_seq = 0;
     size_t bad_seg = SIZE_MAX;
@@ -343,9 +344,13 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
                 rd_free(&r);
                 return io_fail(err, "reading", s->path, e);
             }
-            if (k == 1 && ours && v.seq != head_seq + 1) {
+            uint8_t ch[32];
+            uint64_t cseq;
+            bool is_ckpt = k == 1 && v.type == WAL_T_CHECKPOINT &&
+                           wal_ckpt_parse(v.payload, v.len, ch, &cseq);
+            if (k == 1 && (ours || is_ckpt) && !first && v.seq != max_seq + 1) {
                 snprintf(why, sizeof why, "sequence break (%llu after %llu)",
-                         (unsigned long long)v.seq, (unsigned long long)head_seq);
+                         (unsigned long long)v.seq, (unsigned long long)max_seq);
                 k = -1;
             }
             if (k < 0) {
@@ -354,10 +359,6 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
                 break;
             }
             uint64_t off = WAL_OFFSET(s->id, pos);
-            uint8_t ch[32];
-            uint64_t cseq;
-            bool is_ckpt =
-                v.type == WAL_T_CHECKPOINT && wal_ckpt_parse(v.payload, v.len, ch, &cseq);
             ours |= is_ckpt;
             if (first && !is_ckpt) {
                 static const uint8_t zero[32];
