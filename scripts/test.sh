@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds stmfs twice (plain, and with ASan+UBSan),
-# and runs every test: Check unit tests, crash tests, and integration tests
-# on a real FUSE mount and a real TCP listener. Needs root (or sudo) for
+# Installs what is missing, builds stmfs three times (plain; ASan+UBSan;
+# clang with libFuzzer) and runs every test: Check unit tests (also under
+# the sanitizers), crash tests, integration tests on a real FUSE mount and a
+# real TCP listener, a soak, and the fuzz targets' regression corpora. Needs root (or sudo) for
 # apt-get and /dev/fuse. Ends with one line "N passed, N failed".
 #
 #   scripts/test.sh            everything
@@ -10,16 +11,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
+# clang brings libFuzzer: the fuzz targets replay their corpora of past
+# findings, then fuzz briefly from a fixed seed.
+STMFS_PACKAGES="$STMFS_PACKAGES clang libclang-rt-14-dev"
 ensure_packages
 build build
 build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dfault_injection=true
+CC=clang build build-fuzz -Dfuzz=true -Db_lundef=false
 
 status=0
 meson test -C build --print-errorlogs --num-processes 2 || status=1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 || status=1
+STMFS_FUZZ_SEED=1 meson test -C build-fuzz --suite fuzz --print-errorlogs --num-processes 2 ||
+    status=1
 
-python3 - build/meson-logs/testlog.json build-asan/meson-logs/testlog.json <<'PY'
+python3 - build{,-asan,-fuzz}/meson-logs/testlog.json <<'PY'
 import json, sys
 passed = failed = skipped = 0
 for path in sys.argv[1:]:

@@ -11,5 +11,11 @@ mkdir -p "$work"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 "$target" -runs=0 "$@" "$seeds"
+# STMFS_FUZZ_SEED fixes libFuzzer's random seed, so a CI run explores the same
+# inputs every time and only a change in the code can turn it red; without it
+# each run explores new ground.
+if [ -n "${STMFS_FUZZ_SEED:-}" ]; then
+    set -- -seed="$STMFS_FUZZ_SEED" "$@"
+fi
 "$target" -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
     -artifact_prefix="$work/" "$@" "$work" "$seeds"
