@@ -355,6 +355,45 @@ static cJSON *normalise(const cJSON *dj)
     return n;
 }
 
+stm_code def_check_limits(const def *d, const def_limits *lim, stm_err *err)
+{
+    if (lim->max_states && d->nstates > lim->max_states)
+        return stm_fail(err, STM_BAD_REQUEST,
+                        "invalid machine definition: %zu states, over limits.max_states (%u)",
+                        d->nstates, lim->max_states);
+    if (lim->max_transitions && d->ntr > lim->max_transitions)
+        return stm_fail(err, STM_BAD_REQUEST,
+                        "invalid machine definition: %zu transitions (each state of a 'from' "
+                        "list counts), over limits.max_transitions (%u)",
+                        d->ntr, lim->max_transitions);
+    for (size_t i = 0; i < d->nguards; i++) {
+        const char *src = guard_source(d->guards[i]);
+        if (lim->max_guard_bytes && strlen(src) > lim->max_guard_bytes)
+            return stm_fail(err, STM_BAD_REQUEST,
+                            "invalid machine definition: guard '%.60s%s' is %zu bytes, over "
+                            "limits.max_guard_bytes (%u)",
+                            src, strlen(src) > 60 ? "..." : "", strlen(src), lim->max_guard_bytes);
+        if (lim->max_guard_depth && guard_depth(d->guards[i]) > lim->max_guard_depth)
+            return stm_fail(err, STM_BAD_REQUEST,
+                            "invalid machine definition: guard '%.60s%s' nests %u levels deep, "
+                            "over limits.max_guard_depth (%u)",
+                            src, strlen(src) > 60 ? "..." : "", guard_depth(d->guards[i]),
+                            lim->max_guard_depth);
+    }
+    if (lim->max_definition_bytes) {
+        buf b = {0};
+        def_write_json(d, &b, false);
+        size_t n = b.len;
+        buf_free(&b);
+        if (n > lim->max_definition_bytes)
+            return stm_fail(err, STM_BAD_REQUEST,
+                            "invalid machine definition: %zu bytes as compact JSON, over "
+                            "limits.max_definition_bytes (%llu)",
+                            n, (unsigned long long)lim->max_definition_bytes);
+    }
+    return STM_OK;
+}
+
 stm_code def_parse(const cJSON *dj, def **out, stm_err *err)
 {
     *out = NULL;

@@ -41,6 +41,16 @@ typedef struct def def;
 /* Parses and validates a definition object. On success *out owns everything
  * it needs (definition is not kept). */
 stm_code def_parse(const cJSON *definition, def **out, stm_err *err);
+/* Limits a deployment sets on new definitions (0 = no limit beyond the
+ * ceilings above). Checked after def_parse, only where a definition is
+ * submitted: one accepted under looser limits still loads at recovery. */
+typedef struct {
+    uint32_t max_states, max_transitions; /* transitions after 'from' fan-out */
+    uint32_t max_guard_bytes, max_guard_depth;
+    uint64_t max_definition_bytes;        /* its normalised compact JSON */
+} def_limits;
+/* BAD_REQUEST naming the limit (limits.<key>) and the value that broke it. */
+stm_code def_check_limits(const def *d, const def_limits *lim, stm_err *err);
 /* Reads YAML text into the equivalent JSON value (mappings -> objects,
  * sequences -> arrays, plain scalars typed as YAML 1.2 core: null, true/
  * false, integers, floats; quoted scalars stay strings). Caller owns it. */

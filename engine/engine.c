@@ -34,6 +34,16 @@ void eng_opts_defaults(eng_opts *o)
     o->compact_events_threshold = 10000;
     o->compact_size_threshold_mb = 100;
     o->compact_min_interval_secs = 60;
+    /* The defaults keep every accepted request inside one WAL record
+     * (16 MiB): an event's record holds the payload and the merged context. */
+    o->limits = (eng_limits){.max_id_bytes = ENG_MAX_ID_LEN,
+                             .max_states = DEF_MAX_STATES,
+                             .max_transitions = DEF_MAX_TRANSITIONS,
+                             .max_guard_bytes = GUARD_MAX_LEN,
+                             .max_guard_depth = GUARD_MAX_DEPTH,
+                             .max_definition_bytes = 8u << 20,
+                             .max_ctx_bytes = 4u << 20,
+                             .max_payload_bytes = 4u << 20};
 }
 
 /* ---- hashing and tables ------------------------------------------------- */

@@ -43,6 +43,23 @@
 #define ENG_MAX_ID_LEN 1024          /* instance ids, machine names, event names */
 #define ENG_MAX_BATCH_OPS 100
 
+/* What one request may bring, checked where requests enter (eng_call, the
+ * mount's writes go through it too), never at recovery: data accepted under
+ * looser limits still loads. A limit that is hit is BAD_REQUEST naming the
+ * config key (limits.<key>) and the value. 0 = no limit of the deployment;
+ * the ceilings (ENG_MAX_ID_LEN, DEF_MAX_*, GUARD_MAX_*, the 16 MiB WAL
+ * record) hold regardless. */
+typedef struct {
+    uint32_t max_id_bytes;           /* every string param: ids, names, keys; 1024 */
+    uint32_t max_states;             /* per definition; 10000 */
+    uint32_t max_transitions;        /* per definition, after 'from' fan-out; 100000 */
+    uint32_t max_guard_bytes;        /* 4096 */
+    uint32_t max_guard_depth;        /* '!' and parentheses; 64 */
+    uint64_t max_definition_bytes;   /* normalised compact JSON; 8 MiB */
+    uint64_t max_ctx_bytes;          /* an instance's context after a merge; 4 MiB */
+    uint64_t max_payload_bytes;      /* an event's payload; 4 MiB */
+} eng_limits;
+
 typedef struct {
     const char *data_dir;            /* wal/ and snapshots/ live under it */
     uint64_t segment_size;           /* bytes; default 64 MiB */
@@ -56,6 +73,7 @@ typedef struct {
     uint64_t compact_size_threshold_mb;  /* 0 disables the trigger */
     uint64_t compact_min_interval_secs;
     const struct wal_io *io;         /* NULL = POSIX; tests inject faults */
+    eng_limits limits;
 } eng_opts;
 
 void eng_opts_defaults(eng_opts *o);

@@ -60,6 +60,7 @@ struct guard {
     gnode *nodes;
     uint32_t root;
     char *pool;
+    unsigned depth; /* deepest nesting of '!' and parentheses */
 };
 
 /* ---- parser ---- */
@@ -73,6 +74,7 @@ typedef struct {
     buf pool;
     stm_err *err;
     bool failed;
+    int deepest;
 } parser;
 
 __attribute__((format(printf, 3, 4))) static bool fail_at(parser *p, size_t pos, const char *fmt,
@@ -320,6 +322,7 @@ static bool parse_comparison(parser *p, uint32_t *out)
 
 static bool too_deep(parser *p, int depth)
 {
+    if (depth > p->deepest) p->deepest = depth;
     if (depth <= GUARD_MAX_DEPTH) return false;
     return !fail_at(p, p->pos, "nested deeper than %d levels", GUARD_MAX_DEPTH);
 }
@@ -448,7 +451,13 @@ guard *guard_compile(const char *src, size_t len, stm_err *err)
     g->nodes = xrealloc(p.nodes, p.n * sizeof *p.nodes);
     g->root = root;
     g->pool = buf_detach(&p.pool, NULL);
+    g->depth = (unsigned)p.deepest;
     return g;
+}
+
+unsigned guard_depth(const guard *g)
+{
+    return g->depth;
 }
 
 void guard_free(guard *g)

@@ -38,6 +38,8 @@ guard *guard_compile(const char *src, size_t len, stm_err *err);
 bool guard_eval(const guard *g, const cJSON *ctx, const cJSON *payload);
 /* The source text as given. */
 const char *guard_source(const guard *g);
+/* How deeply '!' and parentheses nest in it (0 for `ctx.a == 1`). */
+unsigned guard_depth(const guard *g);
 void guard_free(guard *g);
 
 #endif

@@ -60,6 +60,20 @@ static stm_code p_str(const cJSON *params, const char *field, bool required, con
     return STM_OK;
 }
 
+/* A name the request would store (machine name, instance id, event id,
+ * idempotency key). Lookups only meet the ceiling: data stored under looser
+ * limits stays reachable. */
+static stm_code p_new_name(const eng *e, const char *field, const char *v, stm_err *err)
+{
+    uint32_t max = e->opts.limits.max_id_bytes;
+    size_t n = v ? strlen(v) : 0;
+    if (max && n > max)
+        return stm_fail(err, STM_BAD_REQUEST,
+                        "invalid request: field `%s` is %zu bytes, over limits.max_id_bytes (%u)",
+                        field, n, max);
+    return STM_OK;
+}
+
 static stm_code p_uint(const cJSON *params, const char *field, bool required, uint64_t max,
                        bool *present, uint64_t *out, stm_err *err)
 {
@@ -148,6 +162,7 @@ static stm_code op_put_machine(eng *e, const cJSON *p, cJSON **res, uint64_t *se
                         "invalid machine definition: definition must be an object, not %s",
                         json_type_name(defj));
     machine *m = machine_find(e, name);
+    if (!m) TRY(p_new_name(e, "machine", name, err));
     mversion *mv = mversion_find(m, (uint32_t)version);
     if (mv && !mv->d) mv = NULL;
     if (!mv && e->opts.max_machine_versions && m) {
@@ -161,6 +176,17 @@ static stm_code op_put_machine(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     }
     def *d;
     TRY(def_parse(defj, &d, err));
+    if (!mv || strcmp(def_checksum(d), def_checksum(mv->d)) != 0) {
+        /* only what would be stored: an identical re-put stays a no-op */
+        const eng_limits *l = &e->opts.limits;
+        def_limits dl = {l->max_states, l->max_transitions, l->max_guard_bytes,
+                         l->max_guard_depth, l->max_definition_bytes};
+        stm_code lrc = def_check_limits(d, &dl, err);
+        if (lrc != STM_OK) {
+            def_free(d);
+            return lrc;
+        }
+    }
     cJSON *r = cJSON_CreateObject();
     if (mv) {
         bool same = strcmp(def_checksum(d), def_checksum(mv->d)) == 0;
@@ -313,6 +339,8 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     TRY(p_uint(p, "version", true, UINT32_MAX, &has, &version, err));
     TRY(p_str(p, "instance_id", false, &id, err));
     TRY(p_str(p, "idempotency_key", false, &key, err));
+    TRY(p_new_name(e, "instance_id", id, err));
+    TRY(p_new_name(e, "idempotency_key", key, err));
     const cJSON *ctx = json_get(p, "initial_ctx");
     if (ctx && !cJSON_IsNull(ctx) && !cJSON_IsObject(ctx))
         return stm_fail(err, STM_BAD_REQUEST,
@@ -321,6 +349,14 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     buf ctxt = {0};
     if (ctx && !cJSON_IsNull(ctx)) json_write(&ctxt, ctx, true);
     else buf_puts(&ctxt, "{}");
+    if (e->opts.limits.max_ctx_bytes && ctxt.len > e->opts.limits.max_ctx_bytes) {
+        size_t n = ctxt.len;
+        buf_free(&ctxt);
+        return stm_fail(err, STM_BAD_REQUEST,
+                        "invalid request: initial_ctx is %zu bytes as compact JSON, over "
+                        "limits.max_ctx_bytes (%llu)",
+                        n, (unsigned long long)e->opts.limits.max_ctx_bytes);
+    }
     char vbuf[16];
     snprintf(vbuf, sizeof vbuf, "%llu", (unsigned long long)version);
     const char *scope = id ? id : "";
@@ -473,6 +509,7 @@ static stm_code op_delete_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     const char *id, *key;
     TRY(p_str(p, "instance_id", true, &id, err));
     TRY(p_str(p, "idempotency_key", false, &key, err));
+    TRY(p_new_name(e, "idempotency_key", key, err));
     instance *in = inst_find(e, id);
     if (!in) return stm_fail(err, STM_INSTANCE_NOT_FOUND, "instance not found: %s", id);
     cJSON *r = cJSON_CreateObject();
@@ -529,6 +566,8 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     TRY(p_uint(p, "expected_wal_offset", false, UINT64_MAX, &has_expected_off, &expected_off, err));
     TRY(p_str(p, "event_id", false, &event_id, err));
     TRY(p_str(p, "idempotency_key", false, &key, err));
+    TRY(p_new_name(e, "event_id", event_id, err));
+    TRY(p_new_name(e, "idempotency_key", key, err));
     const cJSON *payload = json_get(p, "payload");
     if (payload && !cJSON_IsNull(payload) && !cJSON_IsObject(payload))
         return stm_fail(err, STM_BAD_REQUEST,
@@ -615,10 +654,30 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
      * it (stored ctx, history line, events) copy the text. */
     buf text = {0};
     json_write(&text, payload, true);
+    const eng_limits *lim = &e->opts.limits;
+    const char *over = NULL, *key_name = NULL;
+    uint64_t max = 0;
+    size_t n = 0;
+    if (lim->max_payload_bytes && text.len > lim->max_payload_bytes)
+        over = "the payload", key_name = "max_payload_bytes", max = lim->max_payload_bytes,
+        n = text.len;
     cJSON_AddItemToObject(entry, "payload", raw(buf_cstr(&text)));
     buf_reset(&text);
     json_write(&text, ctx, true);
     cJSON_Delete(ctx);
+    if (!over && lim->max_ctx_bytes && text.len > lim->max_ctx_bytes)
+        over = "the merged context", key_name = "max_ctx_bytes", max = lim->max_ctx_bytes,
+        n = text.len;
+    if (over) {
+        /* the guard and merge ran on it already: cheap next to an fsync,
+         * and the context's size is only known after the merge */
+        buf_free(&text);
+        cJSON_Delete(entry);
+        return stm_fail(err, STM_BAD_REQUEST,
+                        "invalid request: %s would be %zu bytes as compact JSON, over "
+                        "limits.%s (%llu)",
+                        over, n, key_name, (unsigned long long)max);
+    }
     cJSON_AddItemToObject(entry, "ctx", raw(buf_cstr(&text)));
     buf_free(&text);
     if (event_id) cJSON_AddStringToObject(entry, "event_id", event_id);

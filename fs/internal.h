@@ -65,6 +65,10 @@ enum fs_kind {
 };
 
 /* Refcounted immutable content, shared by a node's cache and open handles. */
+/* The longest line events or new can ever take: a WAL record holds at most
+ * 16 MiB. limits.max_line_bytes sets the mount's own bound below it. */
+#define FS_MAX_LINE (16u << 20)
+
 typedef struct fs_blob {
     atomic_int ref;
     size_t len;
@@ -119,6 +123,7 @@ typedef struct fs {
     char *mnt;                  /* absolute mountpoint */
     bool ro;
     double attr_timeout, entry_timeout;
+    size_t max_line;            /* longest line events or new take (limits.max_line_bytes) */
     int64_t start_ms;
     uid_t uid;
     gid_t gid;

@@ -69,6 +69,8 @@ int fs_run(eng *e, const stm_config *c, const char *mountpoint, const char *fuse
     f->mnt = xstrdup(real);
     f->ro = c->fuse_read_only || has_opt(fuse_opts, "ro");
     f->attr_timeout = c->fuse_attr_timeout > 0 ? c->fuse_attr_timeout : 0;
+    f->max_line = c->max_line_bytes && c->max_line_bytes < FS_MAX_LINE ? c->max_line_bytes
+                                                                       : FS_MAX_LINE;
     f->entry_timeout = c->fuse_entry_timeout > 0 ? c->fuse_entry_timeout : 0;
     f->start_ms = f->machines_mtime = f->instances_mtime = f->wal_mtime = util_now_ms();
     f->uid = getuid();

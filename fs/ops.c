@@ -33,8 +33,6 @@
 #include "engine/def.h"
 #include "fs/internal.h"
 
-/* The longest line events or new take: a WAL record holds at most 16 MiB. */
-#define FS_MAX_LINE (16 << 20)
 
 typedef struct fh {
     enum fs_kind kind;
@@ -875,7 +873,12 @@ static stm_code apply_line(fs *f, fh *h, const char *line, size_t len, uint64_t 
 {
     cJSON *p;
     const char *op;
-    if (h->kind == K_EVENTS) {
+    if (len > f->max_line) {
+        stm_fail(err, STM_BAD_REQUEST, "a line longer than %zu bytes (limits.max_line_bytes)",
+                 f->max_line);
+        p = NULL;
+        op = NULL;
+    } else if (h->kind == K_EVENTS) {
         op = "APPLY_EVENT";
         p = fs_event_line(h->a, line, len, err);
     } else {
@@ -1079,10 +1082,11 @@ static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t
         size_t prev = h->w.len;
         buf_add(&h->w, data, size);
         r = apply_lines(f, h, false, prev, &size);
-        if (!r && h->w.len > FS_MAX_LINE) {
-            /* no record can hold it: refuse before it eats memory */
+        if (!r && h->w.len > f->max_line) {
+            /* refuse before it eats memory */
             stm_err err;
-            stm_fail(&err, STM_BAD_REQUEST, "a line longer than %d MiB", FS_MAX_LINE >> 20);
+            stm_fail(&err, STM_BAD_REQUEST,
+                     "a line longer than %zu bytes (limits.max_line_bytes)", f->max_line);
             fs_set_error(f, h->kind == K_NEW, h->a, &err, "line", h->w.data, 64);
             buf_free(&h->w);
             r = settle(f, h, 0, STM_BAD_REQUEST);

@@ -50,6 +50,7 @@ void rcp_decoder_init(rcp_decoder *d, bool auto_detect)
     d->mode = RCP_WIRE_BINARY;
     d->auto_detect = auto_detect;
     d->scanned = 0;
+    d->max_payload = RCP_MAX_PAYLOAD;
 }
 
 static uint32_t be32(const unsigned char *p)
@@ -62,8 +63,8 @@ static uint16_t be16(const unsigned char *p)
     return (uint16_t)(p[0] << 8 | p[1]);
 }
 
-static rcp_dec_rc decode_binary(const char *p, size_t n, const char **payload, size_t *len,
-                                size_t *consumed, stm_err *err)
+static rcp_dec_rc decode_binary(const rcp_decoder *d, const char *p, size_t n,
+                                const char **payload, size_t *len, size_t *consumed, stm_err *err)
 {
     const unsigned char *h = (const unsigned char *)p;
     if (n < RCP_HDR_LEN) return RCP_DEC_NEED;
@@ -81,9 +82,10 @@ static rcp_dec_rc decode_binary(const char *p, size_t n, const char **payload, s
         stm_fail(err, STM_BAD_REQUEST, "frame error: reserved flag bits 0x%04x", flags);
         return RCP_DEC_ERROR;
     }
-    if (plen > RCP_MAX_PAYLOAD) {
-        stm_fail(err, STM_BAD_REQUEST, "frame error: payload of %u bytes over the 16 MiB limit",
-                 plen);
+    if (plen > d->max_payload) {
+        stm_fail(err, STM_BAD_REQUEST,
+                 "frame error: payload of %u bytes over the limit of %u (limits.max_frame_bytes)",
+                 plen, d->max_payload);
         return RCP_DEC_ERROR;
     }
     size_t total = RCP_HDR_LEN + (size_t)hlen + plen;
@@ -118,8 +120,10 @@ static rcp_dec_rc decode_line(rcp_decoder *d, const char *p, size_t n, const cha
         if (!nl) {
             d->scanned = n - skip;
             *consumed = skip;
-            if (n - skip > RCP_MAX_PAYLOAD + 2) {
-                stm_fail(err, STM_BAD_REQUEST, "frame error: line over the 16 MiB limit");
+            if (n - skip > (size_t)d->max_payload + 2) {
+                stm_fail(err, STM_BAD_REQUEST,
+                         "frame error: line over the limit of %u bytes (limits.max_frame_bytes)",
+                         d->max_payload);
                 return RCP_DEC_ERROR;
             }
             return RCP_DEC_NEED;
@@ -132,8 +136,10 @@ static rcp_dec_rc decode_line(rcp_decoder *d, const char *p, size_t n, const cha
             skip += line + 1;
             continue;
         }
-        if (l > RCP_MAX_PAYLOAD) {
-            stm_fail(err, STM_BAD_REQUEST, "frame error: line over the 16 MiB limit");
+        if (l > d->max_payload) {
+            stm_fail(err, STM_BAD_REQUEST,
+                     "frame error: line over the limit of %u bytes (limits.max_frame_bytes)",
+                     d->max_payload);
             return RCP_DEC_ERROR;
         }
         *payload = p + skip;
@@ -154,7 +160,7 @@ rcp_dec_rc rcp_decode(rcp_decoder *d, const char *p, size_t n, const char **payl
         d->auto_detect = false;
     }
     if (d->mode == RCP_WIRE_JSONL) return decode_line(d, p, n, payload, len, consumed, err);
-    return decode_binary(p, n, payload, len, consumed, err);
+    return decode_binary(d, p, n, payload, len, consumed, err);
 }
 
 /* ---- envelope ------------------------------------------------------------ */

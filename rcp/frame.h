@@ -50,6 +50,7 @@ typedef struct {
     enum rcp_wire mode;
     bool auto_detect; /* the first byte still decides the mode */
     size_t scanned;   /* jsonl: bytes already searched for '\n' */
+    uint32_t max_payload; /* incoming only, <= RCP_MAX_PAYLOAD; init sets the maximum */
 } rcp_decoder;
 
 void rcp_decoder_init(rcp_decoder *d, bool auto_detect);

@@ -322,6 +322,8 @@ static void on_accept(rcp_loop *l, int fd, void *arg, unsigned ev)
         c->fd = cfd;
         format_peer(&ss, c->peer, sizeof c->peer);
         rcp_decoder_init(&c->dec, true);
+        if (s->cfg->max_frame_bytes && s->cfg->max_frame_bytes < RCP_MAX_PAYLOAD)
+            c->dec.max_payload = (uint32_t)s->cfg->max_frame_bytes;
         c->wire_out = RCP_WIRE_BINARY;
         c->authenticated = !s->auth_required;
         c->last_active_ms = rcp_now_ms();

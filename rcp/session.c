@@ -153,7 +153,7 @@ stm_code rcp_session_op(rcp_conn *c, int op, const cJSON *params, cJSON **result
         for (size_t i = 0; i < sizeof features / sizeof features[0]; i++)
             cJSON_AddItemToArray(fa, cJSON_CreateString(features[i]));
         cJSON_AddNumberToObject(r, "max_batch_ops", ENG_MAX_BATCH_OPS);
-        cJSON_AddNumberToObject(r, "max_frame_bytes", RCP_MAX_PAYLOAD);
+        cJSON_AddNumberToObject(r, "max_frame_bytes", c->dec.max_payload);
         cJSON_AddNumberToObject(r, "protocol_version", 1);
         cJSON_AddStringToObject(r, "server_name", SERVER_NAME);
         cJSON_AddStringToObject(r, "server_version", STMFS_VERSION);

@@ -32,11 +32,20 @@
 
 #include "base/buf.h"
 #include "base/log.h"
+#include "engine/def.h"
+#include "engine/guard.h"
+#include "rcp/frame.h"
 
 /* WAL offsets keep 40 bits for the position inside a segment (wal.h), so a
  * segment must stay below 1 TiB = 2^20 MiB. */
 #define MAX_SEGMENT_MB ((1ull << 20) - 1)
 #define MAX_FUSE_THREADS 100000u
+/* A definition, a context or a payload must leave room in its WAL record
+ * (16 MiB) for the rest of the entry; an event's record carries both the
+ * payload and the merged context. */
+#define MAX_RECORD_PART (8u << 20)
+/* A line of a mount's events or new file (the mount's FS_MAX_LINE). */
+#define FS_LINE_CEILING (16u << 20)
 
 typedef enum {
     K_U64, /* whole number in [min, max] */
@@ -102,6 +111,25 @@ static const key_desc keys[] = {
     {"fuse", "default_permissions", "FUSE_DEFAULT_PERMISSIONS", true, K_BOOL,
      F(fuse_default_permissions), 0, 0},
     {"fuse", "read_only", "FUSE_READ_ONLY", true, K_BOOL, F(fuse_read_only), 0, 0},
+    {"limits", "max_id_bytes", "MAX_ID_BYTES", true, K_U64, F(limits.max_id_bytes), 1,
+     ENG_MAX_ID_LEN},
+    {"limits", "max_states", "MAX_STATES", true, K_U64, F(limits.max_states), 1, DEF_MAX_STATES},
+    {"limits", "max_transitions", "MAX_TRANSITIONS", true, K_U64, F(limits.max_transitions), 1,
+     DEF_MAX_TRANSITIONS},
+    {"limits", "max_guard_bytes", "MAX_GUARD_BYTES", true, K_U64, F(limits.max_guard_bytes), 1,
+     GUARD_MAX_LEN},
+    {"limits", "max_guard_depth", "MAX_GUARD_DEPTH", true, K_U64, F(limits.max_guard_depth), 1,
+     GUARD_MAX_DEPTH},
+    {"limits", "max_definition_bytes", "MAX_DEFINITION_BYTES", true, K_U64,
+     F(limits.max_definition_bytes), 2, MAX_RECORD_PART},
+    {"limits", "max_ctx_bytes", "MAX_CTX_BYTES", true, K_U64, F(limits.max_ctx_bytes), 2,
+     MAX_RECORD_PART},
+    {"limits", "max_payload_bytes", "MAX_PAYLOAD_BYTES", true, K_U64, F(limits.max_payload_bytes),
+     2, MAX_RECORD_PART},
+    {"limits", "max_frame_bytes", "MAX_FRAME_BYTES", true, K_U64, F(max_frame_bytes), 1024,
+     RCP_MAX_PAYLOAD},
+    {"limits", "max_line_bytes", "MAX_LINE_BYTES", true, K_U64, F(max_line_bytes), 64,
+     FS_LINE_CEILING},
     {"logging", "file", "LOG_FILE", true, K_PATH, F(log_file), 0, 0},
     {"logging", "level", "LOG_LEVEL", true, K_LEVEL, F(log_level), 0, 0},
 };
@@ -688,6 +716,11 @@ void config_defaults(stm_config *c)
     c->fuse_entry_timeout = 3600;
     c->fuse_max_threads = 64;
     c->log_level = LOG_INFO;
+    eng_opts eo;
+    eng_opts_defaults(&eo);
+    c->limits = eo.limits;
+    c->max_frame_bytes = RCP_MAX_PAYLOAD;
+    c->max_line_bytes = FS_LINE_CEILING;
 }
 
 void config_free(stm_config *c)
@@ -759,4 +792,5 @@ void config_to_eng_opts(const stm_config *c, eng_opts *o)
     o->compact_events_threshold = c->compact_events_threshold;
     o->compact_size_threshold_mb = c->compact_size_threshold_mb;
     o->compact_min_interval_secs = c->compact_min_interval_secs;
+    o->limits = c->limits;
 }

@@ -44,6 +44,10 @@ typedef struct {
     double fuse_attr_timeout, fuse_entry_timeout; /* seconds */
     unsigned fuse_max_threads;
     bool fuse_allow_other, fuse_default_permissions, fuse_read_only;
+    /* limits (engine/engine.h eng_limits; frames and mount lines here) */
+    eng_limits limits;
+    uint64_t max_frame_bytes;        /* RCP frame payload or JSONL line; 16 MiB */
+    uint64_t max_line_bytes;         /* one line written to a mount's events or new; 16 MiB */
     /* logging */
     char *log_file;                  /* NULL = stderr when in front, DATA/stmfs.log when detached */
     int log_level;

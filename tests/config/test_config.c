@@ -44,6 +44,16 @@ static const char *const env_suffixes[] = {
     "FUSE_READ_ONLY",
     "LOG_FILE",
     "LOG_LEVEL",
+    "MAX_ID_BYTES",
+    "MAX_STATES",
+    "MAX_TRANSITIONS",
+    "MAX_GUARD_BYTES",
+    "MAX_GUARD_DEPTH",
+    "MAX_DEFINITION_BYTES",
+    "MAX_CTX_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_LINE_BYTES",
 };
 
 #define H1 "ea5add57437cbf20af59034d7ed17968dcc56767b41965fcc5b376d45db8b4a3"
@@ -631,6 +641,67 @@ START_TEST(env_every_variable)
 }
 END_TEST
 
+/* limits: each key, its ceiling, its variable, and the engine options. */
+START_TEST(limits_section)
+{
+    stm_config c;
+    stm_err err = {0};
+    config_defaults(&c);
+    eng_opts dflt;
+    eng_opts_defaults(&dflt);
+    ck_assert_mem_eq(&c.limits, &dflt.limits, sizeof c.limits);
+    ck_assert_uint_eq(c.max_frame_bytes, 16u << 20);
+    ck_assert_uint_eq(c.max_line_bytes, 16u << 20);
+    config_free(&c);
+
+    const char *yaml = "limits:\n"
+                       "  max_id_bytes: 64\n"
+                       "  max_states: 50\n"
+                       "  max_transitions: 200\n"
+                       "  max_guard_bytes: 256\n"
+                       "  max_guard_depth: 8\n"
+                       "  max_definition_bytes: 65536\n"
+                       "  max_ctx_bytes: 4096\n"
+                       "  max_payload_bytes: 1024\n"
+                       "  max_frame_bytes: 1048576\n"
+                       "  max_line_bytes: 2048\n";
+    ck_assert_msg(parse(&c, yaml, &err) == STM_OK, "%s", err.msg);
+    eng_opts o;
+    config_to_eng_opts(&c, &o);
+    ck_assert_uint_eq(o.limits.max_id_bytes, 64);
+    ck_assert_uint_eq(o.limits.max_states, 50);
+    ck_assert_uint_eq(o.limits.max_transitions, 200);
+    ck_assert_uint_eq(o.limits.max_guard_bytes, 256);
+    ck_assert_uint_eq(o.limits.max_guard_depth, 8);
+    ck_assert_uint_eq(o.limits.max_definition_bytes, 65536);
+    ck_assert_uint_eq(o.limits.max_ctx_bytes, 4096);
+    ck_assert_uint_eq(o.limits.max_payload_bytes, 1024);
+    ck_assert_uint_eq(c.max_frame_bytes, 1048576);
+    ck_assert_uint_eq(c.max_line_bytes, 2048);
+    config_free(&c);
+
+    /* past a ceiling the format sets: refused, naming key and value */
+    ck_assert_int_eq(parse(&c, "limits:\n  max_guard_depth: 65\n", &err), STM_BAD_REQUEST);
+    ck_assert_msg(strstr(err.msg, "limits.max_guard_depth") && strstr(err.msg, "65") &&
+                      strstr(err.msg, "at most 64"),
+                  "%s", err.msg);
+    config_free(&c);
+    ck_assert_int_eq(parse(&c, "limits:\n  max_frame_bytes: 16777217\n", &err), STM_BAD_REQUEST);
+    ck_assert_ptr_nonnull(strstr(err.msg, "limits.max_frame_bytes"));
+    config_free(&c);
+    ck_assert_int_eq(parse(&c, "limits:\n  max_states: 0\n", &err), STM_BAD_REQUEST);
+    ck_assert_ptr_nonnull(strstr(err.msg, "at least 1"));
+    config_free(&c);
+
+    setenv("STMFS_MAX_STATES", "7", 1);
+    setenv("STMFS_MAX_FRAME_BYTES", "4096", 1);
+    ck_assert_msg(config_load(&c, NULL, &err) == STM_OK, "%s", err.msg);
+    ck_assert_uint_eq(c.limits.max_states, 7);
+    ck_assert_uint_eq(c.max_frame_bytes, 4096);
+    config_free(&c);
+}
+END_TEST
+
 START_TEST(env_config_path)
 {
     const char *a = write_file("a.yaml", "storage:\n  data_dir: /a\n");
@@ -853,6 +924,7 @@ static Suite *suite(void)
     tcase_add_test(t, env_order);
     tcase_add_test(t, env_every_variable);
     tcase_add_test(t, env_config_path);
+    tcase_add_test(t, limits_section);
     tcase_add_test(t, env_errors);
     tcase_add_test(t, rust_log);
     tcase_add_test(t, secrets_file);

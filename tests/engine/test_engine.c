@@ -531,6 +531,99 @@ END_TEST
 
 /* Compaction never loses data: machines, instances, contexts, history and
  * idempotency keys are all there after compact + restart (rstmdb loses them). */
+static eng *open_limited(const char *dir, const eng_limits *lim)
+{
+    eng_opts o;
+    eng_opts_defaults(&o);
+    o.data_dir = dir;
+    if (lim) o.limits = *lim;
+    stm_err err;
+    eng *e = NULL;
+    ck_assert_msg(eng_open(&o, &e, NULL, &err) == STM_OK, "eng_open: %s", err.msg);
+    return e;
+}
+
+/* Each limit refuses what breaks it with BAD_REQUEST naming its config key,
+ * writes nothing, and never applies to what the log already holds. */
+START_TEST(limits_refuse_and_name_the_key)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, NULL);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER)); /* 3 states, 2 transitions, a 14-byte guard */
+    cJSON_Delete(ok(e, "CREATE_INSTANCE",
+                    "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"a-long-id-0123456789\","
+                    "\"initial_ctx\":{\"note\":\"0123456789012345678901234567890123456789\"}}"));
+    eng_close(e);
+
+    eng_limits lim = {.max_id_bytes = 16, .max_states = 2, .max_transitions = 1,
+                      .max_guard_bytes = 10, .max_guard_depth = 1, .max_definition_bytes = 200,
+                      .max_ctx_bytes = 40, .max_payload_bytes = 30};
+    e = open_limited(dir, &lim);
+    /* what the log holds loads and reads as before, under tighter limits */
+    cJSON *r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"a-long-id-0123456789\"}");
+    ck_assert_str_eq(str(r, "state"), "created");
+    cJSON_Delete(r);
+    /* an identical re-put is still a no-op, not a refusal */
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    cJSON_Delete(ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":"
+                                          "\"c\",\"initial_ctx\":{\"m\":\"0123456789\",\"n\":1}}"));
+    uint64_t before = eng_acked_seq(e);
+
+    fails(e, "CREATE_INSTANCE",
+          "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"x-17-bytes-long-x\"}",
+          STM_BAD_REQUEST, "field `instance_id` is 17 bytes, over limits.max_id_bytes (16)");
+    fails(e, "PUT_MACHINE",
+          "{\"machine\":\"a-machine-name-17\",\"version\":1,\"definition\":{\"states\":[\"a\"],"
+          "\"initial\":\"a\",\"transitions\":[]}}",
+          STM_BAD_REQUEST, "field `machine` is 17 bytes");
+    fails(e, "APPLY_EVENT",
+          "{\"instance_id\":\"c\",\"event\":\"PAY\",\"idempotency_key\":\"k-0123456789abcdef\"}",
+          STM_BAD_REQUEST, "field `idempotency_key` is 18 bytes");
+    fails(e, "PUT_MACHINE",
+          "{\"machine\":\"m\",\"version\":1,\"definition\":{\"states\":[\"a\",\"b\",\"c\"],"
+          "\"initial\":\"a\",\"transitions\":[]}}",
+          STM_BAD_REQUEST, "3 states, over limits.max_states (2)");
+    fails(e, "PUT_MACHINE",
+          "{\"machine\":\"m\",\"version\":1,\"definition\":{\"states\":[\"a\",\"b\"],"
+          "\"initial\":\"a\",\"transitions\":[{\"from\":[\"a\",\"b\"],\"event\":\"E\",\"to\":\"a\"}]}}",
+          STM_BAD_REQUEST, "2 transitions (each state of a 'from' list counts), over limits.max_transitions (1)");
+    fails(e, "PUT_MACHINE",
+          "{\"machine\":\"m\",\"version\":1,\"definition\":{\"states\":[\"a\"],\"initial\":\"a\","
+          "\"transitions\":[{\"from\":\"a\",\"event\":\"E\",\"to\":\"a\",\"guard\":\"ctx.abc > 1\"}]}}",
+          STM_BAD_REQUEST, "is 11 bytes, over limits.max_guard_bytes (10)");
+    fails(e, "PUT_MACHINE",
+          "{\"machine\":\"m\",\"version\":1,\"definition\":{\"states\":[\"a\"],\"initial\":\"a\","
+          "\"transitions\":[{\"from\":\"a\",\"event\":\"E\",\"to\":\"a\",\"guard\":\"!(ctx.a)\"}]}}",
+          STM_BAD_REQUEST, "nests 2 levels deep, over limits.max_guard_depth (1)");
+    fails(e, "PUT_MACHINE",
+          "{\"machine\":\"m\",\"version\":1,\"definition\":{\"states\":[\"a\"],\"initial\":\"a\","
+          "\"transitions\":[],\"meta\":{\"d\":\"0123456789012345678901234567890123456789012345678901234567890123456789"
+          "0123456789012345678901234567890123456789012345678901234567890123456789\"}}}",
+          STM_BAD_REQUEST, "over limits.max_definition_bytes (200)");
+    fails(e, "CREATE_INSTANCE",
+          "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"b\","
+          "\"initial_ctx\":{\"note\":\"0123456789012345678901234567890123456789\"}}",
+          STM_BAD_REQUEST, "initial_ctx is 51 bytes as compact JSON, over limits.max_ctx_bytes (40)");
+    fails(e, "APPLY_EVENT",
+          "{\"instance_id\":\"c\",\"event\":\"PAY\",\"payload\":{\"p\":\"0123456789012345678901234\"}}",
+          STM_BAD_REQUEST, "the payload would be 33 bytes as compact JSON, over limits.max_payload_bytes (30)");
+    fails(e, "APPLY_EVENT",
+          "{\"instance_id\":\"c\",\"event\":\"PAY\",\"payload\":{\"p\":\"0123456789012345678\"}}",
+          STM_BAD_REQUEST, "the merged context would be 50 bytes as compact JSON, over limits.max_ctx_bytes (40)");
+    /* nothing of the refused requests reached the log or the state */
+    ck_assert_uint_eq(eng_acked_seq(e), before);
+    r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"c\"}");
+    ck_assert_str_eq(str(r, "state"), "created");
+    cJSON_Delete(r);
+    /* within the limits, the same machine works */
+    cJSON_Delete(ok(e, "APPLY_EVENT",
+                    "{\"instance_id\":\"c\",\"event\":\"PAY\",\"payload\":{\"p\":\"0\"}}"));
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 START_TEST(compaction_keeps_everything)
 {
     char *dir = tmpdir();
@@ -616,6 +709,7 @@ int main(void)
     tcase_add_test(tc, subscription_catch_up_then_live);
     tcase_add_test(tc, replay_at_offset);
     tcase_add_test(tc, compaction_keeps_everything);
+    tcase_add_test(tc, limits_refuse_and_name_the_key);
     tcase_add_test(tc, rstmdb_fixture);
     tcase_add_test(tc, rstmdb_fixture_torn);
     suite_add_tcase(s, tc);

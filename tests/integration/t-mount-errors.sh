@@ -308,4 +308,41 @@ test_expect_success 'after all of that the mount and RCP still answer' - <<\EOT
     stop_mount "$M"
 EOT
 
+test_expect_success 'configured limits: each refuses with a clear message, changes nothing' - <<\EOT
+    cat >limits.yaml <<-\EOF &&
+	limits:
+	  max_id_bytes: 12
+	  max_states: 3
+	  max_payload_bytes: 64
+	  max_line_bytes: 200
+	  max_frame_bytes: 2048
+	EOF
+    start_mount ldata lmnt -c limits.yaml &&
+    L=$TEST_DIR/lmnt &&
+    mkdir "$L/machines/order" &&
+    test_must_fail cp order.json "$L/machines/order/definition.json" 2>msg &&
+    grep -q "4 states, over limits.max_states (3)" "$L/machines/order/error" &&
+    test_must_fail ls "$L/machines/order/versions/1.json" &&
+    echo '{"states":["a","b"],"initial":"a","transitions":[{"from":"a","event":"GO","to":"b"}]}' \
+        >"$L/machines/order/definition.json" &&
+    echo short-id >"$L/machines/order/new" &&
+    test_must_fail write_line "$L/machines/order/new" an-id-too-long 2>msg &&
+    grep -q "over limits.max_id_bytes (12)" "$L/machines/order/error" &&
+    test_must_fail ls "$L/instances/an-id-too-long" &&
+    test_must_fail write_line "$L/instances/short-id/events" \
+        "GO {\"note\": \"$(printf '%080d' 0)\"}" 2>msg &&
+    grep -q "over limits.max_payload_bytes (64)" "$L/instances/short-id/error" &&
+    test_must_fail write_line "$L/instances/short-id/events" "GO $(printf '%0300d' 0)" 2>msg &&
+    grep -q "longer than 200 bytes (limits.max_line_bytes)" "$L/instances/short-id/error" &&
+    echo a >expect && test_cmp expect "$L/instances/short-id/state" &&
+    rcp_call INFO >info &&
+    jq -e ".max_frame_bytes == 2048" info &&
+    test_must_fail rcp_call GET_INSTANCE "{\"instance_id\": \"short-id\", \"pad\": \"$(printf '%03000d' 0)\"}" &&
+    rcp_call GET_INSTANCE '{"instance_id": "short-id"}' >got &&
+    jq -e '.state == "a"' got &&
+    echo GO >"$L/instances/short-id/events" &&
+    echo b >expect && test_cmp expect "$L/instances/short-id/state" &&
+    stop_mount "$L"
+EOT
+
 test_done

@@ -225,6 +225,35 @@ START_TEST(length_limit)
     ck_assert_int_eq(dec1(f, 18, &pl, &len, &used), RCP_DEC_ERROR);
     f[10] = f[11] = f[12] = f[13] = 0xFF;
     ck_assert_int_eq(dec1(f, 18, &pl, &len, &used), RCP_DEC_ERROR);
+
+    /* A configured limit (limits.max_frame_bytes) lowers it, for binary
+     * frames and JSONL lines alike, and the message names the key. */
+    rcp_decoder d;
+    rcp_decoder_init(&d, false);
+    d.max_payload = 1000;
+    plen = 1001;
+    f[10] = 0, f[11] = 0, f[12] = (unsigned char)(plen >> 8), f[13] = (unsigned char)plen;
+    stm_err err;
+    ck_assert_int_eq(rcp_decode(&d, (char *)f, 18, &pl, &len, &used, &err), RCP_DEC_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "limits.max_frame_bytes"));
+    plen = 1000;
+    f[12] = (unsigned char)(plen >> 8), f[13] = (unsigned char)plen;
+    ck_assert_int_eq(rcp_decode(&d, (char *)f, 18, &pl, &len, &used, &err), RCP_DEC_NEED);
+    char line[1200];
+    memset(line, ' ', sizeof line);
+    line[0] = '{';
+    line[1001] = '}';
+    line[1002] = '\n';
+    rcp_decoder_init(&d, true);
+    d.max_payload = 1000;
+    ck_assert_int_eq(rcp_decode(&d, line, 1003, &pl, &len, &used, &err), RCP_DEC_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "line over the limit of 1000 bytes"));
+    line[999] = '}';
+    line[1000] = '\n';
+    rcp_decoder_init(&d, true);
+    d.max_payload = 1000;
+    ck_assert_int_eq(rcp_decode(&d, line, 1001, &pl, &len, &used, &err), RCP_DEC_FRAME);
+    ck_assert_uint_eq(len, 1000);
 }
 END_TEST
 
