@@ -22,7 +22,7 @@ CC=clang build build-fuzz -Dfuzz=true -Db_lundef=false
 status=0
 meson test -C build --print-errorlogs --num-processes 2 || status=1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 || status=1
+    meson test -C build-asan --suite unit --suite fault --print-errorlogs --num-processes 2 || status=1
 STMFS_FUZZ_SEED=1 meson test -C build-fuzz --suite fuzz --print-errorlogs --num-processes 2 ||
     status=1
 
