@@ -777,6 +777,8 @@ stm_code config_load(stm_config *c, const char *path, stm_err *err)
     if (!rc) rc = apply_env(c, err);
     if (!rc && c->secrets_file) rc = read_secrets(c, err);
     if (!rc) rc = check(c, err);
+    /* A refused config owns nothing: callers just report and exit. */
+    if (rc) config_free(c);
     return rc;
 }
 

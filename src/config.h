@@ -53,7 +53,8 @@ typedef struct {
     int log_level;
 } stm_config;
 
-/* Fills defaults, then reads path (NULL: none) and the environment. */
+/* Fills defaults, then reads path (NULL: none) and the environment. On
+ * failure c holds nothing to free (config_free on it is harmless). */
 stm_code config_load(stm_config *c, const char *path, stm_err *err);
 /* Parses one YAML text (for tests and fuzzing) on top of what c holds. */
 stm_code config_parse_yaml(stm_config *c, const char *text, size_t len, stm_err *err);
