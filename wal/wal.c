@@ -425,6 +425,27 @@ static void fail_locked(wal *w, const char *what, const char *path, int e)
     pthread_cond_broadcast(&w->space_cv);
 }
 
+/* After a failed write or fdatasync, none of the group's records will be
+ * acknowledged (their waiters get WAL_IO_ERROR), yet whatever of them reached
+ * the files would come back at the next open. So each segment the group
+ * touched is cut back to where the group began in it. Best effort: if the
+ * disk refuses this too, the next open finds what a crash would have left.
+ * Caller holds w->mu; the group's chunks still hold their segments. */
+static void cut_group(wal *w, const wal_chunk *gc, size_t ncs)
+{
+    for (size_t i = 0; i < ncs; i++) {
+        wal_seg *s = gc[i].seg;
+        bool seen = false;
+        for (size_t j = 0; j < i && !seen; j++) seen = gc[j].seg == s;
+        if (seen || s->fd < 0) continue;
+        if (w->io->ftruncate(s->fd, (off_t)gc[i].pos) == 0) {
+            w->io->fdatasync(s->fd);
+            s->size = gc[i].pos;
+            if (s->written > gc[i].pos) s->written = gc[i].pos;
+        }
+    }
+}
+
 static bool write_all(const wal_io *io, int fd, const char *p, size_t n, uint64_t pos, int *e)
 {
     while (n) {
@@ -561,10 +582,8 @@ static void *flusher_main(void *arg)
         }
 
         pthread_mutex_lock(&w->mu);
-        for (size_t i = 0; i < ncs; i++)
-            wal_seg_unref(w, gc[i].seg);
-        buf_reset(&gb);
         if (what) {
+            cut_group(w, gc, ncs);
             fail_locked(w, what, path, e);
         } else {
             bool sync = false;
@@ -595,6 +614,7 @@ static void *flusher_main(void *arg)
                 linger_ns = took / 2 < 1000000 ? took / 2 : 1000000;
                 pthread_mutex_lock(&w->mu);
                 if (rc != 0) {
+                    cut_group(w, gc, ncs);
                     fail_locked(w, "fdatasync", dirty->path, se);
                 } else {
                     w->fsyncs++;
@@ -606,6 +626,9 @@ static void *flusher_main(void *arg)
             }
             if (w->synced_seq >= w->written_seq) deadline = 0;
         }
+        for (size_t i = 0; i < ncs; i++)
+            wal_seg_unref(w, gc[i].seg);
+        buf_reset(&gb);
         if (!w->failed) set_acked(w);
         uint64_t acked = w->acked_seq;
         bool failed = w->failed;
@@ -780,6 +803,12 @@ void wal_set_listener(wal *w, void (*fn)(void *arg, uint64_t acked_seq, bool fai
     w->listener = fn;
     w->listener_arg = arg;
     pthread_mutex_unlock(&w->mu);
+}
+
+const char *wal_failure(wal *w)
+{
+    /* failed is set after fail_msg is final, and never cleared. */
+    return __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE) ? w->fail_msg : NULL;
 }
 
 stm_code wal_sync(wal *w, stm_err *err)

@@ -50,7 +50,9 @@
  *   created (and its directory fsynced), whatever the policy.
  *   Any failed write or fdatasync marks the log failed: waiters and later
  *   appends get WAL_IO_ERROR until the log is reopened (a failed fsync is
- *   never retried and pretended good).
+ *   never retried and pretended good). The records of the group that failed
+ *   are cut from the files again (best effort), so a reopen does not bring
+ *   back what their writers were told had failed.
  *
  * RECOVERY (wal_open)
  *   Every segment is scanned and every CRC checked. A torn tail of the last
@@ -185,6 +187,9 @@ stm_code wal_wait(wal *w, uint64_t seq, stm_err *err);
 void wal_set_listener(wal *w, void (*fn)(void *arg, uint64_t acked_seq, bool failed), void *arg);
 /* Writes and fdatasyncs everything appended so far, whatever the policy. */
 stm_code wal_sync(wal *w, stm_err *err);
+/* Why the log failed ("fdatasync failed on FILE: No space left on device;
+ * ..."), or NULL while it works. Valid until wal_close. */
+const char *wal_failure(wal *w);
 
 /* Reads the record that starts exactly at offset into payload (replacing its
  * content). NOT_FOUND-like failures return STM_BAD_REQUEST ("no record at
