@@ -615,8 +615,9 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
 stm_code eng_write(eng *e, uint8_t type, buf *entry_text, wal_record *rec, stm_err *err)
 {
     if (e->failed)
-        return stm_fail(err, STM_WAL_IO_ERROR,
-                        "WAL error: the log failed earlier; restart stmfs to recover");
+        return stm_fail(err, STM_WAL_IO_ERROR, "WAL error: %s",
+                        wal_failure(e->w) ? wal_failure(e->w)
+                                          : "the log failed earlier; restart stmfs to recover");
     if (e->opts.read_only)
         return stm_fail(err, STM_BAD_REQUEST, "the database is open read-only");
     if (e->dry_run) {
@@ -666,10 +667,12 @@ stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
     while (seq > atomic_load(&e->acked) && !e->failed) pthread_cond_wait(&e->wait_cond, &e->wait_lock);
     bool ok = seq <= atomic_load(&e->acked);
     pthread_mutex_unlock(&e->wait_lock);
+    /* The WAL's message names the call and the errno (the mount maps a
+     * full disk to ENOSPC by it). */
     if (!ok)
-        return stm_fail(err, STM_WAL_IO_ERROR,
-                        "WAL error: the write could not be made durable (disk error); "
-                        "restart stmfs to recover");
+        return stm_fail(err, STM_WAL_IO_ERROR, "WAL error: the write could not be made durable: %s",
+                        wal_failure(e->w) ? wal_failure(e->w)
+                                          : "disk error; restart stmfs to recover");
     return STM_OK;
 }
 

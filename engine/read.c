@@ -17,13 +17,30 @@ static char *dup_or_null(const char *s)
     return s ? xstrdup(s) : NULL;
 }
 
+/* After a WAL failure the records that were not yet durable never happened
+ * (their writers got WAL_IO_ERROR, a restart will not find them), but memory
+ * still holds their effect. An instance whose creation is one of them is not
+ * listed or found; one whose deletion is one of them still is (its files
+ * then fail, as for any instance whose newest record was lost). Caller holds
+ * e->lock. */
+static bool created_not_durable(eng *e, const instance *in)
+{
+    return e->failed && in->n_hist && in->hist[0].seq > atomic_load(&e->acked);
+}
+
+static bool gone(eng *e, const instance *in)
+{
+    if (created_not_durable(e, in)) return true;
+    return in->deleted && !(e->failed && in->last_seq > atomic_load(&e->acked));
+}
+
 stm_code eng_get_instance_view(eng *e, const char *id, bool include_deleted,
                                eng_instance_view *v, stm_err *err)
 {
     memset(v, 0, sizeof *v);
     pthread_mutex_lock(&e->lock);
     instance *in = inst_find(e, id);
-    if (!in || (in->deleted && !include_deleted)) {
+    if (!in || created_not_durable(e, in) || (gone(e, in) && !include_deleted)) {
         pthread_mutex_unlock(&e->lock);
         return stm_fail(err, STM_INSTANCE_NOT_FOUND, "instance not found: %s", id);
     }
@@ -67,7 +84,7 @@ size_t eng_list_instance_ids(eng *e, const char *machine, const char *after, siz
         pthread_mutex_lock(&e->lock);
         instance *in = inst_after(e, cursor);
         for (; in && n < CHUNK && visited + n < max; in = in->next[0]) {
-            if (in->deleted) continue;
+            if (gone(e, in)) continue;
             if (machine && strcmp(in->m->name, machine) != 0) continue;
             ids[n++] = xstrdup(in->id);
         }
