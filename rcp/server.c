@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/json.h"
 #include "base/log.h"
 #include "base/util.h"
 #include "rcp/internal.h"
@@ -84,7 +85,43 @@ void rcp_queue_mark(rcp_conn *c, uint64_t seq, int op, uint64_t t0_ns)
     c->mark_n++;
 }
 
-/* Moves ready_end over every queued message whose WAL sequence is durable. */
+/* The WAL failed before what the message at the head of the queue says
+ * became durable, so it must never be sent: it is replaced by a
+ * WAL_IO_ERROR answer to the same request (its id read back from the queued
+ * bytes), and the marks after it move by the difference in length. */
+static void fail_head(rcp_conn *c, rcp_mark *m)
+{
+    size_t start = c->ready_end, n = m->end - start;
+    const char *p = c->out.data + start;
+    enum rcp_wire mode = RCP_WIRE_JSONL;
+    if (n >= RCP_HDR_LEN && memcmp(p, "RCPX", 4) == 0) {
+        mode = RCP_WIRE_BINARY; /* the server's frames have no header extension */
+        p += RCP_HDR_LEN;
+        n -= RCP_HDR_LEN;
+    }
+    cJSON *msg = json_parse_trusted(p, n);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
+    stm_err err = {0};
+    eng_wait(c->srv->e, m->seq, &err); /* returns at once: the log has failed */
+    buf e = {0};
+    rcp_write_error(&e, mode, cJSON_IsString(id) ? id->valuestring : "", STM_WAL_IO_ERROR,
+                    err.msg);
+    cJSON_Delete(msg);
+    if (m->op >= 0 && m->op < RCP_OP_COUNT) c->srv->m.errors[STM_WAL_IO_ERROR]++;
+    /* splice: out = out[..start) + e + out[m->end..) */
+    size_t old_len = m->end - start, tail = c->out.len - m->end;
+    if (e.len > old_len) buf_reserve(&c->out, e.len - old_len);
+    memmove(c->out.data + start + e.len, c->out.data + m->end, tail);
+    memcpy(c->out.data + start, e.data, e.len);
+    c->out.len = start + e.len + tail;
+    c->out.data[c->out.len] = 0;
+    for (size_t i = 0; i < c->mark_n; i++)
+        c->marks[(c->mark_head + i) % c->mark_cap].end += e.len - old_len; /* wraps as size_t */
+    buf_free(&e);
+}
+
+/* Moves ready_end over every queued message whose WAL sequence is durable;
+ * after a WAL failure, over the ones that will never be, as errors. */
 static void release(rcp_conn *c)
 {
     if (!c->mark_n) return;
@@ -92,7 +129,8 @@ static void release(rcp_conn *c)
     uint64_t now = 0;
     while (c->mark_n) {
         rcp_mark *m = &c->marks[c->mark_head];
-        if (m->seq > acked) break;
+        if (m->seq > acked && !c->srv->wal_failed) break;
+        if (m->seq > acked) fail_head(c, m);
         c->ready_end = m->end;
         if (m->op >= 0) {
             if (!now) now = util_mono_ns();
@@ -384,6 +422,13 @@ static void on_wake(rcp_loop *l, int fd, void *arg, unsigned ev)
     ssize_t r = read(fd, &v, sizeof v);
     (void)r;
     __atomic_exchange_n(&s->wake_pending, 0, __ATOMIC_SEQ_CST);
+    if (!s->wal_failed) {
+        /* The engine tells its listeners once more when the WAL fails, so
+         * this runs after every failure (and it never clears). */
+        eng_stats st;
+        eng_get_stats(s->e, &st);
+        s->wal_failed = st.wal.failed;
+    }
     if (s->stop_requested) begin_stop(s);
     for (rcp_conn *c = s->conns, *next; c; c = next) {
         next = c->next;
