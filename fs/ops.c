@@ -441,7 +441,7 @@ static dirlist *make_listing(fs *f, fs_node *p)
             if (strcmp(t->machine, p->a) == 0 && !strchr(t->name, '/'))
                 dl_add(d, t->name, K_TEMP, p->a, t->name, 0);
         pthread_mutex_unlock(&f->lock);
-        qsort(d->v, d->n, sizeof *d->v, dent_cmp);
+        if (d->n > 1) qsort(d->v, d->n, sizeof *d->v, dent_cmp);
         break;
     case K_MACHINES: {
         c.kind = K_MACHINE;
@@ -458,7 +458,7 @@ static dirlist *make_listing(fs *f, fs_node *p)
             }
         }
         pthread_mutex_unlock(&f->lock);
-        qsort(d->v, d->n, sizeof *d->v, dent_cmp);
+        if (d->n > 1) qsort(d->v, d->n, sizeof *d->v, dent_cmp);
         break;
     }
     case K_INSTANCES:
@@ -475,7 +475,7 @@ static dirlist *make_listing(fs *f, fs_node *p)
             if (d->n - before < 4096) break;
         }
         /* escaping can change the byte order of a few names */
-        if (c.escaped) qsort(d->v, d->n, sizeof *d->v, dent_cmp);
+        if (c.escaped && d->n > 1) qsort(d->v, d->n, sizeof *d->v, dent_cmp);
         break;
     }
     case K_VERSIONS: {
@@ -499,7 +499,7 @@ static dirlist *make_listing(fs *f, fs_node *p)
         }
         pthread_mutex_unlock(&f->lock);
         /* numeric order: 2.json before 10.json */
-        qsort(d->v, d->n, sizeof *d->v, dent_cmp_ver);
+        if (d->n > 1) qsort(d->v, d->n, sizeof *d->v, dent_cmp_ver);
         break;
     }
     default: break;
