@@ -638,10 +638,17 @@ void fs_watch_read(fs *f, fs_watchfh *w, fuse_req_t req, size_t size)
         fuse_reply_err(req, EBUSY);
         return;
     }
+    /* Checked before parking: once parked, the notifier may answer req (and
+     * libfuse free it) at any moment, so req must not be touched after the
+     * unlock. An interrupt that comes later finds it parked. */
+    if (fuse_req_interrupted(req)) {
+        pthread_mutex_unlock(&w->lock);
+        fuse_reply_err(req, EINTR);
+        return;
+    }
     w->parked = req;
     w->parked_size = size;
     pthread_mutex_unlock(&w->lock);
-    if (fuse_req_interrupted(req)) watch_interrupted(req, w);
     atomic_store(&w->woke, true);
     kick(); /* lines may have arrived between the check and parking */
 }
