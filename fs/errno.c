@@ -23,8 +23,14 @@
  *   WAL_IO_ERROR                     EIO           Input/output error
  *   INTERNAL_ERROR                   EIO           Input/output error
  *   RATE_LIMITED                     EAGAIN        Resource temporarily unavailable
+ *
+ * A WAL_IO_ERROR whose disk call failed with ENOSPC or EDQUOT is that errno
+ * instead (fs_errno_of_err): "No space left on device" tells the user what
+ * to do. The WAL's message carries strerror of the call's errno, made in
+ * this same process, so it is found by that text.
  */
 #include <errno.h>
+#include <string.h>
 
 #include "fs/fs.h"
 
@@ -51,4 +57,13 @@ int fs_errno_of(stm_code code)
     case STM_CODE_COUNT: break;
     }
     return EIO;
+}
+
+int fs_errno_of_err(const stm_err *err)
+{
+    static const int disk_full[] = {ENOSPC, EDQUOT};
+    if (err->code == STM_WAL_IO_ERROR)
+        for (size_t i = 0; i < sizeof disk_full / sizeof disk_full[0]; i++)
+            if (strstr(err->msg, strerror(disk_full[i]))) return disk_full[i];
+    return fs_errno_of(err->code);
 }

@@ -22,5 +22,8 @@ int fs_run(eng *e, const stm_config *c, const char *mountpoint, const char *fuse
 
 /* The errno a shell user sees for each engine code (documented in the README). */
 int fs_errno_of(stm_code code);
+/* The same for a whole error: a WAL_IO_ERROR caused by a full disk or an
+ * exceeded quota is ENOSPC or EDQUOT rather than EIO. */
+int fs_errno_of_err(const stm_err *err);
 
 #endif

@@ -920,14 +920,21 @@ static stm_code apply_line(fs *f, fh *h, const char *line, size_t len, uint64_t 
 }
 
 /* Makes the records up to seq durable and visible; queues the error file's
- * invalidation if one was written. */
-static int settle(fs *f, fh *h, uint64_t seq, stm_code failed)
+ * invalidation if one was written. ferr is the error of the failed line. */
+static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, const stm_err *ferr)
 {
     stm_err err;
     int r = 0;
     if (seq) {
-        if (eng_wait(f->e, seq, &err) != STM_OK) r = fs_errno_of(err.code);
-        fs_notify_wait_seq(f, seq);
+        if (eng_wait(f->e, seq, &err) == STM_OK) {
+            fs_notify_wait_seq(f, seq);
+        } else {
+            /* The WAL failed before the lines were durable: they never
+             * happened (no notification will come), and error says why. */
+            r = fs_errno_of_err(&err);
+            fs_set_error(f, h->kind != K_EVENTS, h->a, &err, NULL, NULL, 0);
+            failed = err.code;
+        }
     }
     if (failed != STM_OK) {
         pthread_mutex_lock(&f->lock);
@@ -935,7 +942,7 @@ static int settle(fs *f, fh *h, uint64_t seq, stm_code failed)
         uint64_t ino = en ? en->ino : 0;
         pthread_mutex_unlock(&f->lock);
         if (ino) fs_notify_inval(f, ino, 0, NULL, true);
-        if (!r) r = fs_errno_of(failed);
+        if (!r) r = fs_errno_of_err(ferr);
     }
     return r;
 }
@@ -973,7 +980,7 @@ static int apply_lines(fs *f, fh *h, bool all, size_t prev, size_t *consumed)
     memmove(h->w.data, h->w.data + start, h->w.len - start);
     h->w.len -= start;
     if (h->w.data) h->w.data[h->w.len] = 0;
-    return settle(f, h, seq, failed);
+    return settle(f, h, seq, failed, &err);
 }
 
 /* ---- definitions ---------------------------------------------------------- */
@@ -1037,9 +1044,12 @@ static int define(fs *f, const char *m, const char *text, size_t len, bool yaml,
         uint64_t ino = en ? en->ino : 0;
         pthread_mutex_unlock(&f->lock);
         if (ino) fs_notify_inval(f, ino, 0, NULL, false);
-        return fs_errno_of(c);
+        return c == STM_WAL_IO_ERROR ? fs_errno_of_err(&err) : fs_errno_of(c);
     }
-    if (eng_wait(f->e, seq, &err) != STM_OK) return fs_errno_of(err.code);
+    if (eng_wait(f->e, seq, &err) != STM_OK) {
+        fs_set_error(f, true, m, &err, NULL, NULL, 0);
+        return fs_errno_of_err(&err);
+    }
     forget_empty_machine(f, m);
     fs_notify_wait_seq(f, seq);
     return 0;
@@ -1089,7 +1099,7 @@ static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t
                      "a line longer than %zu bytes (limits.max_line_bytes)", f->max_line);
             fs_set_error(f, h->kind == K_NEW, h->a, &err, "line", h->w.data, 64);
             buf_free(&h->w);
-            r = settle(f, h, 0, STM_BAD_REQUEST);
+            r = settle(f, h, 0, STM_BAD_REQUEST, &err);
         }
         h->failed = r;
         break;
@@ -1232,7 +1242,7 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
      * for durability, so it gets a real fdatasync of the log. */
     stm_err err;
     int r = 0;
-    if (eng_sync(F(req)->e, &err) != STM_OK) r = fs_errno_of(err.code);
+    if (eng_sync(F(req)->e, &err) != STM_OK) r = fs_errno_of_err(&err);
     fuse_reply_err(req, r);
 }
 
@@ -1405,7 +1415,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
             /* no wait for the notifier here: the kernel holds instances/
              * locked until we reply, and invalidating a name in it needs
              * that lock */
-            fuse_reply_err(req, fs_errno_of(c));
+            fuse_reply_err(req, c == STM_OK ? 0 : fs_errno_of_err(&err));
         }
     } else if (kind_of(p) == K_MACHINES) {
         if (!fs_name_decode(name, &raw)) {

@@ -189,6 +189,13 @@ static fs_blob *instance_file(fs *f, fs_node *n, enum fs_kind k, int *errp)
         *errp = ENOENT;
         return NULL;
     }
+    /* Durable before visible: a state whose record is still on its way to
+     * the disk is shown once it is there, and never if the WAL fails first. */
+    if (eng_wait(f->e, v.seq, &err) != STM_OK) {
+        eng_instance_view_free(&v);
+        *errp = fs_errno_of(err.code);
+        return NULL;
+    }
     int64_t mt;
     fs_blob *b = cached(f, n, v.seq, &mt);
     if (b) {
@@ -202,7 +209,8 @@ static fs_blob *instance_file(fs *f, fs_node *n, enum fs_kind k, int *errp)
     case K_INFO: render_info(&out, &v); break;
     case K_EVENTS: {
         uint64_t seq;
-        if (eng_allowed_events(f->e, n->a, &out, &seq, &err) != STM_OK) {
+        if (eng_allowed_events(f->e, n->a, &out, &seq, &err) != STM_OK ||
+            eng_wait(f->e, seq, &err) != STM_OK) {
             buf_free(&out);
             eng_instance_view_free(&v);
             *errp = fs_errno_of(err.code);
