@@ -34,6 +34,7 @@
 #include "rcp/rcp.h"
 #include "src/cmds.h"
 #include "src/config.h"
+#include "src/fault_ctl.h"
 
 static void usage(FILE *out)
 {
@@ -357,6 +358,7 @@ int cmd_mount(int argc, char **argv)
     config_to_eng_opts(&cfg, &o);
     o.data_dir = cfg.data_dir;
     o.read_only = cfg.fuse_read_only;
+    o.io = fault_ctl_start(); /* NULL unless a fault-injection build and STMFS_FAULT_CTL */
     wal_recovery rep;
     memset(&rep, 0, sizeof rep);
     if (eng_open(&o, &e, &rep, &err) != STM_OK) {
@@ -390,6 +392,7 @@ out:
         eng_close(e);
         log_info("stopped");
     }
+    fault_ctl_stop();
     if (report_fd >= 0) report('E', "stopped before the mount was ready");
     config_free(&cfg);
     buf_free(&fuse_rest);

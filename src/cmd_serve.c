@@ -20,6 +20,7 @@
 #include "rcp/rcp.h"
 #include "src/cmds.h"
 #include "src/config.h"
+#include "src/fault_ctl.h"
 
 static void usage(FILE *out)
 {
@@ -110,12 +111,14 @@ int cmd_serve(int argc, char **argv)
     eng_opts o;
     config_to_eng_opts(&cfg, &o);
     o.data_dir = cfg.data_dir;
+    o.io = fault_ctl_start(); /* NULL unless a fault-injection build and STMFS_FAULT_CTL */
     eng *e = NULL;
     wal_recovery rep;
     memset(&rep, 0, sizeof rep);
     if (eng_open(&o, &e, &rep, &err) != STM_OK) {
         log_error("cannot open %s: %s", cfg.data_dir, err.msg);
         fprintf(stderr, "stmfs serve: cannot open %s: %s\n", cfg.data_dir, err.msg);
+        fault_ctl_stop();
         config_free(&cfg);
         if (logf) fclose(logf);
         return 1;
@@ -130,6 +133,7 @@ int cmd_serve(int argc, char **argv)
         log_error("cannot start the RCP listener: %s", err.msg);
         fprintf(stderr, "stmfs serve: %s\n", err.msg);
         eng_close(e);
+        fault_ctl_stop();
         config_free(&cfg);
         if (logf) fclose(logf);
         return 1;
@@ -145,6 +149,7 @@ int cmd_serve(int argc, char **argv)
     log_info("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     rcp_stop(srv);
     eng_close(e);
+    fault_ctl_stop();
     log_info("stopped");
     config_free(&cfg);
     if (logf) {
