@@ -368,9 +368,11 @@ int cmd_mount(int argc, char **argv)
     log_info("recovered %s: %llu records in %llu segments (%llu bytes)%s", cfg.data_dir,
              (unsigned long long)rep.records, (unsigned long long)rep.segments,
              (unsigned long long)rep.bytes, cfg.fuse_read_only ? ", read-only" : "");
-    if (rep.message[0]) log_warn("WAL recovery cut %llu bytes at offset %llu: %s",
-                                 (unsigned long long)rep.cut_bytes,
-                                 (unsigned long long)rep.cut_offset, rep.message);
+    if (rep.zero_tail) log_info("WAL recovery: %s", rep.message);
+    else if (rep.message[0])
+        log_warn("WAL recovery cut %llu bytes at offset %llu: %s",
+                 (unsigned long long)rep.cut_bytes, (unsigned long long)rep.cut_offset,
+                 rep.message);
 
     if (cfg.bind_addr && strcmp(cfg.bind_addr, "none") != 0 && cfg.bind_addr[0]) {
         if (rcp_start(e, &cfg, &srv, &err) != STM_OK) {

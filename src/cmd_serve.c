@@ -126,7 +126,8 @@ int cmd_serve(int argc, char **argv)
     log_info("recovered %s: %llu records in %llu segments (%llu bytes)", cfg.data_dir,
              (unsigned long long)rep.records, (unsigned long long)rep.segments,
              (unsigned long long)rep.bytes);
-    if (rep.message[0]) log_warn("WAL recovery: %s", rep.message);
+    if (rep.zero_tail) log_info("WAL recovery: %s", rep.message);
+    else if (rep.message[0]) log_warn("WAL recovery: %s", rep.message);
 
     rcp_server *srv = NULL;
     if (rcp_start(e, &cfg, &srv, &err) != STM_OK) {

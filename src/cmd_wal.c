@@ -181,7 +181,7 @@ static int do_dump(const char *data_dir, uint64_t from)
         fprintf(stderr, "stmfs wal dump: %s\n", err.msg);
         status = 1;
     }
-    if (rep.cut_bytes) fprintf(stderr, "stmfs wal dump: note: %s\n", rep.message);
+    if (rep.cut_bytes && !rep.zero_tail) fprintf(stderr, "stmfs wal dump: note: %s\n", rep.message);
     if (fflush(stdout) != 0) status = 1;
     buf_free(&line);
     wal_iter_close(it);

@@ -20,6 +20,13 @@
 #define WAL_INDEX_EVERY (64u * 1024)
 /* Appenders wait while this much is pending and not yet written. */
 #define WAL_PENDING_MAX (64u * 1024 * 1024)
+/* The flusher keeps the live segment zero-filled this far ahead of its
+ * last write. Overwriting blocks that are already allocated and written
+ * lets fdatasync flush the data alone; an append must also commit the new
+ * size and block map through the file system journal. Measured on ext4
+ * here: 1.4-1.8x the group commits per second. Never fallocate: unwritten
+ * extents are converted at the first write, a journal commit again. */
+#define WAL_PREALLOC (1u * 1024 * 1024)
 /* Largest checkpoint payload: the fixed text with 20-digit numbers. */
 #define WAL_CKPT_MAX 192
 
@@ -31,6 +38,7 @@ typedef struct wal_seg {
     int refs;         /* guarded by wal.mu */
     uint64_t size;    /* logical size: appended bytes, written or pending */
     uint64_t written; /* bytes in the file (readable) */
+    uint64_t zeroed;  /* the file holds zeros up to here (flusher only) */
     uint64_t *idx;    /* record starts, at least WAL_INDEX_EVERY apart */
     size_t nidx, idxcap;
     const wal_io *io;

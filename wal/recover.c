@@ -166,6 +166,21 @@ static int rd_record(reader *r, uint64_t pos, rview *v, char *why, size_t whyn, 
 }
 
 /* Position of the first valid record at or after from, or UINT64_MAX. */
+/* Whether every byte from 'from' to the reader's limit is zero. */
+static bool zeros_to_end(reader *r, uint64_t from)
+{
+    int e;
+    for (uint64_t q = from; q < r->limit;) {
+        size_t n = r->limit - q < r->chunk ? (size_t)(r->limit - q) : r->chunk;
+        const unsigned char *p = rd_get(r, q, n, &e);
+        if (!p) return false;
+        for (size_t i = 0; i < n; i++)
+            if (p[i]) return false;
+        q += n;
+    }
+    return true;
+}
+
 static uint64_t find_good(reader *r, uint64_t from)
 {
     char why[160];
@@ -378,6 +393,12 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
     if (bad_seg != SIZE_MAX) {
         wal_seg *s = w->segs[bad_seg];
         uint64_t good = find_good(&r, bad_pos + 1);
+        /* Nothing but zeros to the end of the log is the writer's zero fill
+         * (WAL_PREALLOC) or a file system's, after a crash: no record
+         * started there, so nothing was torn. */
+        bool zero_tail = good == UINT64_MAX && zeros_to_end(&r, bad_pos);
+        for (size_t j = bad_seg + 1; j < w->nsegs; j++)
+            zero_tail &= w->segs[j]->size == 0;
         size_t good_seg = bad_seg;
         for (size_t j = bad_seg + 1; j < w->nsegs && good == UINT64_MAX; j++) {
             rd_init(&r, w->io, w->segs[j]->fd, w->segs[j]->size, SCAN_CHUNK);
@@ -434,6 +455,13 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
                      "bytes from there to the end of the log, kept in files ending in %s",
                      s->path, (unsigned long long)bad_pos, (unsigned long long)bad_off, why,
                      (unsigned long long)cut, side);
+        } else if (zero_tail) {
+            rep->zero_tail = true;
+            snprintf(rep->message, sizeof rep->message,
+                     "%s %llu bytes of zero fill after the last record in %s (byte %llu, offset "
+                     "%llu): space preallocated for the log, no record was lost",
+                     w->read_only ? "ignored" : "removed", (unsigned long long)cut, s->path,
+                     (unsigned long long)bad_pos, (unsigned long long)bad_off);
         } else {
             snprintf(rep->message, sizeof rep->message,
                      "%s torn tail in %s at byte %llu (offset %llu): %s; %llu bytes %s",
@@ -761,7 +789,7 @@ stm_code wal_verify(const char *dir, uint64_t expect_seq, const uint8_t expect_c
     stm_code rc = wal_open(&o, &w, &rec, err);
     if (rc != STM_OK) return rc;
     rep->segments = w->nsegs;
-    rep->torn_bytes = rec.cut_bytes;
+    rep->torn_bytes = rec.zero_tail ? 0 : rec.cut_bytes;
 
     wal_iter *it;
     rc = wal_iter_open_internal(w, 0, true, &it, err);

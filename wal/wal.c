@@ -442,6 +442,7 @@ static void cut_group(wal *w, const wal_chunk *gc, size_t ncs)
             w->io->fdatasync(s->fd);
             s->size = gc[i].pos;
             if (s->written > gc[i].pos) s->written = gc[i].pos;
+            s->zeroed = s->written;
         }
     }
 }
@@ -459,6 +460,40 @@ static bool write_all(const wal_io *io, int fd, const char *p, size_t n, uint64_
         n -= (size_t)k;
         pos += (uint64_t)k;
     }
+    return true;
+}
+
+/* Zero-fills the live segment ahead of the group just written, up to the
+ * segment size (a segment that ends past it by its last record needs
+ * nothing more). The zeros are covered by the group's own fdatasync. */
+static bool preallocate(wal *w, wal_seg *s, uint64_t end, int *e)
+{
+    static const char zeros[64 * 1024];
+    /* Under never nothing waits for an fdatasync: the zeros would only
+     * double what the kernel writes back. */
+    if (w->sync.mode == WAL_SYNC_NEVER) return true;
+    if (end + WAL_PREALLOC / 4 <= s->zeroed || end >= w->segment_size) return true;
+    uint64_t from = end > s->zeroed ? end : s->zeroed;
+    uint64_t to = end + WAL_PREALLOC < w->segment_size ? end + WAL_PREALLOC : w->segment_size;
+    for (uint64_t p = from; p < to; p += sizeof zeros) {
+        size_t n = to - p < sizeof zeros ? (size_t)(to - p) : sizeof zeros;
+        if (!write_all(w->io, s->fd, zeros, n, p, e)) return false;
+    }
+    s->zeroed = to;
+    return true;
+}
+
+/* A segment that stops being the live one loses its zero fill, so every
+ * sealed segment ends at its last record. The caller's fdatasync makes the
+ * new size durable. */
+static bool trim_zeros(wal *w, wal_seg *s, int *e)
+{
+    if (s->zeroed <= s->written) return true;
+    if (w->io->ftruncate(s->fd, (off_t)s->written) != 0) {
+        *e = errno;
+        return false;
+    }
+    s->zeroed = s->written;
     return true;
 }
 
@@ -538,6 +573,10 @@ static void *flusher_main(void *arg)
             if (dirty && dirty != c->seg) {
                 /* Rotation: the old segment must be durable before any
                  * record of the new one can count as durable. */
+                if (!trim_zeros(w, dirty, &e)) {
+                    what = "truncating", path = dirty->path;
+                    break;
+                }
                 if (w->io->fdatasync(dirty->fd) != 0) {
                     what = "fdatasync", path = dirty->path, e = errno;
                     break;
@@ -564,7 +603,8 @@ static void *flusher_main(void *arg)
                     break;
                 }
             }
-            if (!write_all(w->io, c->seg->fd, gb.data + c->off, c->len, c->pos, &e)) {
+            if (!write_all(w->io, c->seg->fd, gb.data + c->off, c->len, c->pos, &e) ||
+                !preallocate(w, c->seg, c->pos + c->len, &e)) {
                 what = "write", path = c->seg->path;
                 break;
             }
@@ -643,6 +683,18 @@ static void *flusher_main(void *arg)
         pthread_mutex_lock(&w->mu);
     }
 out:
+    /* A clean close leaves no zero fill behind: the log ends at its last
+     * record, as a reader of rstmdb's format expects. */
+    if (!w->failed && w->nsegs) {
+        wal_seg *live = w->segs[w->nsegs - 1];
+        int e = 0;
+        if (live->fd >= 0 && live->zeroed > live->written) {
+            if (!trim_zeros(w, live, &e))
+                fail_locked(w, "truncating", live->path, e);
+            else if (w->io->fdatasync(live->fd) != 0)
+                fail_locked(w, "fdatasync", live->path, errno);
+        }
+    }
     if (dirty) wal_seg_unref(w, dirty);
     pthread_mutex_unlock(&w->mu);
     buf_free(&gb);

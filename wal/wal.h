@@ -48,6 +48,12 @@
  *   sync shares the next one instead of splitting into alternating halves.
  *   Rotation always fdatasyncs the old segment before the new one's file is
  *   created (and its directory fsynced), whatever the policy.
+ *   Except under never, the flusher keeps the live segment zero-filled up
+ *   to WAL_PREALLOC (1 MiB) past its last record, so that an fdatasync
+ *   flushes data without a journal commit for the file's size. Rotation and
+ *   a clean close cut the zeros, so only the live segment of a log whose
+ *   writer crashed ends in zeros; recovery removes them as zero fill
+ *   (wal_recovery.zero_tail), not as a torn tail.
  *   Any failed write or fdatasync marks the log failed: waiters and later
  *   appends get WAL_IO_ERROR until the log is reopened (a failed fsync is
  *   never retried and pretended good). The records of the group that failed
@@ -57,7 +63,9 @@
  * RECOVERY (wal_open)
  *   Every segment is scanned and every CRC checked. A torn tail of the last
  *   segment (partial header or payload, zero fill, bad CRC on the very last
- *   record) is cut back to the last good record and reported. A bad record
+ *   record) is cut back to the last good record and reported; a tail of
+ *   nothing but zeros is the writer's preallocation (or a file system's
+ *   zero fill), removed and reported as such, not as damage. A bad record
  *   with good records after it is corruption: wal_open refuses, naming the
  *   segment file and byte position, unless opts.repair, which cuts there and
  *   keeps the cut bytes in "<segment>.cut-<unix time>" beside it (later
@@ -131,6 +139,7 @@ typedef struct {
     uint64_t bytes;             /* bytes of valid records */
     uint64_t cut_bytes;         /* bytes removed from the tail or by repair (0 = clean) */
     uint64_t cut_offset;        /* global offset where the cut was made */
+    bool zero_tail;             /* what was cut held only zeros: preallocation, not damage */
     char message[600];          /* what was cut and why, for the log; "" when clean */
 } wal_recovery;
 
@@ -225,7 +234,7 @@ typedef struct {
     uint64_t head_seq;
     uint64_t head_offset;
     uint8_t head_chain[32];
-    uint64_t torn_bytes;        /* a torn tail is reported, not an error */
+    uint64_t torn_bytes;        /* a torn tail is reported, not an error; zero fill is neither */
 } wal_verify_report;
 stm_code wal_verify(const char *dir, uint64_t expect_seq, const uint8_t expect_chain[32],
                     wal_verify_report *rep, stm_err *err);

@@ -530,6 +530,114 @@ START_TEST(test_zero_tail)
 }
 END_TEST
 
+/* Under every_write the live segment is zero-filled ahead of its last
+ * record; sealed segments and a cleanly closed log end at their last
+ * record; a copy taken while the log was live (what a crash leaves)
+ * recovers every record and reports zero fill, not a torn tail. */
+START_TEST(test_preallocated_tail)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 256u << 10, "every_write");
+    char pl[1024];
+    size_t len;
+    wal_record r = {0};
+    uint64_t n = 0;
+    while (WAL_OFF_SEG(r.offset) < 3) {
+        payload_for(n++, pl, &len);
+        r = append_ok(w, 3, pl, len);
+        wait_ok(w, r.seq);
+    }
+    /* Segments 1 and 2 are sealed: no zeros after their last record. */
+    wal_iter *it;
+    stm_err err = {0};
+    uint64_t end[3] = {0};
+    ck_assert_int_eq(wal_iter_open(w, 0, false, &it, &err), STM_OK);
+    wal_record x;
+    while (wal_iter_next(it, &x, &err) == 1)
+        end[WAL_OFF_SEG(x.offset) - 1] = WAL_OFF_POS(x.offset) + WAL_HEADER_SIZE + x.len;
+    wal_iter_close(it);
+    ck_assert_int_eq(file_size(seg_path(dir, 1)), (off_t)end[0]);
+    ck_assert_int_eq(file_size(seg_path(dir, 2)), (off_t)end[1]);
+    /* The live one is filled to its segment size. */
+    ck_assert_uint_eq(end[2], WAL_OFF_POS(r.offset) + WAL_HEADER_SIZE + r.len);
+    ck_assert_int_eq(file_size(seg_path(dir, 3)), (off_t)(256u << 10));
+
+    copy_dir(dir, path_in("crashed"));
+
+    wal_verify_report vr;
+    ck_assert_msg(wal_verify(path_in("crashed"), 0, NULL, &vr, &err) == STM_OK, "%s", err.msg);
+    ck_assert_uint_eq(vr.torn_bytes, 0);
+    ck_assert_uint_eq(vr.records, n + 2); /* two leading checkpoints */
+
+    /* A clean close: the log ends at its closing checkpoint. */
+    close_wal(w);
+    wal_opts o = {.dir = dir, .segment_size = 256u << 10};
+    wal_recovery rep;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.cut_bytes, 0);
+    ck_assert_str_eq(rep.message, "");
+    uint64_t last_end = 0;
+    ck_assert_int_eq(wal_iter_open(w, 0, false, &it, &err), STM_OK);
+    while (wal_iter_next(it, &x, &err) == 1)
+        last_end = WAL_OFF_POS(x.offset) + WAL_HEADER_SIZE + x.len;
+    wal_iter_close(it);
+    ck_assert_uint_gt(last_end, end[2]);
+    ck_assert_int_eq(file_size(seg_path(dir, 3)), (off_t)last_end);
+    close_wal(w);
+
+    o.dir = path_in("crashed");
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert(rep.zero_tail);
+    ck_assert_uint_eq(rep.cut_bytes, (256u << 10) - end[2]);
+    ck_assert_ptr_nonnull(strstr(rep.message, "zero fill"));
+    ck_assert_int_eq(file_size(seg_path(path_in("crashed"), 3)), (off_t)end[2]);
+    kept k[1];
+    ck_assert_uint_eq(read_all(w, k, 0, false), n + 2);
+    close_wal(w);
+
+    /* A valid record inside the zero fill is damage, not zero fill. */
+    char *other = path_in("wal-never");
+    w = open_wal(other, 64u << 20, "never");
+    payload_for(1, pl, &len);
+    r = append_ok(w, 3, pl, len);
+    close_wal(w);
+    uint64_t rec_len = WAL_HEADER_SIZE + r.len;
+    int fd = open(seg_path(other, 1), O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    char *rec = malloc(rec_len);
+    ck_assert_int_eq(pread(fd, rec, rec_len, (off_t)WAL_OFF_POS(r.offset)), (ssize_t)rec_len);
+    close(fd);
+    char *seg3 = seg_path(path_in("crashed"), 3);
+    truncate_to(seg3, (off_t)end[2] + 8192);
+    fd = open(seg3, O_WRONLY);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, rec, rec_len, (off_t)end[2] + 4096), (ssize_t)rec_len);
+    close(fd);
+    free(rec);
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not a torn tail"));
+}
+END_TEST
+
+/* Under never there is no zero fill: nothing waits for an fdatasync. */
+START_TEST(test_no_prealloc_under_never)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 64u << 20, "never");
+    char pl[1024];
+    size_t len;
+    wal_record r = {0};
+    for (uint64_t i = 0; i < 50; i++) {
+        payload_for(i, pl, &len);
+        r = append_ok(w, 3, pl, len);
+        wait_ok(w, r.seq);
+    }
+    ck_assert_int_eq(file_size(seg_path(dir, 1)),
+                     (off_t)(WAL_OFF_POS(r.offset) + WAL_HEADER_SIZE + r.len));
+    close_wal(w);
+}
+END_TEST
+
 START_TEST(test_bad_crc_last)
 {
     char *dir = path_in("wal");
@@ -1395,6 +1503,8 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_periodic_checkpoint);
     tcase_add_test(t, test_torn_every_byte);
     tcase_add_test(t, test_zero_tail);
+    tcase_add_test(t, test_preallocated_tail);
+    tcase_add_test(t, test_no_prealloc_under_never);
     tcase_add_test(t, test_bad_crc_last);
     tcase_add_test(t, test_corrupt_middle);
     tcase_add_test(t, test_corrupt_earlier_segment);
