@@ -477,7 +477,15 @@ static bool preallocate(wal *w, wal_seg *s, uint64_t end, int *e)
     uint64_t to = end + WAL_PREALLOC < w->segment_size ? end + WAL_PREALLOC : w->segment_size;
     for (uint64_t p = from; p < to; p += sizeof zeros) {
         size_t n = to - p < sizeof zeros ? (size_t)(to - p) : sizeof zeros;
-        if (!write_all(w->io, s->fd, zeros, n, p, e)) return false;
+        if (!write_all(w->io, s->fd, zeros, n, p, e)) {
+            /* A disk too full for the zeros may still take the records:
+             * go on appending. Marking the range zeroed (whatever part of
+             * it landed) stops retries and keeps the trim at rotation and
+             * close. */
+            if (*e != ENOSPC && *e != EDQUOT) return false;
+            *e = 0;
+            break;
+        }
     }
     s->zeroed = to;
     return true;

@@ -1488,6 +1488,47 @@ START_TEST(test_fault_repair_rename)
 END_TEST
 #endif
 
+#ifdef STM_FAULT_INJECTION
+/* A disk with room for the records but not for the zeros written ahead of
+ * them: the records are acknowledged, the log keeps taking writes, and it
+ * still closes to its exact size. */
+START_TEST(test_fault_zero_fill_enospc)
+{
+    char *dir = path_in("wal");
+    wal_fault_reset();
+    wal *w = open_faulty(dir, "every_write", 64u << 20);
+    /* pwrite 1 is the first group's records, 2 the first 64 KiB of zeros. */
+    wal_fault_fail(WAL_FAULT_PWRITE, 2, 1, ENOSPC);
+    char pl[600];
+    memset(pl, 'z', sizeof pl);
+    wal_record r[3];
+    for (int i = 0; i < 3; i++) {
+        r[i] = append_ok(w, 3, pl, sizeof pl);
+        wait_ok(w, r[i].seq);
+    }
+    ck_assert_uint_ge(wal_fault_calls(WAL_FAULT_PWRITE), 2);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert(!st.failed);
+    close_wal(w);
+    wal_fault_reset();
+    wal_opts o = {.dir = dir, .segment_size = 64u << 20};
+    wal_recovery rep;
+    stm_err err;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.cut_bytes, 0);
+    buf b = {0};
+    wal_record x;
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(wal_read_at(w, r[i].offset, &b, &x, &err), STM_OK);
+        ck_assert_uint_eq(x.seq, r[i].seq);
+    }
+    buf_free(&b);
+    close_wal(w);
+}
+END_TEST
+#endif
+
 static Suite *wal_suite(void)
 {
     Suite *s = suite_create("wal");
@@ -1525,6 +1566,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_fault_fsync_eio);
     tcase_add_test(t, test_fault_write_enospc);
     tcase_add_test(t, test_fault_rotation);
+    tcase_add_test(t, test_fault_zero_fill_enospc);
     tcase_add_test(t, test_fault_torn_write);
     tcase_add_test(t, test_fault_repair_rename);
     tcase_add_test(t, test_power_loss_every_write);
