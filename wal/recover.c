@@ -165,7 +165,6 @@ static int rd_record(reader *r, uint64_t pos, rview *v, char *why, size_t whyn, 
     return 1;
 }
 
-/* Position of the first valid record at or after from, or UINT64_MAX. */
 /* Whether every byte from 'from' to the reader's limit is zero. */
 static bool zeros_to_end(reader *r, uint64_t from)
 {
@@ -181,6 +180,7 @@ static bool zeros_to_end(reader *r, uint64_t from)
     return true;
 }
 
+/* Position of the first valid record at or after from, or UINT64_MAX. */
 static uint64_t find_good(reader *r, uint64_t from)
 {
     char why[160];
@@ -392,13 +392,14 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)
 
     if (bad_seg != SIZE_MAX) {
         wal_seg *s = w->segs[bad_seg];
-        uint64_t good = find_good(&r, bad_pos + 1);
         /* Nothing but zeros to the end of the log is the writer's zero fill
          * (WAL_PREALLOC) or a file system's, after a crash: no record
-         * started there, so nothing was torn. */
-        bool zero_tail = good == UINT64_MAX && zeros_to_end(&r, bad_pos);
+         * started there, so nothing was torn. Zeros hold no magic, so a
+         * segment that is all zeros from here needs no resync scan. */
+        bool zero_tail = zeros_to_end(&r, bad_pos);
         for (size_t j = bad_seg + 1; j < w->nsegs; j++)
             zero_tail &= w->segs[j]->size == 0;
+        uint64_t good = zero_tail ? UINT64_MAX : find_good(&r, bad_pos + 1);
         size_t good_seg = bad_seg;
         for (size_t j = bad_seg + 1; j < w->nsegs && good == UINT64_MAX; j++) {
             rd_init(&r, w->io, w->segs[j]->fd, w->segs[j]->size, SCAN_CHUNK);

@@ -62,10 +62,11 @@
  *
  * RECOVERY (wal_open)
  *   Every segment is scanned and every CRC checked. A torn tail of the last
- *   segment (partial header or payload, zero fill, bad CRC on the very last
- *   record) is cut back to the last good record and reported; a tail of
- *   nothing but zeros is the writer's preallocation (or a file system's
- *   zero fill), removed and reported as such, not as damage. A bad record
+ *   segment (partial header or payload, bad CRC on the very last record,
+ *   with or without zeros after it) is cut back to the last good record and
+ *   reported; a tail of nothing but zeros is the writer's preallocation (or
+ *   a file system's zero fill), removed and reported as zero fill
+ *   (zero_tail), not as damage. A bad record
  *   with good records after it is corruption: wal_open refuses, naming the
  *   segment file and byte position, unless opts.repair, which cuts there and
  *   keeps the cut bytes in "<segment>.cut-<unix time>" beside it (later
