@@ -111,6 +111,9 @@ uint64_t eng_acked_seq(eng *e);
  * policy (fsync(2) on the mount, a clean shutdown). */
 stm_code eng_sync(eng *e, stm_err *err);
 stm_code eng_wait(eng *e, uint64_t seq, stm_err *err);
+/* The caller will wait for seq by other means (a listener): have it written
+ * now rather than batched (see wal_kick). eng_wait kicks by itself. */
+void eng_kick(eng *e, uint64_t seq);
 /* fn runs on the WAL flusher thread (no engine lock held) whenever the acked
  * watermark advances; keep it short (write an eventfd, signal a condvar).
  * Returns an id for eng_remove_listener. */

@@ -131,6 +131,7 @@ struct rcp_server {
     bool need_pass;     /* something left to do before sleeping */
     int wake_pending;   /* an eventfd write is on its way (atomic) */
     bool accept_paused; /* out of descriptors: retry on the next tick */
+    uint64_t kick_seq;  /* newest WAL sequence a held response waits for */
     bool wal_failed;    /* responses waiting for the WAL become WAL_IO_ERROR */
 };
 

@@ -70,6 +70,8 @@ void rcp_queue_mark(rcp_conn *c, uint64_t seq, int op, uint64_t t0_ns)
         if (op >= 0) rcp_metrics_observe(c->srv, op, util_mono_ns() - t0_ns);
         return;
     }
+    /* One kick per pass of the loop, not per response (before_sleep) */
+    if (seq > c->srv->kick_seq) c->srv->kick_seq = seq;
     if (c->mark_n == c->mark_cap) {
         size_t ncap = c->mark_cap ? c->mark_cap * 2 : 16;
         rcp_mark *m = xmalloc(ncap * sizeof *m);
@@ -445,6 +447,10 @@ static bool before_sleep(rcp_loop *l, void *arg)
             next = c->next;
             if (c->watches) conn_settle(c);
         }
+    }
+    if (s->kick_seq) {
+        eng_kick(s->e, s->kick_seq);
+        s->kick_seq = 0;
     }
     if (s->stopping && s->n_conns == 0) rcp_loop_stop(l);
     return s->need_pass;

@@ -364,11 +364,20 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
         cur = rotate(w);
         ckpt = false;
     }
+    bool was_empty = w->pend.len == 0;
     if (ckpt) put_checkpoint(w, cur);
     put_record(w, cur, type, payload, len, crc, rec);
-    /* A lingering flusher is woken only once its group is complete: waking
-     * it for every arrival costs a context switch per record. */
-    if (w->pend_records >= w->flusher_want) pthread_cond_signal(&w->work_cv);
+    if (w->lazy) {
+        /* Nobody waits for this record yet: the flusher takes it with the
+         * next waiter, the next timeout or a full batch. The first pending
+         * record wakes it once so that it arms the timeout. */
+        if (was_empty) w->pend_since = util_mono_ns();
+        if (was_empty || w->pend.len >= WAL_LAZY_BYTES) pthread_cond_signal(&w->work_cv);
+    } else if (w->pend_records >= w->flusher_want) {
+        /* A lingering flusher is woken only once its group is complete:
+         * waking it for every arrival costs a context switch per record. */
+        pthread_cond_signal(&w->work_cv);
+    }
     pthread_mutex_unlock(&w->mu);
     return STM_OK;
 }
@@ -527,16 +536,26 @@ static void *flusher_main(void *arg)
     last_listened = w->acked_seq;
     for (;;) {
         for (;;) {
+            uint64_t wake_at = 0;
             if (w->failed) {
                 if (w->stop) goto out;
             } else {
-                if (w->pend.len || w->sync_target > w->synced_seq) break;
+                if (w->sync_target > w->synced_seq) break;
+                if (w->pend.len) {
+                    if (!w->lazy || w->stop || w->pend.len >= WAL_LAZY_BYTES ||
+                        w->want_seq > w->written_seq)
+                        break;
+                    uint64_t due = w->pend_since + WAL_LAZY_NS;
+                    if (mono_ns() >= due) break;
+                    if (!deadline || due < deadline) wake_at = due;
+                }
                 if (deadline && mono_ns() >= deadline) break;
                 if (w->stop) goto out;
             }
-            if (deadline && !w->failed) {
-                struct timespec ts = {(time_t)(deadline / 1000000000u),
-                                      (long)(deadline % 1000000000u)};
+            if (deadline && (!wake_at || deadline < wake_at)) wake_at = deadline;
+            if (wake_at && !w->failed) {
+                struct timespec ts = {(time_t)(wake_at / 1000000000u),
+                                      (long)(wake_at % 1000000000u)};
                 pthread_cond_timedwait(&w->work_cv, &w->mu, &ts);
             } else {
                 pthread_cond_wait(&w->work_cv, &w->mu);
@@ -767,6 +786,8 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
     w->io = opts->io ? opts->io : &wal_posix_io;
     w->segment_size = opts->segment_size;
     w->sync = opts->sync;
+    w->lazy = opts->sync.mode == WAL_SYNC_NEVER ||
+              (opts->sync.mode == WAL_SYNC_EVERY_N && opts->sync.arg > 0);
     w->read_only = opts->read_only;
     pthread_mutex_init(&w->mu, NULL);
     pthread_condattr_t ca;
@@ -851,10 +872,22 @@ stm_code wal_wait(wal *w, uint64_t seq, stm_err *err)
         return stm_fail(err, STM_BAD_REQUEST, "sequence %llu has not been appended (next is %llu)",
                         (unsigned long long)seq, (unsigned long long)next);
     if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return STM_OK;
+    wal_kick(w, seq);
     wait_until(w, &w->acked_seq, seq);
     if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return STM_OK;
     /* failed is set after fail_msg is final, and never cleared. */
     return stm_fail(err, STM_WAL_IO_ERROR, "%s", w->fail_msg);
+}
+
+void wal_kick(wal *w, uint64_t seq)
+{
+    if (!w->lazy || __atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return;
+    pthread_mutex_lock(&w->mu);
+    if (seq > w->want_seq) {
+        w->want_seq = seq;
+        if (w->written_seq < seq) pthread_cond_signal(&w->work_cv);
+    }
+    pthread_mutex_unlock(&w->mu);
 }
 
 void wal_set_listener(wal *w, void (*fn)(void *arg, uint64_t acked_seq, bool failed), void *arg)

@@ -191,6 +191,12 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
 uint64_t wal_acked_seq(wal *w);
 /* Blocks until wal_acked_seq() >= seq. WAL_IO_ERROR if the log failed first. */
 stm_code wal_wait(wal *w, uint64_t seq, stm_err *err);
+/* Someone will wait for seq (without wal_wait: an event loop holding a
+ * response): have it written now. Under never and every_n:N a record that
+ * nobody waits for is written within a millisecond or once 256 KiB are
+ * pending, so that a lone fast writer does not wake the flusher for every
+ * record; wal_wait kicks by itself. Cheap when there is nothing to do. */
+void wal_kick(wal *w, uint64_t seq);
 /* Called by the flusher thread, with no wal lock held, every time the acked
  * watermark advances (and once with the final value when the log fails).
  * Keep it short: it delays the next group. Set before the first append. */

@@ -1087,6 +1087,40 @@ START_TEST(test_policy_never)
 }
 END_TEST
 
+/* Under never nobody has to wait for a record to reach the file: the
+ * flusher batches unwaited records, but never holds them back for long. */
+static bool acked_within(wal *w, uint64_t seq, int ms)
+{
+    for (int i = 0; i < ms && wal_acked_seq(w) < seq; i++)
+        usleep(1000);
+    return wal_acked_seq(w) >= seq;
+}
+
+START_TEST(test_never_unwaited_records_reach_the_file)
+{
+    wal *w = open_wal(path_in("wal"), 64u << 20, "never");
+    wal_record r = {0};
+    for (int i = 0; i < 1000; i++)
+        r = append_ok(w, 3, "{\"k\":1}", 7);
+    ck_assert(acked_within(w, r.seq, 2000));
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.written_seq, 1000);
+    /* what was written is readable at once, before any close */
+    stm_err err;
+    buf p = {0};
+    wal_record got;
+    ck_assert_int_eq(wal_read_at(w, r.offset, &p, &got, &err), STM_OK);
+    ck_assert_uint_eq(got.seq, r.seq);
+    buf_free(&p);
+    /* a kick has one record written without a waiter */
+    r = append_ok(w, 3, "{}", 2);
+    wal_kick(w, r.seq);
+    ck_assert(acked_within(w, r.seq, 2000));
+    close_wal(w);
+}
+END_TEST
+
 START_TEST(test_policy_every_n)
 {
     wal *w = open_wal(path_in("wal"), 64u << 20, "every_n:10");
@@ -1557,6 +1591,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_group_commit);
     tcase_add_test(t, test_policy_every_write);
     tcase_add_test(t, test_policy_never);
+    tcase_add_test(t, test_never_unwaited_records_reach_the_file);
     tcase_add_test(t, test_policy_every_n);
     tcase_add_test(t, test_policy_every_ms);
     tcase_add_test(t, test_backpressure_big_records);
