@@ -175,6 +175,129 @@ void json_write_num(buf *out, double d)
     buf_puts(out, tmp);
 }
 
+/* ---- canonical text without a tree ------------------------------------- */
+
+/* Length of the canonical string token at p (quote to quote), 0 if it is not
+ * one. *plain says whether it has no escape at all (a key compared by bytes
+ * must have none). */
+static size_t canon_string(const char *p, const char *end, bool *plain)
+{
+    const char *q = p + 1;
+    *plain = true;
+    while (q < end) {
+        unsigned char c = (unsigned char)*q;
+        if (c == '"') return (size_t)(q + 1 - p);
+        if (c < 0x20) return 0;
+        if (c != '\\') {
+            q++;
+            continue;
+        }
+        *plain = false;
+        if (q + 1 >= end) return 0;
+        switch (q[1]) {
+        case '"': case '\\': case 'n': case 'r': case 't': case 'b': case 'f': q += 2; continue;
+        case 'u': break;
+        default: return 0;
+        }
+        /* \u00xx, lowercase, only for the control characters that have no
+         * short form, and never NUL (cJSON would cut the string there) */
+        if (end - q < 6 || q[2] != '0' || q[3] != '0' || (q[4] != '0' && q[4] != '1')) return 0;
+        char h = q[5];
+        int v = (q[4] - '0') * 16 + (h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : -100);
+        if (v <= 0 || v == '\n' || v == '\r' || v == '\t' || v == '\b' || v == '\f') return 0;
+        q += 6;
+    }
+    return 0;
+}
+
+/* Integers up to 15 digits survive the trip through a double unchanged;
+ * anything else is left to the slow path. */
+static size_t canon_number(const char *p, const char *end)
+{
+    const char *q = p;
+    if (*q == '-') q++;
+    if (q >= end || *q < '0' || *q > '9') return 0;
+    if (*q == '0') {
+        if (q != p) return 0; /* "-0" is written "0" */
+        q++;
+    } else {
+        const char *d = q;
+        while (q < end && *q >= '0' && *q <= '9') q++;
+        if (q - d > 15) return 0;
+    }
+    if (q < end && (*q == '.' || *q == 'e' || *q == 'E' || (*q >= '0' && *q <= '9'))) return 0;
+    return (size_t)(q - p);
+}
+
+size_t json_canonical_len(const char *p, size_t n)
+{
+    const char *start = p, *end = p + n;
+    /* per open container: 1 = object, 2 = array; and the object's last key */
+    unsigned char kind[JSON_MAX_DEPTH + 1];
+    const char *last_key[JSON_MAX_DEPTH + 1];
+    size_t last_len[JSON_MAX_DEPTH + 1];
+    int depth = 0;
+    for (;;) {
+        /* a value at p */
+        if (p >= end) return 0;
+        size_t len = 0;
+        bool plain;
+        switch (*p) {
+        case '{':
+        case '[':
+            if (depth == JSON_MAX_DEPTH) return 0;
+            kind[++depth] = *p == '{' ? 1 : 2;
+            last_key[depth] = NULL;
+            p++;
+            if (p < end && *p == (kind[depth] == 1 ? '}' : ']')) {
+                p++;
+                depth--;
+                goto after_value;
+            }
+            if (kind[depth] == 1) goto key;
+            continue;
+        case '"': len = canon_string(p, end, &plain); break;
+        case 't': len = end - p >= 4 && !memcmp(p, "true", 4) ? 4 : 0; break;
+        case 'f': len = end - p >= 5 && !memcmp(p, "false", 5) ? 5 : 0; break;
+        case 'n': len = end - p >= 4 && !memcmp(p, "null", 4) ? 4 : 0; break;
+        default: len = canon_number(p, end); break;
+        }
+        if (!len) return 0;
+        p += len;
+    after_value:
+        if (depth == 0) return (size_t)(p - start);
+        if (p >= end) return 0;
+        if (*p == ',') {
+            p++;
+            if (kind[depth] == 2) continue;
+            goto key;
+        }
+        if (*p != (kind[depth] == 1 ? '}' : ']')) return 0;
+        p++;
+        depth--;
+        goto after_value;
+    key:
+        if (p >= end || *p != '"') return 0;
+        len = canon_string(p, end, &plain);
+        if (!len || !plain) return 0;
+        {
+            /* strictly ascending by bytes: sorted, and no duplicates */
+            const char *k = p + 1;
+            size_t kl = len - 2;
+            if (last_key[depth]) {
+                size_t m = kl < last_len[depth] ? kl : last_len[depth];
+                int c = memcmp(last_key[depth], k, m);
+                if (c > 0 || (c == 0 && last_len[depth] >= kl)) return 0;
+            }
+            last_key[depth] = k;
+            last_len[depth] = kl;
+        }
+        p += len;
+        if (p >= end || *p != ':') return 0;
+        p++;
+    }
+}
+
 static int cmp_keys(const void *a, const void *b)
 {
     const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;

@@ -45,6 +45,14 @@ void json_write_num(buf *out, double d);
 /* malloc'd canonical text of v (sorted keys); caller frees. */
 char *json_canonical(const cJSON *v, size_t *len);
 
+/* If the JSON value at the start of [p, p+n) is written exactly as
+ * json_write(sort_keys) would write it back, returns its length; otherwise
+ * (not canonical, not JSON, or merely unusual: fractions, exponents,
+ * integers past 15 digits, escapes in keys, \u0000) returns 0 and the
+ * caller takes the parse-and-rewrite path. Lets text that stmfs wrote be
+ * used as stored without a parse tree; never allocates. */
+size_t json_canonical_len(const char *p, size_t n);
+
 /* True when [s, s+n) is well-formed UTF-8 (no overlongs, no surrogates). */
 bool json_utf8_valid(const char *s, size_t n);
 

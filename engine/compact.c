@@ -112,16 +112,16 @@ static stm_code render_line(eng *e, const hist_entry *h, uint64_t wal_first, buf
 {
     if (h->snap_pos && e->snap_fd >= 0 && h->offset < wal_first)
         return snap_read_line(e, h->snap_pos, h->line_len, out, err);
-    buf payload = {0};
+    buf payload = {0}, store = {0};
     wal_record rec;
+    entry_fields f;
     stm_code rc = wal_read_at(e->w, h->offset, &payload, &rec, err);
-    if (rc == STM_OK) {
-        cJSON *entry = json_parse(payload.data, payload.len, err);
-        if (!entry) rc = STM_WAL_IO_ERROR;
-        else eng_render_history(out, rec.type, entry, rec.offset, rec.seq, h->chain);
-        cJSON_Delete(entry);
-    }
+    if (rc == STM_OK && !entry_scan(payload.data, payload.len, &store, &f))
+        rc = stm_fail(err, STM_WAL_IO_ERROR, "the WAL record at offset %llu is not JSON",
+                      (unsigned long long)h->offset);
+    if (rc == STM_OK) eng_render_history(out, rec.type, &f, rec.offset, rec.seq, h->chain);
     buf_free(&payload);
+    buf_free(&store);
     return rc;
 }
 
@@ -481,14 +481,20 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             cJSON_AddItemToObject(entry, "definition", cJSON_Duplicate(defj, true));
             cJSON_AddNumberToObject(entry, "ts", (double)ts);
             wal_record rec = {.offset = off, .seq = seq, .type = WAL_T_PUT_MACHINE};
+            buf text = {0}, store = {0};
+            entry_fields f;
+            json_write(&text, entry, true);
+            cJSON_Delete(entry);
+            entry_scan(text.data, text.len, &store, &f);
             bool saved = e->replaying;
             e->replaying = true;
             e->dry_run = true; /* no entries accounting, no history: not a live record */
-            eng_apply_record(e, &rec, entry, err);
+            eng_apply_record(e, &rec, &f, err);
             e->dry_run = false;
             e->replaying = saved;
             e->n_undo = 0;
-            cJSON_Delete(entry);
+            buf_free(&text);
+            buf_free(&store);
         } else if (json_get(o, "i")) {
             const char *id = str_or_null(o, "i");
             const char *mname = str_or_null(o, "machine");

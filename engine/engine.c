@@ -322,41 +322,6 @@ static const char *type_name(uint8_t type)
     }
 }
 
-void entry_fields_of(const cJSON *entry, entry_fields *f)
-{
-    memset(f, 0, sizeof *f);
-    if (!cJSON_IsObject(entry)) return;
-    for (const cJSON *c = entry->child; c; c = c->next) {
-        const char *k = c->string;
-        const char *sv = cJSON_IsString(c) ? c->valuestring : NULL;
-        switch (k[0]) {
-        case 'c': if (!strcmp(k, "ctx")) f->ctx = c; break;
-        case 'd': if (!strcmp(k, "definition")) f->definition = c; break;
-        case 'e':
-            if (!strcmp(k, "event")) f->event = sv;
-            else if (!strcmp(k, "event_id")) f->event_id = sv;
-            break;
-        case 'f': if (!strcmp(k, "from_state")) f->from_state = sv; break;
-        case 'g': if (!strcmp(k, "generated_id")) f->generated_id = cJSON_IsTrue(c); break;
-        case 'i':
-            if (!strcmp(k, "instance_id")) f->instance_id = sv;
-            else if (!strcmp(k, "idempotency_key")) f->idempotency_key = sv;
-            else if (!strcmp(k, "initial_state")) f->initial_state = sv;
-            else if (!strcmp(k, "initial_ctx")) f->initial_ctx = c;
-            break;
-        case 'm': if (!strcmp(k, "machine")) f->machine = sv; break;
-        case 'p': if (!strcmp(k, "payload")) f->payload = c; break;
-        case 't':
-            if (!strcmp(k, "to_state")) f->to_state = sv;
-            else if (!strcmp(k, "ts")) f->ts = json_int64(c);
-            else if (!strcmp(k, "txn")) f->txn = c;
-            break;
-        case 'v': if (!strcmp(k, "version")) f->version = c; break;
-        default: break;
-        }
-    }
-}
-
 static void render_history(buf *out, uint8_t type, const entry_fields *f, uint64_t offset,
                            uint64_t seq, const uint8_t chain[32])
 {
@@ -379,7 +344,8 @@ static void render_history(buf *out, uint8_t type, const entry_fields *f, uint64
         buf_puts(out, ",\"to\":");
         json_write_str(out, f->to_state ? f->to_state : "");
         buf_puts(out, ",\"payload\":");
-        json_write(out, f->payload, true);
+        if (f->payload) buf_add(out, f->payload, f->payload_len);
+        else buf_puts(out, "null");
         if (f->event_id) {
             buf_puts(out, ",\"event_id\":");
             json_write_str(out, f->event_id);
@@ -388,7 +354,8 @@ static void render_history(buf *out, uint8_t type, const entry_fields *f, uint64
         buf_puts(out, ",\"to\":");
         json_write_str(out, f->initial_state ? f->initial_state : "");
         buf_puts(out, ",\"ctx\":");
-        json_write(out, f->initial_ctx, true);
+        if (f->initial_ctx) buf_add(out, f->initial_ctx, f->initial_ctx_len);
+        else buf_puts(out, "null");
     }
     if (f->idempotency_key) {
         buf_puts(out, ",\"idempotency_key\":");
@@ -399,12 +366,10 @@ static void render_history(buf *out, uint8_t type, const entry_fields *f, uint64
     buf_puts(out, "\"}\n");
 }
 
-void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t offset,
+void eng_render_history(buf *out, uint8_t type, const entry_fields *f, uint64_t offset,
                         uint64_t seq, const uint8_t chain[32])
 {
-    entry_fields f;
-    entry_fields_of(entry, &f);
-    render_history(out, type, &f, offset, seq, chain);
+    render_history(out, type, f, offset, seq, chain);
 }
 
 void eng_render_entry(buf *out, const char *payload, size_t len, uint64_t offset, uint64_t seq)
@@ -448,12 +413,9 @@ static void hist_push(instance *in, const wal_record *rec, size_t line_len)
     in->hist_bytes += line_len;
 }
 
-static char *canonical_or_null(const cJSON *v)
+static char *text_or_null(const char *text, size_t len)
 {
-    if (!v) return xstrdup("null");
-    /* live writes pass the context they already serialised as a raw node */
-    if (cJSON_IsRaw(v) && v->valuestring) return xstrdup(v->valuestring);
-    return json_canonical(v, NULL);
+    return text ? xstrndup(text, len) : xstrdup("null");
 }
 
 static void entries_account(eng *e, const wal_record *rec)
@@ -472,28 +434,30 @@ static void entries_account(eng *e, const wal_record *rec)
     e->entries_count++;
 }
 
-stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm_err *err)
+stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp, stm_err *err)
 {
     if (!e->dry_run) entries_account(e, rec);
-    entry_fields f;
-    entry_fields_of(entry, &f);
+    const entry_fields f = *fp;
     const char *key = f.idempotency_key;
     int64_t ts = f.ts;
     instance *in = NULL;
     switch (rec->type) {
     case WAL_T_PUT_MACHINE: {
         const char *name = f.machine;
-        uint64_t version;
-        const cJSON *defj = f.definition;
-        if (!name || !json_get_uint(f.version, UINT32_MAX, &version) ||
-            !cJSON_IsObject(defj))
+        uint64_t version = f.version;
+        if (!name || !f.has_version || version > UINT32_MAX || !f.definition ||
+            f.definition[0] != '{')
             break;
         machine *m = machine_find(e, name);
         mversion *have = mversion_find(m, (uint32_t)version);
         if (have && have->d) break;
         def *d = NULL;
         stm_err derr;
-        if (def_parse(defj, &d, &derr) != STM_OK) {
+        cJSON *defj = json_parse_trusted(f.definition, f.definition_len);
+        stm_code drc = defj ? def_parse(defj, &d, &derr)
+                            : stm_fail(&derr, STM_BAD_REQUEST, "the definition is not JSON");
+        cJSON_Delete(defj);
+        if (drc != STM_OK) {
             /* rstmdb skips such records too; a log we wrote never has one */
             log_warn("WAL record at %llu: machine %s v%llu skipped: %s",
                      (unsigned long long)rec->offset, name, (unsigned long long)version,
@@ -508,7 +472,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
         mversion *mv = have ? have : xcalloc(1, sizeof *mv);
         mv->version = (uint32_t)version;
         mv->d = d;
-        mv->submitted = json_canonical(defj, NULL);
+        mv->submitted = xstrndup(f.definition, f.definition_len);
         mv->created_at = ts;
         mv->offset = rec->offset;
         mv->seq = rec->seq;
@@ -521,8 +485,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
         const char *id = f.instance_id;
         const char *name = f.machine;
         const char *st = f.initial_state;
-        uint64_t version = 0;
-        json_get_uint(f.version, UINT32_MAX, &version);
+        uint64_t version = f.has_version && f.version <= UINT32_MAX ? f.version : 0;
         if (!id || !name || !st || inst_find(e, id)) break;
         in = inst_add(e, id);
         if (e->dry_run) undo_new_instance(e, in);
@@ -537,20 +500,18 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
             mversion_insert(in->m, in->mv);
         }
         in->state = intern(e, st);
-        in->ctx = canonical_or_null(f.initial_ctx);
+        in->ctx = text_or_null(f.initial_ctx, f.initial_ctx_len);
         in->created_at = in->updated_at = ts;
         in->last_offset = rec->offset;
         in->last_seq = rec->seq;
         if (key) {
             const char *scope = f.generated_id ? "" : id;
-            buf ctxt = {0};
-            json_write(&ctxt, f.initial_ctx, true);
             char vbuf[16];
             snprintf(vbuf, sizeof vbuf, "%llu", (unsigned long long)version);
             idem_put(e, scope, key, WAL_T_CREATE_INSTANCE,
-                     fingerprint(name, vbuf, buf_cstr(&ctxt), scope[0] ? id : NULL),
+                     fingerprint(name, vbuf, f.initial_ctx ? f.initial_ctx : "null",
+                                 scope[0] ? id : NULL),
                      rec->offset, rec->seq);
-            buf_free(&ctxt);
         }
         break;
     }
@@ -562,7 +523,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
         if (e->dry_run) undo_save_instance(e, in);
         in->state = intern(e, to);
         free(in->ctx);
-        in->ctx = canonical_or_null(f.ctx);
+        in->ctx = text_or_null(f.ctx, f.ctx_len);
         free(in->last_event_id);
         const char *eid = f.event_id;
         in->last_event_id = eid ? xstrdup(eid) : NULL;
@@ -570,11 +531,9 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm
         in->last_seq = rec->seq;
         if (ts) in->updated_at = ts;
         if (key) {
-            buf p = {0};
-            json_write(&p, f.payload, true);
-            idem_put(e, id, key, WAL_T_APPLY_EVENT, fingerprint(f.event, buf_cstr(&p), NULL, NULL),
+            idem_put(e, id, key, WAL_T_APPLY_EVENT,
+                     fingerprint(f.event, f.payload ? f.payload : "null", NULL, NULL),
                      rec->offset, rec->seq);
-            buf_free(&p);
         }
         e->events_since_compact++;
         break;
@@ -720,8 +679,10 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
     wal_iter *it;
     stm_code rc = wal_iter_open(e->w, 0, true, &it, err);
     if (rc != STM_OK) return rc;
-    struct held { wal_record rec; cJSON *entry; char *payload; } *held = NULL;
+    /* Fields point into their store; held records each keep their own. */
+    struct held { wal_record rec; entry_fields f; buf store; char *payload; } *held = NULL;
     size_t n_held = 0, cap_held = 0;
+    buf store = {0};
     wal_record rec;
     int r;
     e->replaying = true;
@@ -734,27 +695,24 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
             entries_account(e, &rec);
             continue;
         }
-        /* CRC-checked bytes of the log: parse without the UTF-8 and duplicate
-         * key passes that untrusted input gets; only a full parse failure
-         * pays for the detailed message */
-        stm_err perr = {0};
-        cJSON *entry = json_parse_trusted(rec.payload, rec.len);
-        if (!entry) json_parse(rec.payload, rec.len, &perr);
-        if (!entry) {
+        entry_fields f;
+        if (!entry_scan(rec.payload, rec.len, &store, &f)) {
+            /* CRC-checked bytes that are not JSON: only this failure pays for
+             * the detailed message */
+            stm_err perr = {0};
+            cJSON_Delete(json_parse(rec.payload, rec.len, &perr));
             rc = stm_fail(err, STM_WAL_IO_ERROR,
                           "WAL record at offset %llu (seq %llu) is not a valid entry: %s",
-                          (unsigned long long)rec.offset, (unsigned long long)rec.seq, perr.msg);
+                          (unsigned long long)rec.offset, (unsigned long long)rec.seq,
+                          perr.msg[0] ? perr.msg : "not JSON");
             goto out;
         }
-        const cJSON *txn = json_get(entry, "txn");
-        uint64_t k = 0;
-        if (json_get_uint(txn, UINT32_MAX, &k) && k > 0) {
+        if (f.has_txn && f.txn > 0 && f.txn <= UINT32_MAX) {
+            uint64_t k = f.txn;
             /* a new batch while one is held: the held one was torn */
-            uint64_t held_k = 0;
-            if (n_held) json_get_uint(json_get(held[n_held - 1].entry, "txn"), UINT32_MAX, &held_k);
-            if (n_held && k >= held_k) {
+            if (n_held && k >= held[n_held - 1].f.txn) {
                 for (size_t i = 0; i < n_held; i++) {
-                    cJSON_Delete(held[i].entry);
+                    buf_free(&held[i].store);
                     free(held[i].payload);
                 }
                 n_held = 0;
@@ -763,15 +721,16 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
                 cap_held = cap_held ? cap_held * 2 : 8;
                 held = xrealloc(held, cap_held * sizeof *held);
             }
-            held[n_held].rec = rec;
-            held[n_held].payload = xstrndup(rec.payload, rec.len);
-            held[n_held].rec.payload = held[n_held].payload;
-            held[n_held].entry = entry;
-            n_held++;
+            struct held *h = &held[n_held++];
+            h->rec = rec;
+            h->payload = xstrndup(rec.payload, rec.len);
+            h->rec.payload = h->payload;
+            h->store = (buf){0};
+            entry_scan(h->payload, rec.len, &h->store, &h->f);
             if (k == 1) {
                 for (size_t i = 0; i < n_held; i++) {
-                    eng_apply_record(e, &held[i].rec, held[i].entry, err);
-                    cJSON_Delete(held[i].entry);
+                    eng_apply_record(e, &held[i].rec, &held[i].f, err);
+                    buf_free(&held[i].store);
                     free(held[i].payload);
                 }
                 n_held = 0;
@@ -782,23 +741,23 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
             log_warn("dropping a torn atomic batch of %zu record(s) before offset %llu", n_held,
                      (unsigned long long)rec.offset);
             for (size_t i = 0; i < n_held; i++) {
-                cJSON_Delete(held[i].entry);
+                buf_free(&held[i].store);
                 free(held[i].payload);
             }
             n_held = 0;
         }
-        eng_apply_record(e, &rec, entry, err);
-        cJSON_Delete(entry);
+        eng_apply_record(e, &rec, &f, err);
     }
     if (r < 0) rc = err ? err->code : STM_WAL_IO_ERROR;
     if (n_held)
         log_warn("dropping a torn atomic batch of %zu record(s) at the end of the log", n_held);
 out:
     for (size_t i = 0; i < n_held; i++) {
-        cJSON_Delete(held[i].entry);
+        buf_free(&held[i].store);
         free(held[i].payload);
     }
     free(held);
+    buf_free(&store);
     wal_iter_close(it);
     e->replaying = false;
     return rc;
@@ -920,6 +879,7 @@ void eng_close(eng *e)
         e->w = NULL;
     }
     if (e->hub) hub_free(e->hub);
+    buf_free(&e->scan_store);
     for (instance *in = e->head->next[0], *next; in; in = next) {
         next = in->next[0];
         free_instance(in);

@@ -40,6 +40,7 @@ struct eng_sub {
     bool has_peek;
     wal_record peek;
     buf peek_payload;
+    buf scan_store;       /* entry_scan's store while catching up */
     eng_sub *next;
 };
 
@@ -103,13 +104,8 @@ static hevent *make_event(const wal_record *rec, const entry_fields *f, const ch
                           uint32_t version, const char *ctx_text, const char *history_line,
                           size_t history_len)
 {
-    buf payload = {0}, ctxb = {0}, entry_line = {0};
-    json_write(&payload, f->payload, true);
-    if (!ctx_text) {
-        const cJSON *c = rec->type == WAL_T_CREATE_INSTANCE ? f->initial_ctx : f->ctx;
-        if (c) json_write(&ctxb, c, true);
-        ctx_text = ctxb.len ? ctxb.data : NULL;
-    }
+    buf entry_line = {0};
+    if (!ctx_text) ctx_text = rec->type == WAL_T_CREATE_INSTANCE ? f->initial_ctx : f->ctx;
     if (rec->payload) eng_render_entry(&entry_line, rec->payload, rec->len, rec->offset, rec->seq);
     struct packer pk = {.n = 0};
     const char *id = f->instance_id;
@@ -121,7 +117,7 @@ static hevent *make_event(const wal_record *rec, const entry_fields *f, const ch
     int i_ev = pack_add(&pk, evn, evn ? strlen(evn) : 0);
     int i_from = pack_add(&pk, from, from ? strlen(from) : 0);
     int i_to = pack_add(&pk, to, to ? strlen(to) : 0);
-    int i_p = pack_add(&pk, payload.data, payload.len);
+    int i_p = pack_add(&pk, f->payload ? f->payload : "null", f->payload ? f->payload_len : 4);
     int i_c = pack_add(&pk, ctx_text, ctx_text ? strlen(ctx_text) : 0);
     int i_eid = pack_add(&pk, eid, eid ? strlen(eid) : 0);
     int i_h = pack_add(&pk, history_line, history_len);
@@ -159,17 +155,13 @@ static hevent *make_event(const wal_record *rec, const entry_fields *f, const ch
     e->event_id = ptr[i_eid];
     e->history_line = ptr[i_h];
     e->entry_line = ptr[i_e];
-    buf_free(&payload);
-    buf_free(&ctxb);
     buf_free(&entry_line);
     return ev;
 }
 
 static uint32_t version_of(const entry_fields *f)
 {
-    uint64_t v = 0;
-    json_get_uint(f->version, UINT32_MAX, &v);
-    return (uint32_t)v;
+    return f->has_version && f->version <= UINT32_MAX ? (uint32_t)f->version : 0;
 }
 
 void hub_publish(hub *h, const wal_record *rec, const entry_fields *f, const instance *in,
@@ -324,6 +316,7 @@ void eng_unsubscribe(eng_sub *s)
     hevent_release(s->held);
     if (s->it) wal_iter_close(s->it);
     buf_free(&s->peek_payload);
+    buf_free(&s->scan_store);
     for (size_t i = 0; i < s->n_strs; i++) free(s->strs[i]);
     free(s->strs);
     free(s);
@@ -355,10 +348,8 @@ static int catch_up(eng_sub *s, eng_event *out)
         }
         if (s->peek.seq > eng_acked_seq(e)) return 0;
         s->has_peek = false;
-        cJSON *entry = json_parse(s->peek.payload, s->peek.len, NULL);
-        if (!entry) continue;
         entry_fields f;
-        entry_fields_of(entry, &f);
+        if (!entry_scan(s->peek.payload, s->peek.len, &s->scan_store, &f)) continue;
         /* machine and version of the instance, as it stands now */
         const char *machine = f.machine;
         uint32_t version = version_of(&f);
@@ -376,7 +367,6 @@ static int catch_up(eng_sub *s, eng_event *out)
         }
         hevent *ev = make_event(&s->peek, &f, machine, version, NULL, NULL, 0);
         free(mcopy);
-        cJSON_Delete(entry);
         s->next_offset = s->peek.offset + 1;
         if (!matches(&s->f, &ev->ev)) {
             hevent_release(ev);

@@ -130,6 +130,7 @@ struct eng {
     int next_listener_id;
 
     hub *hub;
+    buf scan_store;             /* entry_scan's store for live writes (under lock) */
 
     /* atomic batches (atomic.c): a dry run records how to undo each change;
      * the real run marks its records with a countdown */
@@ -153,17 +154,23 @@ struct eng {
 
 #define ENTRY_INDEX_STEP 256
 
-/* The fields of a WAL entry, found in one walk over its members (entries
- * are read field by field on every apply and replay; a lookup per field
- * would compare every key again and again). Pointers borrow from the entry. */
+/* The fields of a WAL entry (entry.c). Strings are decoded and
+ * NUL-terminated; payload, ctx, initial_ctx and definition are canonical
+ * JSON text (json_write with sorted keys), NULL when absent. Everything
+ * points into the store buf given to entry_scan. */
 typedef struct {
     const char *instance_id, *machine, *event, *from_state, *to_state, *initial_state;
     const char *event_id, *idempotency_key;
-    const cJSON *payload, *ctx, *initial_ctx, *definition, *version, *txn;
+    const char *payload, *ctx, *initial_ctx, *definition;
+    size_t payload_len, ctx_len, initial_ctx_len, definition_len;
     int64_t ts;
+    uint64_t version, txn;      /* valid when has_version / has_txn */
+    bool has_version, has_txn;  /* a whole number >= 0 was there */
     bool generated_id;
 } entry_fields;
-void entry_fields_of(const cJSON *entry, entry_fields *f);
+/* Reads an entry's fields from its JSON text. false when the text is not
+ * JSON at all; a JSON value that is not an object gives no fields. */
+bool entry_scan(const char *text, size_t len, buf *store, entry_fields *f);
 
 /* engine.c */
 /* Opens applying only records at offsets <= stop_at. */
@@ -181,11 +188,11 @@ mversion *mversion_find(machine *m, uint32_t version);
 /* Adds mv to m's versions, keeping them ascending. */
 void mversion_insert(machine *m, mversion *mv);
 /* Applies one decoded WAL record to memory (live writes and replay share it). */
-stm_code eng_apply_record(eng *e, const wal_record *rec, const cJSON *entry, stm_err *err);
+stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *f, stm_err *err);
 /* Appends an entry (JSON text) to the WAL and applies it; rec receives where. */
 stm_code eng_write(eng *e, uint8_t type, buf *entry, wal_record *rec, stm_err *err);
 /* Renders the history line of one record of an instance. */
-void eng_render_history(buf *out, uint8_t type, const cJSON *entry, uint64_t offset,
+void eng_render_history(buf *out, uint8_t type, const entry_fields *f, uint64_t offset,
                         uint64_t seq, const uint8_t chain[32]);
 /* Renders the wal/entries line of a record: its payload verbatim (records
  * stmfs writes are canonical JSON; rstmdb's put "type" first) between the

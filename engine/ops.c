@@ -117,7 +117,11 @@ static stm_code commit(eng *e, uint8_t type, cJSON *entry, wal_record *rec, stm_
     if (rc == STM_OK) {
         rec->payload = text.data; /* what was written, for the entries line */
         rec->len = (uint32_t)text.len;
-        rc = eng_apply_record(e, rec, entry, err);
+        /* applied from the bytes written, by the code replay runs: the live
+         * state cannot differ from what a restart rebuilds */
+        entry_fields f;
+        entry_scan(text.data, text.len, &e->scan_store, &f);
+        rc = eng_apply_record(e, rec, &f, err);
     }
     buf_free(&text);
     return rc;

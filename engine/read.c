@@ -221,12 +221,14 @@ stm_code eng_allowed_events(eng *e, const char *id, buf *out, uint64_t *seq, stm
 }
 
 /* Reads one record and renders its line with fn; false when unreadable. */
-static bool read_record(eng *e, uint64_t offset, buf *payload, wal_record *rec, cJSON **entry,
-                        stm_err *err)
+static bool read_record(eng *e, uint64_t offset, buf *payload, wal_record *rec, buf *store,
+                        entry_fields *f, stm_err *err)
 {
     if (wal_read_at(e->w, offset, payload, rec, err) != STM_OK) return false;
-    *entry = json_parse(payload->data, payload->len, err);
-    return *entry != NULL;
+    if (entry_scan(payload->data, payload->len, store, f)) return true;
+    stm_fail(err, STM_WAL_IO_ERROR, "the WAL record at offset %llu is not JSON",
+             (unsigned long long)offset);
+    return false;
 }
 
 stm_code eng_history_read(eng *e, const char *id, uint64_t from, size_t max, buf *out,
@@ -255,7 +257,7 @@ stm_code eng_history_read(eng *e, const char *id, uint64_t from, size_t max, buf
     if (n) rc = eng_wait(e, copy[n - 1].seq, err);
     wal_stats st;
     wal_get_stats(e->w, &st);
-    buf payload = {0}, line = {0};
+    buf payload = {0}, line = {0}, store = {0};
     for (size_t k = 0; k < n && rc == STM_OK; k++) {
         buf_reset(&line);
         if (copy[k].snap_pos && copy[k].offset < st.first_offset) {
@@ -266,13 +268,12 @@ stm_code eng_history_read(eng *e, const char *id, uint64_t from, size_t max, buf
             if (rc != STM_OK) break;
         } else {
             wal_record rec;
-            cJSON *entry = NULL;
-            if (!read_record(e, copy[k].offset, &payload, &rec, &entry, err)) {
+            entry_fields f;
+            if (!read_record(e, copy[k].offset, &payload, &rec, &store, &f, err)) {
                 rc = err ? err->code : STM_WAL_IO_ERROR;
                 break;
             }
-            eng_render_history(&line, rec.type, entry, rec.offset, rec.seq, copy[k].chain);
-            cJSON_Delete(entry);
+            eng_render_history(&line, rec.type, &f, rec.offset, rec.seq, copy[k].chain);
         }
         /* the part of this line inside [from, from+max) */
         uint64_t lstart = pos, lend = pos + line.len;
@@ -283,6 +284,7 @@ stm_code eng_history_read(eng *e, const char *id, uint64_t from, size_t max, buf
     }
     buf_free(&payload);
     buf_free(&line);
+    buf_free(&store);
     free(copy);
     return rc;
 }

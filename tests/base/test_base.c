@@ -125,6 +125,89 @@ START_TEST(test_json_canonical)
 }
 END_TEST
 
+/* json_canonical_len may say "not canonical" too often (the slow path then
+ * rewrites the text), but never "canonical" for text that the parse-and-write
+ * path would change: stored bytes would then differ between the two paths. */
+static bool rewrites_to_itself(const char *t, size_t n)
+{
+    cJSON *v = json_parse_trusted(t, n);
+    if (!v) return false;
+    buf b = {0};
+    json_write(&b, v, true);
+    bool same = b.len == n && memcmp(b.data, t, n) == 0;
+    buf_free(&b);
+    cJSON_Delete(v);
+    return same;
+}
+
+START_TEST(test_json_canonical_len)
+{
+    static const char *yes[] = {
+        "{}", "[]", "0", "-1", "123456789012345", "true", "false", "null", "\"\"",
+        "\"a\\\"b\\\\c\\n\\u001f\\u0001\"", "{\"a\":1,\"b\":[1,{\"c\":null}],\"ba\":\"x\"}",
+        "{\"\":0,\"a\":{},\"ab\":[]}", "\"caf\xc3\xa9 /\"", "[[[[]]]]",
+    };
+    static const char *no[] = {
+        "{\"b\":1,\"a\":2}", "{\"a\":1,\"a\":2}", "{ }", "[1, 2]", "1.5", "1e5", "-0", "01",
+        "1234567890123456", "\"\\/\"", "\"\\u0000\"", "\"\\u001F\"", "\"\\u000a\"",
+        "\"\\u0041\"", "{\"a\\n\":1}", "\"\x01\"", "{\"a\":1", "[1,]", "{\"a\"1}", "tru", "",
+        "nul", "[1}", "{\"a\":1]",
+    };
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) {
+        size_t n = strlen(yes[i]);
+        ck_assert_msg(json_canonical_len(yes[i], n) == n, "%s", yes[i]);
+        ck_assert_msg(rewrites_to_itself(yes[i], n), "%s", yes[i]);
+        /* the length of the value alone, with text after it */
+        char *t = malloc(n + 3);
+        memcpy(t, yes[i], n);
+        memcpy(t + n, ",x", 3);
+        ck_assert_uint_eq(json_canonical_len(t, n + 2), n);
+        free(t);
+    }
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+        ck_assert_msg(json_canonical_len(no[i], strlen(no[i])) != strlen(no[i]) ||
+                          !strlen(no[i]),
+                      "%s", no[i]);
+    /* deep nesting stops at JSON_MAX_DEPTH instead of overflowing */
+    char deep[2 * (JSON_MAX_DEPTH + 8) + 1];
+    for (int i = 0; i < JSON_MAX_DEPTH + 8; i++) {
+        deep[i] = '[';
+        deep[2 * (JSON_MAX_DEPTH + 8) - 1 - i] = ']';
+    }
+    ck_assert_uint_eq(json_canonical_len(deep, 2 * (JSON_MAX_DEPTH + 8)), 0);
+    /* random mutations of canonical text: whatever is accepted rewrites to itself */
+    const char *seed = "{\"a\":[1,-2,{\"b\":\"x\\ty\"}],\"c\":{\"d\":true,\"e\":null},\"f\":\"\\u0002\"}";
+    size_t sn = strlen(seed);
+    static const char alphabet[] = "{}[]\":,-0159.eEtrufalsn\\/ bacdu\x01\xc3";
+    unsigned r = 12345;
+    int accepted = 0;
+    for (int round = 0; round < 200000; round++) {
+        char t[128];
+        memcpy(t, seed, sn);
+        size_t n = sn;
+        int edits = 1 + (int)((r = r * 1103515245u + 12345u) >> 16) % 3;
+        for (int k = 0; k < edits; k++) {
+            r = r * 1103515245u + 12345u;
+            size_t at = (r >> 16) % n;
+            r = r * 1103515245u + 12345u;
+            char c = alphabet[(r >> 16) % (sizeof alphabet - 1)];
+            r = r * 1103515245u + 12345u;
+            switch ((r >> 16) % 3) {
+            case 0: t[at] = c; break;
+            case 1: if (n > 1) { memmove(t + at, t + at + 1, n - at - 1); n--; } break;
+            default: if (n < sizeof t - 1) { memmove(t + at + 1, t + at, n - at); t[at] = c; n++; } break;
+            }
+        }
+        size_t len = json_canonical_len(t, n);
+        if (len) {
+            accepted++;
+            ck_assert_msg(rewrites_to_itself(t, len), "accepted non-canonical %.*s", (int)len, t);
+        }
+    }
+    ck_assert_int_gt(accepted, 1000);
+}
+END_TEST
+
 START_TEST(test_json_rejects)
 {
     stm_err err;
@@ -159,6 +242,7 @@ int main(void)
     tcase_add_test(t, test_buf);
     tcase_add_test(t, test_json_canonical);
     tcase_add_test(t, test_json_rejects);
+    tcase_add_test(t, test_json_canonical_len);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
