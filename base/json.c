@@ -298,6 +298,86 @@ size_t json_canonical_len(const char *p, size_t n)
     }
 }
 
+typedef struct {
+    const char *p, *end;
+    const char *k, *v; /* current member: key without quotes, value */
+    size_t kn, vn;
+    bool done;
+} member_iter;
+
+/* Moves to the next member of a canonical object; false on malformed text. */
+static bool member_next(member_iter *it)
+{
+    const char *p = it->p;
+    if (p >= it->end) return false;
+    if (*p == '}') {
+        it->done = true;
+        return p + 1 == it->end;
+    }
+    if (*p == ',') p++;
+    if (p >= it->end || *p != '"') return false;
+    it->k = ++p;
+    const char *q = memchr(p, '"', (size_t)(it->end - p));
+    if (!q || q + 1 >= it->end || q[1] != ':') return false;
+    it->kn = (size_t)(q - p);
+    it->v = q + 2;
+    it->vn = json_canonical_len(it->v, (size_t)(it->end - it->v));
+    if (!it->vn) return false;
+    it->p = it->v + it->vn;
+    return it->p < it->end && (*it->p == ',' || *it->p == '}');
+}
+
+static bool member_start(member_iter *it, const char *t, size_t n)
+{
+    *it = (member_iter){.p = t + 1, .end = t + n};
+    if (n < 2 || t[0] != '{' || memchr(t, '\\', n)) return false;
+    return member_next(it);
+}
+
+static void member_put(buf *out, const member_iter *it, bool *first)
+{
+    if (!*first) buf_putc(out, ',');
+    *first = false;
+    buf_putc(out, '"');
+    buf_add(out, it->k, it->kn);
+    buf_add(out, "\":", 2);
+    buf_add(out, it->v, it->vn);
+}
+
+bool json_merge_canonical(buf *out, const char *a, size_t an, const char *b, size_t bn)
+{
+    member_iter x, y;
+    if (json_canonical_len(a, an) != an || json_canonical_len(b, bn) != bn) return false;
+    if (!member_start(&x, a, an) || !member_start(&y, b, bn)) return false;
+    size_t mark = out->len;
+    bool first = true;
+    buf_reserve(out, an + bn);
+    buf_putc(out, '{');
+    while (!x.done || !y.done) {
+        int c;
+        if (x.done) c = 1;
+        else if (y.done) c = -1;
+        else {
+            size_t m = x.kn < y.kn ? x.kn : y.kn;
+            c = memcmp(x.k, y.k, m);
+            if (c == 0) c = x.kn < y.kn ? -1 : x.kn > y.kn;
+        }
+        if (c < 0) {
+            member_put(out, &x, &first);
+        } else {
+            member_put(out, &y, &first);
+            if (!member_next(&y)) goto bad;
+        }
+        if (c <= 0 && !member_next(&x)) goto bad;
+    }
+    buf_putc(out, '}');
+    return true;
+bad:
+    out->len = mark;
+    out->data[mark] = 0;
+    return false;
+}
+
 static int cmp_keys(const void *a, const void *b)
 {
     const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;

@@ -53,6 +53,13 @@ char *json_canonical(const cJSON *v, size_t *len);
  * used as stored without a parse tree; never allocates. */
 size_t json_canonical_len(const char *p, size_t n);
 
+/* The shallow merge of two canonical objects, as canonical text: b's members
+ * replace or join a's. Appends to out and returns true; returns false (out
+ * unchanged) when either is not a canonical object or holds a backslash
+ * anywhere (escaped keys sort differently as text), for the caller's
+ * tree path. */
+bool json_merge_canonical(buf *out, const char *a, size_t an, const char *b, size_t bn);
+
 /* True when [s, s+n) is well-formed UTF-8 (no overlongs, no surrogates). */
 bool json_utf8_valid(const char *s, size_t n);
 

@@ -549,6 +549,14 @@ cJSON *def_normalised(const def *d)
     return cJSON_Duplicate(d->norm, true);
 }
 
+bool def_find_reads_ctx(const def *d, const char *state, const char *event)
+{
+    const dpair *p = state && event ? find_pair(d, state, event) : NULL;
+    for (uint32_t k = p ? p->head : NIL; k != NIL; k = d->tr_next[k])
+        if (d->tr[k].guard && guard_reads_ctx(d->tr[k].guard)) return true;
+    return false;
+}
+
 const def_transition *def_find(const def *d, const char *state, const char *event, const cJSON *ctx,
                                const cJSON *payload, stm_code *why, const def_transition **failed)
 {

@@ -522,11 +522,17 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         if (!in || !to) break;
         if (e->dry_run) undo_save_instance(e, in);
         in->state = intern(e, to);
-        free(in->ctx);
-        in->ctx = text_or_null(f.ctx, f.ctx_len);
-        free(in->last_event_id);
+        /* in place: most events leave the context about as long as it was */
+        const char *ctx = f.ctx ? f.ctx : "null";
+        size_t ctx_len = f.ctx ? f.ctx_len : 4;
+        in->ctx = xrealloc(in->ctx, ctx_len + 1);
+        memcpy(in->ctx, ctx, ctx_len);
+        in->ctx[ctx_len] = 0;
         const char *eid = f.event_id;
-        in->last_event_id = eid ? xstrdup(eid) : NULL;
+        if (!eid || !in->last_event_id || strcmp(eid, in->last_event_id) != 0) {
+            free(in->last_event_id);
+            in->last_event_id = eid ? xstrdup(eid) : NULL;
+        }
         in->last_offset = rec->offset;
         in->last_seq = rec->seq;
         if (ts) in->updated_at = ts;
@@ -560,13 +566,13 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
     if (e->dry_run) return STM_OK;
     e->applied_offset = rec->offset;
     e->applied_seq = rec->seq;
-    buf line = {0};
+    buf *line = &e->line_buf;
+    buf_reset(line);
     if (in) {
-        render_history(&line, rec->type, &f, rec->offset, rec->seq, rec->chain);
-        hist_push(in, rec, line.len);
+        render_history(line, rec->type, &f, rec->offset, rec->seq, rec->chain);
+        hist_push(in, rec, line->len);
     }
-    if (e->hub) hub_publish(e->hub, rec, &f, in, line.data, line.len);
-    buf_free(&line);
+    if (e->hub) hub_publish(e->hub, rec, &f, in, in ? line->data : NULL, in ? line->len : 0);
     (void)err;
     return STM_OK;
 }
@@ -880,6 +886,7 @@ void eng_close(eng *e)
     }
     if (e->hub) hub_free(e->hub);
     buf_free(&e->scan_store);
+    buf_free(&e->line_buf);
     for (instance *in = e->head->next[0], *next; in; in = next) {
         next = in->next[0];
         free_instance(in);

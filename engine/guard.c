@@ -61,6 +61,7 @@ struct guard {
     uint32_t root;
     char *pool;
     unsigned depth; /* deepest nesting of '!' and parentheses */
+    bool reads_ctx; /* some path starts at ctx */
 };
 
 /* ---- parser ---- */
@@ -452,7 +453,19 @@ guard *guard_compile(const char *src, size_t len, stm_err *err)
     g->root = root;
     g->pool = buf_detach(&p.pool, NULL);
     g->depth = (unsigned)p.deepest;
+    g->reads_ctx = false;
+    for (size_t i = 0; i < p.n; i++) {
+        const gnode *nd = &g->nodes[i];
+        if ((nd->kind == N_TRUTHY || nd->kind == N_CMP) &&
+            (nd->left.root == ROOT_CTX || (nd->rkind == R_PATH && nd->right.path.root == ROOT_CTX)))
+            g->reads_ctx = true;
+    }
     return g;
+}
+
+bool guard_reads_ctx(const guard *g)
+{
+    return g->reads_ctx;
 }
 
 unsigned guard_depth(const guard *g)

@@ -36,6 +36,9 @@ typedef struct guard guard;
 guard *guard_compile(const char *src, size_t len, stm_err *err);
 /* Evaluates against ctx and payload (either may be NULL = null). Pure. */
 bool guard_eval(const guard *g, const cJSON *ctx, const cJSON *payload);
+/* Whether any path in it reads ctx: if not, guard_eval ignores ctx, and a
+ * caller may pass NULL instead of parsing the context. */
+bool guard_reads_ctx(const guard *g);
 /* The source text as given. */
 const char *guard_source(const guard *g);
 /* How deeply '!' and parentheses nest in it (0 for `ctx.a == 1`). */

@@ -10,6 +10,12 @@
  * skipped. A subscription with from_offset first reads the WAL from there
  * and switches to the ring at the first offset the ring holds, so the
  * catch-up and the live stream meet with no gap and no duplicate.
+ *
+ * With nobody subscribed nothing is published and the ring is emptied:
+ * building events that no one reads cost a writer a tenth of its time.
+ * The ring therefore holds every record since the first current
+ * subscription began, and a subscription that starts at an older offset
+ * catches up from the WAL at least up to the point where it began.
  */
 #include "engine/internal.h"
 
@@ -41,6 +47,8 @@ struct eng_sub {
     wal_record peek;
     buf peek_payload;
     buf scan_store;       /* entry_scan's store while catching up */
+    uint64_t catch_until; /* catch-up reads the WAL at least up to here: the
+                             records appended before the subscription began */
     eng_sub *next;
 };
 
@@ -167,6 +175,20 @@ static uint32_t version_of(const entry_fields *f)
 void hub_publish(hub *h, const wal_record *rec, const entry_fields *f, const instance *in,
                  const char *history_line, size_t history_len)
 {
+    /* Subscribers come and go under e->lock, which the caller holds; one
+     * leaving at this moment costs one unread event, no more. */
+    if (__atomic_load_n(&h->n_subs, __ATOMIC_ACQUIRE) == 0) {
+        if (h->next > h->first) {
+            pthread_mutex_lock(&h->lock);
+            for (; h->first < h->next; h->first++) {
+                hevent_release(h->ring[h->first % RING_EVENTS]);
+                h->ring[h->first % RING_EVENTS] = NULL;
+            }
+            h->bytes = 0;
+            pthread_mutex_unlock(&h->lock);
+        }
+        return;
+    }
     const char *machine = in ? in->m->name : f->machine;
     uint32_t version = in ? in->mv->version : version_of(f);
     hevent *ev = make_event(rec, f, machine, version, in ? in->ctx : NULL, history_line,
@@ -264,6 +286,8 @@ stm_code eng_subscribe(eng *e, const eng_filter *f, void (*wake)(void *), void *
     s->f.events = copy_list(s, f->events, f->n_events);
     s->wake = wake;
     s->wake_arg = arg;
+    /* No record is being applied (and published, or not) while it starts. */
+    pthread_mutex_lock(&e->lock);
     pthread_mutex_lock(&h->lock);
     s->cursor = h->next;
     /* Where this subscription starts, should it ever need to resume from the
@@ -284,17 +308,25 @@ stm_code eng_subscribe(eng *e, const eng_filter *f, void (*wake)(void *), void *
             stm_code rc = wal_iter_open(e->w, f->from_offset, false, &s->it, err);
             if (rc != STM_OK) {
                 pthread_mutex_unlock(&h->lock);
+                pthread_mutex_unlock(&e->lock);
                 s->h = NULL;
                 eng_unsubscribe(s);
                 return rc;
             }
+            /* The records before this point may not be in the ring (nobody
+             * was subscribed) nor yet in the file (the flusher batches). */
+            wal_stats st;
+            wal_get_stats(e->w, &st);
+            s->catch_until = st.latest_offset;
+            eng_kick(e, st.entry_count);
         }
         s->next_offset = f->from_offset;
     }
     s->next = h->subs;
     h->subs = s;
-    h->n_subs++;
+    __atomic_add_fetch(&h->n_subs, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&h->lock);
+    pthread_mutex_unlock(&e->lock);
     *out = s;
     return STM_OK;
 }
@@ -308,7 +340,7 @@ void eng_unsubscribe(eng_sub *s)
         for (eng_sub **p = &h->subs; *p; p = &(*p)->next)
             if (*p == s) {
                 *p = s->next;
-                h->n_subs--;
+                __atomic_sub_fetch(&h->n_subs, 1, __ATOMIC_RELEASE);
                 break;
             }
         pthread_mutex_unlock(&h->lock);
@@ -332,6 +364,9 @@ static int catch_up(eng_sub *s, eng_event *out)
         if (!s->has_peek) {
             stm_err err;
             int r = wal_iter_next(s->it, &s->peek, &err);
+            /* the end of what is written so far, short of where the ring
+             * takes over: the rest is on its way to the file */
+            if (r == 0 && s->next_offset < s->catch_until) return 0;
             if (r <= 0) return 2;
             buf_reset(&s->peek_payload);
             buf_add(&s->peek_payload, s->peek.payload, s->peek.len);
@@ -348,6 +383,7 @@ static int catch_up(eng_sub *s, eng_event *out)
         }
         if (s->peek.seq > eng_acked_seq(e)) return 0;
         s->has_peek = false;
+        s->next_offset = s->peek.offset + 1;
         entry_fields f;
         if (!entry_scan(s->peek.payload, s->peek.len, &s->scan_store, &f)) continue;
         /* machine and version of the instance, as it stands now */

@@ -131,6 +131,7 @@ struct eng {
 
     hub *hub;
     buf scan_store;             /* entry_scan's store for live writes (under lock) */
+    buf line_buf;               /* eng_apply_record's history line (under lock) */
 
     /* atomic batches (atomic.c): a dry run records how to undo each change;
      * the real run marks its records with a countdown */

@@ -104,6 +104,35 @@ static void add_u64(cJSON *o, const char *k, uint64_t v)
     cJSON_AddItemToObject(o, k, cJSON_CreateNumber((double)v));
 }
 
+/* Appends what commit_text stamps on every entry: its time and, inside an
+ * atomic batch, the countdown that marks the batch's records. The keys sort
+ * just before "type", the last key of every entry. */
+static void stamp(eng *e, buf *text)
+{
+    buf_puts(text, ",\"ts\":");
+    json_write_num(text, (double)util_now_ms());
+    if (e->txn_total) {
+        buf_puts(text, ",\"txn\":");
+        json_write_num(text, (double)(e->txn_total - e->txn_written++));
+    }
+}
+
+/* Appends an entry's canonical text and applies it. */
+static stm_code commit_text(eng *e, uint8_t type, buf *text, wal_record *rec, stm_err *err)
+{
+    stm_code rc = eng_write(e, type, text, rec, err);
+    if (rc == STM_OK) {
+        rec->payload = text->data; /* what was written, for the entries line */
+        rec->len = (uint32_t)text->len;
+        /* applied from the bytes written, by the code replay runs: the live
+         * state cannot differ from what a restart rebuilds */
+        entry_fields f;
+        entry_scan(text->data, text->len, &e->scan_store, &f);
+        rc = eng_apply_record(e, rec, &f, err);
+    }
+    return rc;
+}
+
 /* The entry's canonical text, appended and applied. */
 static stm_code commit(eng *e, uint8_t type, cJSON *entry, wal_record *rec, stm_err *err)
 {
@@ -113,16 +142,7 @@ static stm_code commit(eng *e, uint8_t type, cJSON *entry, wal_record *rec, stm_
                               cJSON_CreateNumber((double)(e->txn_total - e->txn_written++)));
     buf text = {0};
     json_write(&text, entry, true);
-    stm_code rc = eng_write(e, type, &text, rec, err);
-    if (rc == STM_OK) {
-        rec->payload = text.data; /* what was written, for the entries line */
-        rec->len = (uint32_t)text.len;
-        /* applied from the bytes written, by the code replay runs: the live
-         * state cannot differ from what a restart rebuilds */
-        entry_fields f;
-        entry_scan(text.data, text.len, &e->scan_store, &f);
-        rc = eng_apply_record(e, rec, &f, err);
-    }
+    stm_code rc = commit_text(e, type, &text, rec, err);
     buf_free(&text);
     return rc;
 }
@@ -623,8 +643,12 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     if (!in->mv->d)
         return stm_fail(err, STM_MACHINE_NOT_FOUND, "machine version not found: %s v%u",
                         in->m->name, in->mv->version);
-    cJSON *ctx = json_parse_trusted(in->ctx, strlen(in->ctx));
-    if (!ctx)
+    /* The context is parsed only for a guard that reads it; the merge and
+     * the entry are written as text. */
+    size_t ctx_len = strlen(in->ctx);
+    cJSON *ctx = NULL;
+    if (def_find_reads_ctx(in->mv->d, in->state, event) &&
+        !(ctx = json_parse_trusted(in->ctx, ctx_len)))
         return stm_fail(err, STM_INTERNAL_ERROR, "stored context of %s is not JSON", id);
     stm_code why = STM_OK;
     const def_transition *failed = NULL;
@@ -640,56 +664,77 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
         return stm_fail(err, STM_INVALID_TRANSITION,
                         "invalid transition: cannot apply '%s' in state '%s'", event, in->state);
     }
+    buf ptext = {0}, ctext = {0};
+    json_write(&ptext, payload, true);
     /* Shallow merge: top-level payload keys replace or add (reference §6). */
-    if (cJSON_IsObject(ctx) && payload)
+    if (!payload || in->ctx[0] != '{') {
+        buf_add(&ctext, in->ctx, ctx_len);
+    } else if (!json_merge_canonical(&ctext, in->ctx, ctx_len, ptext.data, ptext.len)) {
+        /* escaped keys: the tree does it */
+        if (!ctx && !(ctx = json_parse_trusted(in->ctx, ctx_len))) {
+            buf_free(&ptext);
+            return stm_fail(err, STM_INTERNAL_ERROR, "stored context of %s is not JSON", id);
+        }
         for (const cJSON *c = payload->child; c; c = c->next) {
             cJSON *dup = cJSON_Duplicate(c, true);
             if (json_get(ctx, c->string)) cJSON_ReplaceItemInObjectCaseSensitive(ctx, c->string, dup);
             else cJSON_AddItemToObject(ctx, c->string, dup);
         }
-    const char *from = t->from, *to = t->to;
-    cJSON *entry = cJSON_CreateObject();
-    cJSON_AddStringToObject(entry, "type", "apply_event");
-    cJSON_AddStringToObject(entry, "instance_id", id);
-    cJSON_AddStringToObject(entry, "event", event);
-    cJSON_AddStringToObject(entry, "from_state", from);
-    cJSON_AddStringToObject(entry, "to_state", to);
-    /* Serialise ctx and payload once; the entry and everything derived from
-     * it (stored ctx, history line, events) copy the text. */
-    buf text = {0};
-    json_write(&text, payload, true);
+        json_write(&ctext, ctx, true);
+    }
+    cJSON_Delete(ctx);
     const eng_limits *lim = &e->opts.limits;
     const char *over = NULL, *key_name = NULL;
     uint64_t max = 0;
     size_t n = 0;
-    if (lim->max_payload_bytes && text.len > lim->max_payload_bytes)
+    if (lim->max_payload_bytes && ptext.len > lim->max_payload_bytes)
         over = "the payload", key_name = "max_payload_bytes", max = lim->max_payload_bytes,
-        n = text.len;
-    cJSON_AddItemToObject(entry, "payload", raw(buf_cstr(&text)));
-    buf_reset(&text);
-    json_write(&text, ctx, true);
-    cJSON_Delete(ctx);
-    if (!over && lim->max_ctx_bytes && text.len > lim->max_ctx_bytes)
+        n = ptext.len;
+    else if (lim->max_ctx_bytes && ctext.len > lim->max_ctx_bytes)
         over = "the merged context", key_name = "max_ctx_bytes", max = lim->max_ctx_bytes,
-        n = text.len;
+        n = ctext.len;
     if (over) {
         /* the guard and merge ran on it already: cheap next to an fsync,
          * and the context's size is only known after the merge */
-        buf_free(&text);
-        cJSON_Delete(entry);
+        buf_free(&ptext);
+        buf_free(&ctext);
         return stm_fail(err, STM_BAD_REQUEST,
                         "invalid request: %s would be %zu bytes as compact JSON, over "
                         "limits.%s (%llu)",
                         over, n, key_name, (unsigned long long)max);
     }
-    cJSON_AddItemToObject(entry, "ctx", raw(buf_cstr(&text)));
-    buf_free(&text);
-    if (event_id) cJSON_AddStringToObject(entry, "event_id", event_id);
-    if (key) cJSON_AddStringToObject(entry, "idempotency_key", key);
+    /* The entry in canonical key order, as json_write would sort it. */
+    const char *from = t->from, *to = t->to;
+    buf text = {0};
+    buf_reserve(&text, ctext.len + ptext.len + strlen(id) + 256);
+    buf_puts(&text, "{\"ctx\":");
+    buf_add(&text, ctext.data, ctext.len);
+    buf_puts(&text, ",\"event\":");
+    json_write_str(&text, event);
+    if (event_id) {
+        buf_puts(&text, ",\"event_id\":");
+        json_write_str(&text, event_id);
+    }
+    buf_puts(&text, ",\"from_state\":");
+    json_write_str(&text, from);
+    if (key) {
+        buf_puts(&text, ",\"idempotency_key\":");
+        json_write_str(&text, key);
+    }
+    buf_puts(&text, ",\"instance_id\":");
+    json_write_str(&text, id);
+    buf_puts(&text, ",\"payload\":");
+    buf_add(&text, ptext.data, ptext.len);
+    buf_puts(&text, ",\"to_state\":");
+    json_write_str(&text, to);
+    stamp(e, &text);
+    buf_puts(&text, ",\"type\":\"apply_event\"}");
+    buf_free(&ptext);
+    buf_free(&ctext);
     char *from_copy = xstrdup(from), *to_copy = xstrdup(to);
     wal_record rec;
-    stm_code rc = commit(e, WAL_T_APPLY_EVENT, entry, &rec, err);
-    cJSON_Delete(entry);
+    stm_code rc = commit_text(e, WAL_T_APPLY_EVENT, &text, &rec, err);
+    buf_free(&text);
     if (rc == STM_OK) {
         *res = apply_result(true, in->ctx, NULL, event_id, from_copy, to_copy, rec.offset);
         *seq = rec.seq;

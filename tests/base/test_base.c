@@ -208,6 +208,46 @@ START_TEST(test_json_canonical_len)
 }
 END_TEST
 
+/* The text merge must give what the tree merge it replaces gives. */
+START_TEST(test_json_merge_canonical)
+{
+    static const char *objs[] = {
+        "{}", "{\"a\":1}", "{\"b\":[1,2],\"c\":{\"x\":null}}", "{\"a\":\"z\",\"aa\":true}",
+        "{\"\":0,\"zz\":-5}", "{\"a\":{\"a\":1},\"c\":2,\"d\":3}", "{\"ab\":1,\"b\":2}",
+    };
+    size_t n = sizeof objs / sizeof *objs;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++) {
+            cJSON *a = cJSON_Parse(objs[i]), *b = cJSON_Parse(objs[j]);
+            for (const cJSON *c = b->child; c; c = c->next) {
+                cJSON *dup = cJSON_Duplicate(c, true);
+                if (json_get(a, c->string)) cJSON_ReplaceItemInObjectCaseSensitive(a, c->string, dup);
+                else cJSON_AddItemToObject(a, c->string, dup);
+            }
+            buf want = {0}, got = {0};
+            json_write(&want, a, true);
+            buf_puts(&got, "x");
+            ck_assert(json_merge_canonical(&got, objs[i], strlen(objs[i]), objs[j], strlen(objs[j])));
+            ck_assert_str_eq(got.data + 1, want.data);
+            buf_free(&want);
+            buf_free(&got);
+            cJSON_Delete(a);
+            cJSON_Delete(b);
+        }
+    /* anything it cannot vouch for is left to the caller, out untouched */
+    static const char *refused[] = {"[]", "null", "{\"b\":1,\"a\":2}", "{\"a\\n\":1}",
+                                    "{\"a\":\"\\t\"}", "{ }", "{\"a\":1.5}"};
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        buf out = {0};
+        buf_puts(&out, "keep");
+        ck_assert(!json_merge_canonical(&out, refused[i], strlen(refused[i]), "{}", 2));
+        ck_assert(!json_merge_canonical(&out, "{}", 2, refused[i], strlen(refused[i])));
+        ck_assert_str_eq(out.data, "keep");
+        buf_free(&out);
+    }
+}
+END_TEST
+
 START_TEST(test_json_rejects)
 {
     stm_err err;
@@ -243,6 +283,7 @@ int main(void)
     tcase_add_test(t, test_json_canonical);
     tcase_add_test(t, test_json_rejects);
     tcase_add_test(t, test_json_canonical_len);
+    tcase_add_test(t, test_json_merge_canonical);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
