@@ -136,6 +136,39 @@ void json_write_strn(buf *out, const char *s, size_t n)
     buf_putc(out, '"');
 }
 
+size_t json_strn_len(const char *s, size_t n)
+{
+    size_t len = n + 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        switch (c) {
+        case '"': case '\\': case '\n': case '\r': case '\t': case '\b': case '\f': len += 1; break;
+        default: len += 5; break;
+        }
+    }
+    return len;
+}
+
+size_t json_num_len(double d)
+{
+    if (isfinite(d) && d == floor(d) && fabs(d) < 9.2e18) {
+        long long v = (long long)d;
+        unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+        size_t n = v < 0 ? 2 : 1;
+        while (u >= 10) {
+            u /= 10;
+            n++;
+        }
+        return n;
+    }
+    buf b = {0};
+    json_write_num(&b, d);
+    size_t n = b.len;
+    buf_free(&b);
+    return n;
+}
+
 void json_write_str(buf *out, const char *s)
 {
     json_write_strn(out, s, strlen(s));

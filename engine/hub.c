@@ -85,6 +85,11 @@ void hub_free(hub *h)
     free(h);
 }
 
+bool hub_active(hub *h)
+{
+    return __atomic_load_n(&h->n_subs, __ATOMIC_ACQUIRE) != 0;
+}
+
 size_t hub_count(hub *h)
 {
     pthread_mutex_lock(&h->lock);

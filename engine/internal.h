@@ -241,6 +241,8 @@ void hub_free(hub *h);
 /* Publishes a record (under e->lock, in WAL order). */
 void hub_publish(hub *h, const wal_record *rec, const entry_fields *f, const instance *in,
                  const char *history_line, size_t history_len);
+/* Whether anyone is subscribed (hub_publish then needs the history line). */
+bool hub_active(hub *h);
 /* The acked watermark advanced: wake subscribers. */
 void hub_wake(hub *h);
 size_t hub_count(hub *h);

@@ -538,6 +538,10 @@ struct wal_iter {
     uint8_t chain[32];
     EVP_MD_CTX *md;
     reader rd;
+    /* this segment was written at least up to here, through this fd: what
+     * lies below needs no lock to read (written only grows) */
+    uint64_t known_written;
+    int known_fd;
 };
 
 /* First segment with id >= id (caller holds mu); NULL if none. */
@@ -630,6 +634,7 @@ int wal_iter_next(wal_iter *it, wal_record *rec, stm_err *err)
     int e;
     for (;;) {
         if (!it->seg) return 0;
+        if (it->pos < it->known_written) goto read;
         pthread_mutex_lock(&w->mu);
         uint64_t limit = it->seg->written;
         int fd = it->seg->fd;
@@ -646,11 +651,15 @@ int wal_iter_next(wal_iter *it, wal_record *rec, stm_err *err)
             it->seg = next;
             it->pos = 0;
             it->rd.blen = 0;
+            it->known_written = 0;
             pthread_mutex_unlock(&w->mu);
             continue;
         }
         pthread_mutex_unlock(&w->mu);
-        rd_retarget(&it->rd, fd, limit);
+        it->known_written = limit;
+        it->known_fd = fd;
+    read:
+        rd_retarget(&it->rd, it->known_fd, it->known_written);
         rview v;
         int k = rd_record(&it->rd, it->pos, &v, why, sizeof why, &e);
         if (k == -2) {

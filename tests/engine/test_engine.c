@@ -461,6 +461,66 @@ START_TEST(subscription_after_unwatched_burst)
 }
 END_TEST
 
+/* A history's size is computed without rendering it when nobody watches,
+ * and from the rendered lines when someone does; after a restart, by
+ * replay. All three must be the size of the text that is then read. */
+static void check_history_size(eng *e, const char *id)
+{
+    buf text = {0};
+    uint64_t total = 0;
+    stm_err err;
+    stm_code rc = eng_history_read(e, id, 0, 1u << 30, &text, &total, &err);
+    ck_assert_msg(rc == STM_OK, "%s", err.msg);
+    ck_assert_uint_eq(total, text.len);
+    ck_assert_uint_gt(text.len, 0);
+    buf_free(&text);
+}
+
+START_TEST(history_sizes_are_exact)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, "never");
+    cJSON_Delete(ok(e, "PUT_MACHINE",
+                    "{\"machine\":\"odd\",\"version\":1,\"definition\":{\"states\":[\"a \\\"q\\\"\","
+                    "\"b\\\\\\n\\u0001\"],\"initial\":\"a \\\"q\\\"\",\"transitions\":[{\"from\":"
+                    "\"a \\\"q\\\"\",\"event\":\"GO\\t\\u001f\",\"to\":\"b\\\\\\n\\u0001\"},"
+                    "{\"from\":\"b\\\\\\n\\u0001\",\"event\":\"BACK\",\"to\":\"a \\\"q\\\"\"}]}}"));
+    const char *ids[] = {"x\\\"1", "y"}; /* as JSON text */
+    const char *plain[] = {"x\"1", "y"};
+    eng_sub *s = NULL;
+    for (int round = 0; round < 2; round++) {
+        char p[512];
+        /* round 0 unwatched, round 1 with a subscriber */
+        if (round == 1) {
+            eng_filter f = {0};
+            stm_err err;
+            ck_assert_int_eq(eng_subscribe(e, &f, wake_noop, NULL, &s, &err), STM_OK);
+        }
+        snprintf(p, sizeof p,
+                 "{\"machine\":\"odd\",\"version\":1,\"instance_id\":\"%s\",\"initial_ctx\":"
+                 "{\"n\\u00e9\":1.5e300,\"t\":\"\\u0002\\\\\"},\"idempotency_key\":\"k\\n%d\"}",
+                 ids[round], round);
+        cJSON_Delete(ok(e, "CREATE_INSTANCE", p));
+        snprintf(p, sizeof p,
+                 "{\"instance_id\":\"%s\",\"event\":\"GO\\t\\u001f\",\"event_id\":\"e\\\"%d\","
+                 "\"idempotency_key\":\"i\\u0003\",\"payload\":{\"z\":[-0.25,\"\\u00ff\"],\"a\":null}}",
+                 ids[round], round);
+        cJSON_Delete(ok(e, "APPLY_EVENT", p));
+        snprintf(p, sizeof p, "{\"instance_id\":\"%s\",\"event\":\"BACK\"}", ids[round]);
+        cJSON_Delete(ok(e, "APPLY_EVENT", p));
+        check_history_size(e, plain[round]);
+    }
+    eng_unsubscribe(s);
+    eng_close(e);
+    e = open_dir(dir, "never");
+    check_history_size(e, plain[0]);
+    check_history_size(e, plain[1]);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 START_TEST(replay_at_offset)
 {
     char *dir = tmpdir();
@@ -783,6 +843,7 @@ int main(void)
     tcase_add_test(tc, atomic_batch_all_or_nothing);
     tcase_add_test(tc, subscription_catch_up_then_live);
     tcase_add_test(tc, subscription_after_unwatched_burst);
+    tcase_add_test(tc, history_sizes_are_exact);
     tcase_add_test(tc, replay_at_offset);
     tcase_add_test(tc, compaction_keeps_everything);
     tcase_add_test(tc, limits_refuse_and_name_the_key);
