@@ -104,9 +104,9 @@ static void add_u64(cJSON *o, const char *k, uint64_t v)
     cJSON_AddItemToObject(o, k, cJSON_CreateNumber((double)v));
 }
 
-/* Appends what commit_text stamps on every entry: its time and, inside an
- * atomic batch, the countdown that marks the batch's records. The keys sort
- * just before "type", the last key of every entry. */
+/* Appends what every entry carries besides its own fields: its time and,
+ * inside an atomic batch, the countdown that marks the batch's records.
+ * Both keys sort just before "type" ("ts" < "txn" < "type"). */
 static void stamp(eng *e, buf *text)
 {
     buf_puts(text, ",\"ts\":");
@@ -431,27 +431,32 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
         do util_uuid4(uuid);
         while (inst_find(e, uuid));
     }
-    cJSON *entry = cJSON_CreateObject();
-    cJSON_AddStringToObject(entry, "type", "create_instance");
-    cJSON_AddStringToObject(entry, "instance_id", id ? id : uuid);
-    cJSON_AddStringToObject(entry, "machine", name);
-    add_u64(entry, "version", version);
-    cJSON_AddStringToObject(entry, "initial_state", def_initial(mv->d));
-    cJSON_AddItemToObject(entry, "initial_ctx", raw(buf_cstr(&ctxt)));
-    if (key) cJSON_AddStringToObject(entry, "idempotency_key", key);
-    if (!id) cJSON_AddBoolToObject(entry, "generated_id", true);
+    /* The entry in canonical key order, as json_write would sort it. */
+    buf text = {0};
+    buf_reserve(&text, ctxt.len + 256);
+    buf_putc(&text, '{');
+    if (!id) buf_puts(&text, "\"generated_id\":true,");
+    if (key) {
+        buf_puts(&text, "\"idempotency_key\":");
+        json_write_str(&text, key);
+        buf_putc(&text, ',');
+    }
+    buf_puts(&text, "\"initial_ctx\":");
+    buf_add(&text, ctxt.data, ctxt.len);
+    buf_puts(&text, ",\"initial_state\":");
+    json_write_str(&text, def_initial(mv->d));
+    buf_puts(&text, ",\"instance_id\":");
+    json_write_str(&text, id ? id : uuid);
+    buf_puts(&text, ",\"machine\":");
+    json_write_str(&text, name);
+    stamp(e, &text);
+    buf_puts(&text, ",\"type\":\"create_instance\",\"version\":");
+    json_write_num(&text, (double)version);
+    buf_putc(&text, '}');
     buf_free(&ctxt);
     wal_record rec;
-    /* commit writes the entry text; apply_record reads it back as JSON, so
-     * the raw ctx must be reparsed there: do it through a parsed copy. */
-    buf text = {0};
-    json_write(&text, entry, true);
-    cJSON_Delete(entry);
-    entry = json_parse(text.data, text.len, err);
+    rc = commit_text(e, WAL_T_CREATE_INSTANCE, &text, &rec, err);
     buf_free(&text);
-    if (!entry) return STM_INTERNAL_ERROR;
-    rc = commit(e, WAL_T_CREATE_INSTANCE, entry, &rec, err);
-    cJSON_Delete(entry);
     if (rc != STM_OK) return rc;
     *res = create_result(id ? id : uuid, def_initial(mv->d), rec.offset);
     *seq = rec.seq;
