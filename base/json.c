@@ -331,6 +331,40 @@ size_t json_canonical_len(const char *p, size_t n)
     }
 }
 
+size_t json_value_len(const char *p, size_t n)
+{
+    const char *q = p, *end = p + n;
+    int depth = 0;
+    do {
+        if (q >= end) return 0;
+        switch (*q) {
+        case '"':
+            for (q++; q < end && *q != '"'; q++)
+                if (*q == '\\') q++;
+            if (q >= end) return 0;
+            q++;
+            break;
+        case '{': case '[': depth++; q++; break;
+        case '}': case ']':
+            if (--depth < 0) return 0;
+            q++;
+            break;
+        case ',': case ':':
+            if (!depth) return 0;
+            q++;
+            break;
+        default: {
+            const char *t = q;
+            while (q < end && *q != ',' && *q != ':' && *q != '}' && *q != ']' && *q != '"' &&
+                   *q != '{' && *q != '[')
+                q++;
+            if (q == t) return 0;
+        }
+        }
+    } while (depth > 0);
+    return (size_t)(q - p);
+}
+
 typedef struct {
     const char *p, *end;
     const char *k, *v; /* current member: key without quotes, value */

@@ -57,6 +57,11 @@ char *json_canonical(const cJSON *v, size_t *len);
  * used as stored without a parse tree; never allocates. */
 size_t json_canonical_len(const char *p, size_t n);
 
+/* The length of the JSON value at the start of [p, p+n) in compact text
+ * (what stmfs stores), checking only its structure; 0 if malformed. For
+ * stepping over values that are not read. */
+size_t json_value_len(const char *p, size_t n);
+
 /* The shallow merge of two canonical objects, as canonical text: b's members
  * replace or join a's. Appends to out and returns true; returns false (out
  * unchanged) when either is not a canonical object or holds a backslash

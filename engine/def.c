@@ -549,12 +549,31 @@ cJSON *def_normalised(const def *d)
     return cJSON_Duplicate(d->norm, true);
 }
 
-bool def_find_reads_ctx(const def *d, const char *state, const char *event)
+const def_transition *def_find_text(const def *d, const char *state, const char *event,
+                                    const char *ctx_text, size_t ctx_len, const cJSON *payload,
+                                    stm_code *why, const def_transition **failed, bool *need_tree)
 {
     const dpair *p = state && event ? find_pair(d, state, event) : NULL;
-    for (uint32_t k = p ? p->head : NIL; k != NIL; k = d->tr_next[k])
-        if (d->tr[k].guard && guard_reads_ctx(d->tr[k].guard)) return true;
-    return false;
+    *need_tree = false;
+    if (failed) *failed = NULL;
+    if (!p) {
+        if (why) *why = STM_INVALID_TRANSITION;
+        return NULL;
+    }
+    const def_transition *last = NULL;
+    for (uint32_t k = p->head; k != NIL; k = d->tr_next[k]) {
+        const def_transition *t = &d->tr[k];
+        int r = t->guard ? guard_eval_text(t->guard, ctx_text, ctx_len, payload) : 1;
+        if (r < 0) {
+            *need_tree = true;
+            return NULL;
+        }
+        if (r) return t;
+        last = t;
+    }
+    if (why) *why = STM_GUARD_FAILED;
+    if (failed) *failed = last;
+    return NULL;
 }
 
 const def_transition *def_find(const def *d, const char *state, const char *event, const cJSON *ctx,

@@ -81,9 +81,12 @@ void def_write_dot(const def *d, const char *name, uint32_t version, buf *out);
  * Returns it, or NULL with *why = STM_INVALID_TRANSITION (no transition for
  * the pair) or STM_GUARD_FAILED (there are, but every guard failed; *failed
  * then points at the last one tried, for the message). */
-/* Whether def_find for (state, event) may read ctx (some candidate's guard
- * does): when false, it can be given NULL. */
-bool def_find_reads_ctx(const def *d, const char *state, const char *event);
+/* def_find with the context as its stored canonical text (no parse). Sets
+ * *need_tree and returns NULL when a guard needs the parsed context
+ * (guard_eval_text): then call def_find with it. */
+const def_transition *def_find_text(const def *d, const char *state, const char *event,
+                                    const char *ctx_text, size_t ctx_len, const cJSON *payload,
+                                    stm_code *why, const def_transition **failed, bool *need_tree);
 const def_transition *def_find(const def *d, const char *state, const char *event,
                                const cJSON *ctx, const cJSON *payload, stm_code *why,
                                const def_transition **failed);

@@ -61,7 +61,6 @@ struct guard {
     uint32_t root;
     char *pool;
     unsigned depth; /* deepest nesting of '!' and parentheses */
-    bool reads_ctx; /* some path starts at ctx */
 };
 
 /* ---- parser ---- */
@@ -453,19 +452,7 @@ guard *guard_compile(const char *src, size_t len, stm_err *err)
     g->root = root;
     g->pool = buf_detach(&p.pool, NULL);
     g->depth = (unsigned)p.deepest;
-    g->reads_ctx = false;
-    for (size_t i = 0; i < p.n; i++) {
-        const gnode *nd = &g->nodes[i];
-        if ((nd->kind == N_TRUTHY || nd->kind == N_CMP) &&
-            (nd->left.root == ROOT_CTX || (nd->rkind == R_PATH && nd->right.path.root == ROOT_CTX)))
-            g->reads_ctx = true;
-    }
     return g;
-}
-
-bool guard_reads_ctx(const guard *g)
-{
-    return g->reads_ctx;
 }
 
 unsigned guard_depth(const guard *g)
@@ -489,12 +476,98 @@ const char *guard_source(const guard *g)
 
 /* ---- evaluation ---- */
 
-/* NULL stands for JSON null, whether absent or explicit. */
-static const cJSON *lookup(const guard *g, const gpath *path, const cJSON *ctx,
-                           const cJSON *payload)
+/* What one evaluation reads. The context comes as a tree or as its stored
+ * canonical text; from text, a looked-up value is materialised into one of
+ * two stack nodes (a comparison needs both sides at once). A value the text
+ * path does not decode (an escape in a key or string on the path, a long
+ * string) sets need_tree: the caller parses the context and evaluates again. */
+typedef struct {
+    const cJSON *ctx, *payload;
+    const char *text;
+    size_t text_len;
+    cJSON slot[2];
+    char str[2][256];
+    bool need_tree;
+} env;
+
+/* A child for materialised non-empty containers: truthiness only asks
+ * whether there is one. */
+static cJSON some_child;
+
+static const cJSON *lookup_text(env *v, const gpath *path, const char *seg, int slot)
 {
-    const cJSON *cur = path->root == ROOT_PAYLOAD ? payload : ctx;
+    const char *p = v->text, *end = v->text + v->text_len;
+    for (uint32_t i = 0; i < path->nseg; i++, seg += strlen(seg) + 1) {
+        if (p >= end || *p != '{') return NULL;
+        size_t sn = strlen(seg);
+        bool found = false;
+        for (p++; p < end && *p != '}';) {
+            if (*p == ',') p++;
+            const char *k = p + 1, *q = memchr(k, '"', (size_t)(end - k));
+            if (*p != '"' || !q || q + 1 >= end || q[1] != ':' || memchr(k, '\\', (size_t)(q - k))) {
+                v->need_tree = true;
+                return NULL;
+            }
+            const char *val = q + 2;
+            size_t vn = json_value_len(val, (size_t)(end - val));
+            if (!vn) {
+                v->need_tree = true;
+                return NULL;
+            }
+            if ((size_t)(q - k) == sn && memcmp(k, seg, sn) == 0) {
+                p = val;
+                end = val + vn;
+                found = true;
+                break;
+            }
+            p = val + vn;
+        }
+        if (!found) return NULL;
+    }
+    cJSON *n = &v->slot[slot];
+    memset(n, 0, sizeof *n);
+    size_t len = (size_t)(end - p);
+    switch (*p) {
+    case 'n': return NULL;
+    case 't': n->type = cJSON_True; return n;
+    case 'f': n->type = cJSON_False; return n;
+    case '{':
+    case '[':
+        n->type = *p == '{' ? cJSON_Object : cJSON_Array;
+        n->child = len > 2 ? &some_child : NULL;
+        return n;
+    case '"':
+        if (len - 2 >= sizeof v->str[slot] || memchr(p + 1, '\\', len - 2)) {
+            v->need_tree = true;
+            return NULL;
+        }
+        memcpy(v->str[slot], p + 1, len - 2);
+        v->str[slot][len - 2] = 0;
+        n->type = cJSON_String;
+        n->valuestring = v->str[slot];
+        return n;
+    default: {
+        /* as cJSON reads a number: strtod over the token */
+        char num[64];
+        if (len >= sizeof num) {
+            v->need_tree = true;
+            return NULL;
+        }
+        memcpy(num, p, len);
+        num[len] = 0;
+        n->type = cJSON_Number;
+        n->valuedouble = strtod(num, NULL);
+        return n;
+    }
+    }
+}
+
+/* NULL stands for JSON null, whether absent or explicit. */
+static const cJSON *lookup(const guard *g, const gpath *path, env *v, int slot)
+{
     const char *seg = g->pool + path->off;
+    if (path->root == ROOT_CTX && !v->ctx && v->text) return lookup_text(v, path, seg, slot);
+    const cJSON *cur = path->root == ROOT_PAYLOAD ? v->payload : v->ctx;
     for (uint32_t i = 0; i < path->nseg; i++) {
         if (!cJSON_IsObject(cur)) return NULL;
         cur = cJSON_GetObjectItemCaseSensitive(cur, seg);
@@ -553,10 +626,10 @@ static bool eq_literal(const guard *g, const gnode *nd, const cJSON *v)
     return false;
 }
 
-static bool eval_cmp(const guard *g, const gnode *nd, const cJSON *ctx, const cJSON *payload)
+static bool eval_cmp(const guard *g, const gnode *nd, env *v)
 {
-    const cJSON *l = lookup(g, &nd->left, ctx, payload);
-    const cJSON *r = nd->rkind == R_PATH ? lookup(g, &nd->right.path, ctx, payload) : NULL;
+    const cJSON *l = lookup(g, &nd->left, v, 0);
+    const cJSON *r = nd->rkind == R_PATH ? lookup(g, &nd->right.path, v, 1) : NULL;
     if (nd->op == OP_EQ || nd->op == OP_NE) {
         bool eq = nd->rkind == R_PATH ? values_equal(l, r) : eq_literal(g, nd, l);
         return nd->op == OP_EQ ? eq : !eq;
@@ -582,29 +655,37 @@ static bool eval_cmp(const guard *g, const gnode *nd, const cJSON *ctx, const cJ
     return false;
 }
 
-static bool eval_node(const guard *g, uint32_t i, const cJSON *ctx, const cJSON *payload)
+static bool eval_node(const guard *g, uint32_t i, env *v)
 {
     const gnode *nd = &g->nodes[i];
     switch (nd->kind) {
     case N_OR:
         for (uint32_t k = nd->kid; k != NONE; k = g->nodes[k].next)
-            if (eval_node(g, k, ctx, payload)) return true;
+            if (eval_node(g, k, v)) return true;
         return false;
     case N_AND:
         for (uint32_t k = nd->kid; k != NONE; k = g->nodes[k].next)
-            if (!eval_node(g, k, ctx, payload)) return false;
+            if (!eval_node(g, k, v)) return false;
         return true;
     case N_NOT:
-        return !eval_node(g, nd->kid, ctx, payload);
+        return !eval_node(g, nd->kid, v);
     case N_TRUTHY:
-        return truthy(lookup(g, &nd->left, ctx, payload));
+        return truthy(lookup(g, &nd->left, v, 0));
     case N_CMP:
-        return eval_cmp(g, nd, ctx, payload);
+        return eval_cmp(g, nd, v);
     }
     return false;
 }
 
 bool guard_eval(const guard *g, const cJSON *ctx, const cJSON *payload)
 {
-    return eval_node(g, g->root, ctx, payload);
+    env v = {.ctx = ctx, .payload = payload};
+    return eval_node(g, g->root, &v);
+}
+
+int guard_eval_text(const guard *g, const char *ctx_text, size_t len, const cJSON *payload)
+{
+    env v = {.payload = payload, .text = ctx_text, .text_len = len};
+    bool r = eval_node(g, g->root, &v);
+    return v.need_tree ? -1 : r;
 }

@@ -36,9 +36,11 @@ typedef struct guard guard;
 guard *guard_compile(const char *src, size_t len, stm_err *err);
 /* Evaluates against ctx and payload (either may be NULL = null). Pure. */
 bool guard_eval(const guard *g, const cJSON *ctx, const cJSON *payload);
-/* Whether any path in it reads ctx: if not, guard_eval ignores ctx, and a
- * caller may pass NULL instead of parsing the context. */
-bool guard_reads_ctx(const guard *g);
+/* The same, with the context given as its stored canonical text (compact
+ * JSON, as stmfs keeps it): 1 or 0, or -1 when the text holds something on
+ * a looked-up path that this does not decode (escapes, very long strings),
+ * and the caller must parse the context and use guard_eval. */
+int guard_eval_text(const guard *g, const char *ctx_text, size_t len, const cJSON *payload);
 /* The source text as given. */
 const char *guard_source(const guard *g);
 /* How deeply '!' and parentheses nest in it (0 for `ctx.a == 1`). */

@@ -648,16 +648,21 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     if (!in->mv->d)
         return stm_fail(err, STM_MACHINE_NOT_FOUND, "machine version not found: %s v%u",
                         in->m->name, in->mv->version);
-    /* The context is parsed only for a guard that reads it; the merge and
-     * the entry are written as text. */
+    /* Guards read the stored context text; it is parsed only when a guard
+     * needs what the text path does not decode. The merge and the entry are
+     * written as text too. */
     size_t ctx_len = strlen(in->ctx);
     cJSON *ctx = NULL;
-    if (def_find_reads_ctx(in->mv->d, in->state, event) &&
-        !(ctx = json_parse_trusted(in->ctx, ctx_len)))
-        return stm_fail(err, STM_INTERNAL_ERROR, "stored context of %s is not JSON", id);
     stm_code why = STM_OK;
     const def_transition *failed = NULL;
-    const def_transition *t = def_find(in->mv->d, in->state, event, ctx, payload, &why, &failed);
+    bool need_tree = false;
+    const def_transition *t = def_find_text(in->mv->d, in->state, event, in->ctx, ctx_len,
+                                            payload, &why, &failed, &need_tree);
+    if (need_tree) {
+        if (!(ctx = json_parse_trusted(in->ctx, ctx_len)))
+            return stm_fail(err, STM_INTERNAL_ERROR, "stored context of %s is not JSON", id);
+        t = def_find(in->mv->d, in->state, event, ctx, payload, &why, &failed);
+    }
     if (!t) {
         cJSON_Delete(ctx);
         if (why == STM_GUARD_FAILED && failed)

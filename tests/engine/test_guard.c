@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/json.h"
 #include "engine/guard.h"
 
 static cJSON *js(const char *text)
@@ -27,6 +28,13 @@ static bool ev2(const char *src, const char *ctx, const char *payload)
     ck_assert_str_eq(guard_source(g), src);
     cJSON *c = js(ctx), *p = js(payload);
     bool r = guard_eval(g, c, p);
+    /* the stored-text path must agree wherever it answers */
+    buf text = {0};
+    json_write(&text, c, true);
+    int rt = guard_eval_text(g, text.data, text.len, p);
+    ck_assert_msg(rt == -1 || rt == (int)r, "'%s' on %s: text path says %d, tree %d", src,
+                  text.data, rt, r);
+    buf_free(&text);
     cJSON_Delete(c);
     cJSON_Delete(p);
     guard_free(g);
@@ -417,6 +425,48 @@ START_TEST(limits)
 }
 END_TEST
 
+/* Contexts the text path must read exactly as the tree does, and the ones
+ * it hands back (-1) rather than misread. */
+START_TEST(text_path_agrees)
+{
+    static const char *ctxs[] = {
+        "{}", "null", "[]", "{\"a\":1}", "{\"a\":-2.5e3,\"b\":\"x\",\"c\":true,\"d\":null}",
+        "{\"a\":{\"b\":{\"c\":7}},\"aa\":0,\"s\":\"\"}", "{\"a\":[],\"b\":{},\"c\":[0],\"d\":{\"e\":0}}",
+        "{\"a\":\"with \\\"quote\\\"\",\"b\":\"caf\u00e9\",\"n\":1e308}", "{\"a\\n\":1,\"b\":2}",
+        "{\"amount\":99.99,\"limit\":100,\"name\":\"alice\",\"tags\":[\"x\",\"y\"]}",
+        "{\"a\":0.1,\"b\":0.10000000000000001,\"z\":{\"y\":[1,{\"x\":\"]}\"}]}}",
+    };
+    static const char *guards[] = {
+        "ctx.a", "!ctx.a", "ctx.a == 1", "ctx.a != null", "ctx.a == null", "ctx.b == \"x\"",
+        "ctx.a.b.c > 6", "ctx.a.b", "ctx.c", "ctx.d", "ctx.d.e == 0", "ctx.s", "ctx.s == \"\"",
+        "ctx.amount <= ctx.limit", "ctx.amount < 99.99", "ctx.amount == 99.99", "ctx.name == \"alice\"",
+        "ctx.tags", "ctx.a == ctx.b", "ctx.n >= 1000000", "ctx.z.y", "ctx.b == \"caf\u00e9\"",
+        "ctx.a && ctx.b || !ctx.c", "ctx.missing == null", "ctx.a >= -2500", "ctx.a == true",
+    };
+    int answered = 0;
+    for (size_t i = 0; i < sizeof ctxs / sizeof *ctxs; i++) {
+        cJSON *c = js(ctxs[i]);
+        buf text = {0};
+        json_write(&text, c, true);
+        for (size_t j = 0; j < sizeof guards / sizeof *guards; j++) {
+            stm_err err = {0};
+            guard *g = guard_compile(guards[j], strlen(guards[j]), &err);
+            ck_assert_msg(g != NULL, "%s: %s", guards[j], err.msg);
+            int rt = guard_eval_text(g, text.data, text.len, NULL);
+            bool r = guard_eval(g, c, NULL);
+            ck_assert_msg(rt == -1 || rt == (int)r, "'%s' on %s: text %d, tree %d", guards[j],
+                          text.data, rt, r);
+            answered += rt != -1;
+            guard_free(g);
+        }
+        buf_free(&text);
+        cJSON_Delete(c);
+    }
+    /* only the escaped key and strings hand back */
+    ck_assert_int_gt(answered, (int)(sizeof ctxs / sizeof *ctxs * sizeof guards / sizeof *guards) * 8 / 10);
+}
+END_TEST
+
 START_TEST(null_err_ok)
 {
     /* err may be NULL. */
@@ -446,6 +496,7 @@ int main(void)
     tcase_add_test(tc, non_ascii);
     tcase_add_test(tc, limits);
     tcase_add_test(tc, null_err_ok);
+    tcase_add_test(tc, text_path_agrees);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

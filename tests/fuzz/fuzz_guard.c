@@ -9,6 +9,7 @@
  *   - a refusal says "invalid guard expression: ..." (BAD_REQUEST);
  *   - guard_source gives the text back;
  *   - evaluation is pure: the same answer twice;
+ *   - the stored-text path (guard_eval_text) agrees or hands back -1;
  *   - "!(G)" evaluates to the negation of G, and "(G) && (G)" to G, when
  *     they compile (they may not: one more level may pass the limits).
  *
@@ -89,6 +90,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     bool v = guard_eval(gd, ctx, payload);
     if (guard_eval(gd, ctx, payload) != v) abort();
+    /* the context as stored text: same answer, or -1 (parse it instead) */
+    buf text = {0};
+    json_write(&text, ctx, true);
+    int vt = guard_eval_text(gd, text.data, text.len, payload);
+    if (vt != -1 && vt != (int)v) abort();
+    buf_free(&text);
     guard_eval(gd, NULL, NULL);
     guard_eval(gd, payload, ctx);
 
