@@ -107,28 +107,31 @@ static void add_u64(cJSON *o, const char *k, uint64_t v)
 /* Appends what every entry carries besides its own fields: its time and,
  * inside an atomic batch, the countdown that marks the batch's records.
  * Both keys sort just before "type" ("ts" < "txn" < "type"). */
-static void stamp(eng *e, buf *text)
+static int64_t stamp(eng *e, buf *text)
 {
+    int64_t ts = util_now_ms();
     buf_puts(text, ",\"ts\":");
-    json_write_num(text, (double)util_now_ms());
+    json_write_num(text, (double)ts);
     if (e->txn_total) {
         buf_puts(text, ",\"txn\":");
         json_write_num(text, (double)(e->txn_total - e->txn_written++));
     }
+    return ts;
 }
 
-/* Appends an entry's canonical text and applies it. */
-static stm_code commit_text(eng *e, uint8_t type, buf *text, wal_record *rec, stm_err *err)
+/* Appends an entry's canonical text and applies it. known, when the caller
+ * built the text from fields it still holds, spares reading them back;
+ * otherwise they are read from the bytes written, as replay reads them. */
+static stm_code commit_text(eng *e, uint8_t type, buf *text, const entry_fields *known,
+                            wal_record *rec, stm_err *err)
 {
     stm_code rc = eng_write(e, type, text, rec, err);
     if (rc == STM_OK) {
         rec->payload = text->data; /* what was written, for the entries line */
         rec->len = (uint32_t)text->len;
-        /* applied from the bytes written, by the code replay runs: the live
-         * state cannot differ from what a restart rebuilds */
         entry_fields f;
-        entry_scan(text->data, text->len, &e->scan_store, &f);
-        rc = eng_apply_record(e, rec, &f, err);
+        if (!known) entry_scan(text->data, text->len, &e->scan_store, &f);
+        rc = eng_apply_record(e, rec, known ? known : &f, err);
     }
     return rc;
 }
@@ -142,7 +145,7 @@ static stm_code commit(eng *e, uint8_t type, cJSON *entry, wal_record *rec, stm_
                               cJSON_CreateNumber((double)(e->txn_total - e->txn_written++)));
     buf text = {0};
     json_write(&text, entry, true);
-    stm_code rc = commit_text(e, type, &text, rec, err);
+    stm_code rc = commit_text(e, type, &text, NULL, rec, err);
     buf_free(&text);
     return rc;
 }
@@ -455,7 +458,7 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     buf_putc(&text, '}');
     buf_free(&ctxt);
     wal_record rec;
-    rc = commit_text(e, WAL_T_CREATE_INSTANCE, &text, &rec, err);
+    rc = commit_text(e, WAL_T_CREATE_INSTANCE, &text, NULL, &rec, err);
     buf_free(&text);
     if (rc != STM_OK) return rc;
     *res = create_result(id ? id : uuid, def_initial(mv->d), rec.offset);
@@ -737,14 +740,18 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     buf_add(&text, ptext.data, ptext.len);
     buf_puts(&text, ",\"to_state\":");
     json_write_str(&text, to);
-    stamp(e, &text);
+    int64_t ts = stamp(e, &text);
     buf_puts(&text, ",\"type\":\"apply_event\"}");
-    buf_free(&ptext);
-    buf_free(&ctext);
+    /* what replay would read back from the text, as the text was made */
+    entry_fields f = {.instance_id = id, .event = event, .from_state = from, .to_state = to,
+                      .event_id = event_id, .idempotency_key = key, .payload = ptext.data,
+                      .payload_len = ptext.len, .ctx = ctext.data, .ctx_len = ctext.len, .ts = ts};
     char *from_copy = xstrdup(from), *to_copy = xstrdup(to);
     wal_record rec;
-    stm_code rc = commit_text(e, WAL_T_APPLY_EVENT, &text, &rec, err);
+    stm_code rc = commit_text(e, WAL_T_APPLY_EVENT, &text, &f, &rec, err);
     buf_free(&text);
+    buf_free(&ptext);
+    buf_free(&ctext);
     if (rc == STM_OK) {
         *res = apply_result(true, in->ctx, NULL, event_id, from_copy, to_copy, rec.offset);
         *seq = rec.seq;
