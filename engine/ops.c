@@ -41,11 +41,26 @@ static const char *json_type_name(const cJSON *v)
     return "an object";
 }
 
-/* A string param: required or optional (null = absent). */
-static stm_code p_str(const cJSON *params, const char *field, bool required, const char **out,
-                      stm_err *err)
+/* Finds the members names[0..n) of params in one walk (the first of each,
+ * as json_get; requests come deduplicated), for ops on the hot path that
+ * read many params. */
+static void pick(const cJSON *params, const char *const *names, const cJSON **out, size_t n)
 {
-    const cJSON *v = json_get(params, field);
+    for (size_t i = 0; i < n; i++) out[i] = NULL;
+    if (!cJSON_IsObject(params)) return;
+    for (const cJSON *c = params->child; c; c = c->next)
+        for (size_t i = 0; i < n; i++)
+            if (!out[i] && c->string && strcmp(c->string, names[i]) == 0) {
+                out[i] = c;
+                break;
+            }
+}
+
+/* A string param, given its member (NULL = absent): required or optional
+ * (null = absent). */
+static stm_code p_str_of(const cJSON *v, const char *field, bool required, const char **out,
+                         stm_err *err)
+{
     *out = NULL;
     if (!v || cJSON_IsNull(v)) return required ? missing(err, field) : STM_OK;
     if (!cJSON_IsString(v))
@@ -58,6 +73,12 @@ static stm_code p_str(const cJSON *params, const char *field, bool required, con
                         ENG_MAX_ID_LEN);
     *out = v->valuestring;
     return STM_OK;
+}
+
+static stm_code p_str(const cJSON *params, const char *field, bool required, const char **out,
+                      stm_err *err)
+{
+    return p_str_of(json_get(params, field), field, required, out, err);
 }
 
 /* A name the request would store (machine name, instance id, event id,
@@ -74,10 +95,9 @@ static stm_code p_new_name(const eng *e, const char *field, const char *v, stm_e
     return STM_OK;
 }
 
-static stm_code p_uint(const cJSON *params, const char *field, bool required, uint64_t max,
-                       bool *present, uint64_t *out, stm_err *err)
+static stm_code p_uint_of(const cJSON *v, const char *field, bool required, uint64_t max,
+                          bool *present, uint64_t *out, stm_err *err)
 {
-    const cJSON *v = json_get(params, field);
     *present = false;
     if (!v || cJSON_IsNull(v)) return required ? missing(err, field) : STM_OK;
     if (!json_get_uint(v, max, out))
@@ -86,6 +106,12 @@ static stm_code p_uint(const cJSON *params, const char *field, bool required, ui
                         field, (unsigned long long)max);
     *present = true;
     return STM_OK;
+}
+
+static stm_code p_uint(const cJSON *params, const char *field, bool required, uint64_t max,
+                       bool *present, uint64_t *out, stm_err *err)
+{
+    return p_uint_of(json_get(params, field), field, required, max, present, out, err);
 }
 
 #define TRY(x)                                                                                   \
@@ -592,15 +618,21 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     uint64_t expected_off;
     bool has_expected_off;
     instance *in = NULL;
-    TRY(p_str(p, "instance_id", true, &id, err));
-    TRY(p_str(p, "event", true, &event, err));
-    TRY(p_str(p, "expected_state", false, &expected_state, err));
-    TRY(p_uint(p, "expected_wal_offset", false, UINT64_MAX, &has_expected_off, &expected_off, err));
-    TRY(p_str(p, "event_id", false, &event_id, err));
-    TRY(p_str(p, "idempotency_key", false, &key, err));
+    static const char *const names[] = {"instance_id", "event",    "expected_state",
+                                        "expected_wal_offset", "event_id", "idempotency_key",
+                                        "payload"};
+    const cJSON *pv[7];
+    pick(p, names, pv, 7);
+    TRY(p_str_of(pv[0], "instance_id", true, &id, err));
+    TRY(p_str_of(pv[1], "event", true, &event, err));
+    TRY(p_str_of(pv[2], "expected_state", false, &expected_state, err));
+    TRY(p_uint_of(pv[3], "expected_wal_offset", false, UINT64_MAX, &has_expected_off,
+                  &expected_off, err));
+    TRY(p_str_of(pv[4], "event_id", false, &event_id, err));
+    TRY(p_str_of(pv[5], "idempotency_key", false, &key, err));
     TRY(p_new_name(e, "event_id", event_id, err));
     TRY(p_new_name(e, "idempotency_key", key, err));
-    const cJSON *payload = json_get(p, "payload");
+    const cJSON *payload = pv[6];
     if (payload && !cJSON_IsNull(payload) && !cJSON_IsObject(payload))
         return stm_fail(err, STM_BAD_REQUEST,
                         "invalid request: payload must be a JSON object, not %s",
