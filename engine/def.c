@@ -549,12 +549,15 @@ cJSON *def_normalised(const def *d)
     return cJSON_Duplicate(d->norm, true);
 }
 
-const def_transition *def_find_text(const def *d, const char *state, const char *event,
-                                    const char *ctx_text, size_t ctx_len, const cJSON *payload,
-                                    stm_code *why, const def_transition **failed, bool *need_tree)
+/* The first transition of (state, event) whose guard passes, reading the
+ * context from the tree ctx or, when ctx_text is set, from its stored text
+ * (then a guard that needs the tree stops the search with *need_tree). */
+static const def_transition *find(const def *d, const char *state, const char *event,
+                                  const cJSON *ctx, const char *ctx_text, size_t ctx_len,
+                                  const cJSON *payload, stm_code *why,
+                                  const def_transition **failed, bool *need_tree)
 {
     const dpair *p = state && event ? find_pair(d, state, event) : NULL;
-    *need_tree = false;
     if (failed) *failed = NULL;
     if (!p) {
         if (why) *why = STM_INVALID_TRANSITION;
@@ -563,7 +566,9 @@ const def_transition *def_find_text(const def *d, const char *state, const char 
     const def_transition *last = NULL;
     for (uint32_t k = p->head; k != NIL; k = d->tr_next[k]) {
         const def_transition *t = &d->tr[k];
-        int r = t->guard ? guard_eval_text(t->guard, ctx_text, ctx_len, payload) : 1;
+        int r = !t->guard  ? 1
+                : ctx_text ? guard_eval_text(t->guard, ctx_text, ctx_len, payload)
+                           : guard_eval(t->guard, ctx, payload);
         if (r < 0) {
             *need_tree = true;
             return NULL;
@@ -576,24 +581,20 @@ const def_transition *def_find_text(const def *d, const char *state, const char 
     return NULL;
 }
 
+const def_transition *def_find_text(const def *d, const char *state, const char *event,
+                                    const char *ctx_text, size_t ctx_len, const cJSON *payload,
+                                    stm_code *why, const def_transition **failed, bool *need_tree)
+{
+    *need_tree = false;
+    return find(d, state, event, NULL, ctx_text ? ctx_text : "null", ctx_text ? ctx_len : 4,
+                payload, why, failed, need_tree);
+}
+
 const def_transition *def_find(const def *d, const char *state, const char *event, const cJSON *ctx,
                                const cJSON *payload, stm_code *why, const def_transition **failed)
 {
-    const dpair *p = state && event ? find_pair(d, state, event) : NULL;
-    if (failed) *failed = NULL;
-    if (!p) {
-        if (why) *why = STM_INVALID_TRANSITION;
-        return NULL;
-    }
-    const def_transition *last = NULL;
-    for (uint32_t k = p->head; k != NIL; k = d->tr_next[k]) {
-        const def_transition *t = &d->tr[k];
-        if (!t->guard || guard_eval(t->guard, ctx, payload)) return t;
-        last = t;
-    }
-    if (why) *why = STM_GUARD_FAILED;
-    if (failed) *failed = last;
-    return NULL;
+    bool unused = false;
+    return find(d, state, event, ctx, NULL, 0, payload, why, failed, &unused);
 }
 
 size_t def_events_from(const def *d, const char *state, const char **out, size_t max)

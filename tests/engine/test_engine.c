@@ -351,6 +351,17 @@ static void wake_noop(void *arg)
     (void)arg;
 }
 
+/* Nothing more is ready for s; then everything is closed and removed. */
+static void end_with_nothing_pending(eng *e, eng_sub *s, char *dir)
+{
+    eng_event ev;
+    ck_assert_int_eq(eng_sub_next(s, &ev, NULL), 0);
+    eng_unsubscribe(s);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+
 /* Catch-up from an offset, then live, with no gap and no duplicate. */
 START_TEST(subscription_catch_up_then_live)
 {
@@ -377,14 +388,32 @@ START_TEST(subscription_catch_up_then_live)
         if (i == 0) ck_assert_int_eq(ev.type, WAL_T_CREATE_INSTANCE);
         else ck_assert_str_eq(ev.event, want[i]);
     }
-    eng_event ev;
-    ck_assert_int_eq(eng_sub_next(s, &ev, NULL), 0);
-    eng_unsubscribe(s);
-    eng_close(e);
-    rmrf(dir);
-    free(dir);
+    end_with_nothing_pending(e, s, dir);
 }
 END_TEST
+
+/* Takes events from s, each the next of the sequence {"n":*got} at a
+ * higher offset than the last; until none is ready, or, with want > 0,
+ * until *got reaches want (waiting up to 3 s for the flusher). */
+static void drain_in_order(eng_sub *s, int *got, uint64_t *last, int want)
+{
+    for (int idle = 0; idle < 3000 && (want == 0 || *got < want);) {
+        eng_event ev;
+        int r = eng_sub_next(s, &ev, NULL);
+        ck_assert_int_ge(r, 0);
+        if (r == 0) {
+            if (want == 0) return;
+            usleep(1000);
+            idle++;
+            continue;
+        }
+        ck_assert_uint_gt(ev.offset, *last);
+        *last = ev.offset;
+        char text[32];
+        snprintf(text, sizeof text, "{\"n\":%d}", (*got)++);
+        ck_assert_str_eq(ev.payload_json, text);
+    }
+}
 
 /* Events applied while nobody listens are not kept in the hub, and the
  * flusher may not have written them yet: a subscription from an offset
@@ -415,17 +444,7 @@ START_TEST(subscription_after_unwatched_burst)
             got = BURST - BACK;
             ck_assert_int_eq(eng_subscribe(e, &f, wake_noop, NULL, &s, &err), STM_OK);
         }
-        if (s) {
-            /* read what is ready at once, racing the flusher */
-            eng_event ev;
-            while (eng_sub_next(s, &ev, NULL) == 1) {
-                ck_assert_uint_gt(ev.offset, last);
-                last = ev.offset;
-                char want[32];
-                snprintf(want, sizeof want, "{\"n\":%d}", got++);
-                ck_assert_str_eq(ev.payload_json, want);
-            }
-        }
+        if (s) drain_in_order(s, &got, &last, 0); /* what is ready, racing the flusher */
         cJSON_SetNumberValue(cJSON_GetObjectItem(cJSON_GetObjectItem(p, "payload"), "n"), i);
         cJSON *r = NULL;
         uint64_t seq;
@@ -434,30 +453,9 @@ START_TEST(subscription_after_unwatched_burst)
         cJSON_Delete(r);
     }
     cJSON_Delete(p);
-    for (int idle = 0; got < BURST + LIVE && idle < 3000;) {
-        eng_event ev;
-        uint64_t resume;
-        int r = eng_sub_next(s, &ev, &resume);
-        ck_assert_int_ge(r, 0);
-        if (r == 0) {
-            usleep(1000);
-            idle++;
-            continue;
-        }
-        ck_assert_uint_gt(ev.offset, last);
-        last = ev.offset;
-        char want[32];
-        snprintf(want, sizeof want, "{\"n\":%d}", got);
-        ck_assert_str_eq(ev.payload_json, want);
-        got++;
-    }
+    drain_in_order(s, &got, &last, BURST + LIVE);
     ck_assert_int_eq(got, BURST + LIVE);
-    eng_event ev;
-    ck_assert_int_eq(eng_sub_next(s, &ev, NULL), 0);
-    eng_unsubscribe(s);
-    eng_close(e);
-    rmrf(dir);
-    free(dir);
+    end_with_nothing_pending(e, s, dir);
 }
 END_TEST
 
