@@ -183,14 +183,14 @@ static bool scan_slow(const char *text, size_t n, buf *store, spans *sp, entry_f
     return true;
 }
 
-bool entry_scan(const char *text, size_t len, buf *store, entry_fields *f)
+static bool scan(const char *text, size_t len, buf *store, entry_fields *f, bool fast)
 {
     spans sp;
     memset(&sp, 0, sizeof sp);
     memset(f, 0, sizeof *f);
     buf_reset(store);
     buf_reserve(store, len + F_COUNT + 1);
-    if (!scan_fast(text, len, store, &sp, f)) {
+    if (!fast || !scan_fast(text, len, store, &sp, f)) {
         memset(&sp, 0, sizeof sp);
         memset(f, 0, sizeof *f);
         buf_reset(store);
@@ -198,4 +198,14 @@ bool entry_scan(const char *text, size_t len, buf *store, entry_fields *f)
     }
     resolve(&sp, store, f);
     return true;
+}
+
+bool entry_scan(const char *text, size_t len, buf *store, entry_fields *f)
+{
+    return scan(text, len, store, f, true);
+}
+
+bool entry_scan_tree(const char *text, size_t len, buf *store, entry_fields *f)
+{
+    return scan(text, len, store, f, false);
 }

@@ -172,6 +172,8 @@ typedef struct {
 /* Reads an entry's fields from its JSON text. false when the text is not
  * JSON at all; a JSON value that is not an object gives no fields. */
 bool entry_scan(const char *text, size_t len, buf *store, entry_fields *f);
+/* The same through a cJSON parse only: what entry_scan must give (tests). */
+bool entry_scan_tree(const char *text, size_t len, buf *store, entry_fields *f);
 
 /* engine.c */
 /* Opens applying only records at offsets <= stop_at. */
