@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-600}
 jobs=${FUZZ_JOBS:-1}
 build=${FUZZ_BUILD:-build-fuzz}
-all=(frame guard def wal snapshot config line)
+all=(frame guard entry def wal snapshot config line)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
