@@ -4,8 +4,9 @@
  *
  *   model_crash [ROUNDS] [SEED]
  *
- * Each round forks a child that opens the engine (every_write) on a scratch
- * directory and runs a seeded random mix of operations, good and bad
+ * Each round forks a child that opens the engine (every_write, or the
+ * policy in STMFS_MODEL_POLICY: under never, eng_wait means written to the
+ * file, which a SIGKILL cannot undo either) on a scratch directory and runs a seeded random mix of operations, good and bad
  * (creates, events that pass or fail guards, unknown ids and events, wrong
  * types, deletes, idempotent retries, atomic batches). Before each one it
  * prints "B <n>" and after eng_wait says the result is durable it prints
@@ -16,6 +17,8 @@
  * landed. Then the next round continues on the same directory, so state and
  * crashes accumulate. Exit status 0 when every round holds.
  */
+#include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +31,12 @@
 #include "base/util.h"
 #include "engine/engine.h"
 
-#define N_IDS 200
+/* Ids come from a window of WINDOW that slides with the operations (and
+ * starts further on each round): deletes, cancellations and shipments are
+ * final, so a fixed set of ids would soon be all final and every later
+ * operation refused, writing nothing that a crash could lose. */
+#define N_IDS (1 << 17)
+#define WINDOW 200
 
 static uint64_t rng;
 static uint64_t rnd(void)
@@ -47,6 +55,11 @@ static eng *open_engine(const char *dir)
     o.segment_size = 64 * 1024; /* rotations happen during the run */
     o.compact_enabled = false;
     stm_err err;
+    const char *policy = getenv("STMFS_MODEL_POLICY");
+    if (policy && wal_sync_policy_parse(policy, &o.sync, &err) != STM_OK) {
+        fprintf(stderr, "model_crash: STMFS_MODEL_POLICY: %s\n", err.msg);
+        exit(3);
+    }
     eng *e;
     if (eng_open(&o, &e, NULL, &err) != STM_OK) {
         fprintf(stderr, "model_crash: open failed: %s\n", err.msg);
@@ -77,7 +90,7 @@ static const char *DEF =
     "\"ctx.amount > 10\"},{\"from\":[\"new\",\"paid\"],\"event\":\"CANCEL\",\"to\":\"cancelled\"},"
     "{\"from\":\"shipped\",\"event\":\"NOTE\",\"to\":\"shipped\"}]}}";
 
-static void child(const char *dir, uint64_t seed)
+static void child(const char *dir, uint64_t seed, int round)
 {
     rng = seed;
     eng *e = open_engine(dir);
@@ -91,7 +104,8 @@ static void child(const char *dir, uint64_t seed)
     static const char *events[] = {"PAY", "SHIP", "CANCEL", "NOTE", "BOGUS"};
     for (long n = 0;; n++) {
         char id[16], params[512];
-        snprintf(id, sizeof id, "x-%03d", (int)(rnd() % N_IDS));
+        uint64_t num = ((uint64_t)round * 2000 + (uint64_t)n / 20 + rnd() % WINDOW) % N_IDS;
+        snprintf(id, sizeof id, "x-%06d", (int)num);
         int kind = (int)(rnd() % 20);
         printf("B %ld %s\n", n, id);
         const char *op;
@@ -176,28 +190,58 @@ int main(int argc, char **argv)
         if (pid == 0) {
             close(pipefd[0]);
             dup2(pipefd[1], 1);
-            child(dir, seed * 7919 + (uint64_t)round + 1);
+            child(dir, seed * 7919 + (uint64_t)round + 1, round);
             _exit(0);
         }
         close(pipefd[1]);
-        /* let it run 20-300 ms, reading its reports */
-        FILE *in = fdopen(pipefd[0], "r");
+        /* Let it run 50-500 ms. Its reports are only collected meanwhile and
+         * parsed after the kill: a parent parsing as it reads would fall
+         * behind, the full pipe would block the child in printf, and the
+         * WAL would catch up during every such pause, hiding an early
+         * acknowledgement (measured: under never, an eng_wait that did not
+         * wait went unnoticed that way). */
         uint64_t deadline = util_mono_ns() + (uint64_t)(50 + rand() % 450) * 1000000ull;
-        char line[2048];
+        size_t len = 0, cap = 1u << 20;
+        char *raw = malloc(cap + 1);
+        for (bool killed = false;;) {
+            uint64_t now = util_mono_ns();
+            if (!killed && now >= deadline) {
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                killed = true; /* whatever it printed before dying was acknowledged too */
+            }
+            struct pollfd pf = {.fd = pipefd[0], .events = POLLIN};
+            int ms = killed ? 0 : (int)((deadline - now) / 1000000u) + 1;
+            if (!killed && poll(&pf, 1, ms) <= 0) continue;
+            if (len + 65536 > cap) raw = realloc(raw, (cap *= 2) + 1);
+            ssize_t r = read(pipefd[0], raw + len, 65536);
+            if (r > 0) {
+                len += (size_t)r;
+                continue;
+            }
+            if (r < 0 && errno == EINTR) continue;
+            if (killed) break;
+            /* EOF before the deadline: the child died by itself */
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            killed = true;
+        }
+        close(pipefd[0]);
+        raw[len] = 0;
         char inflight[16] = "";
         long acked = 0;
-        while (util_mono_ns() < deadline && fgets(line, sizeof line, in))
+        for (char *line = raw, *nl; *line; line = nl + 1) {
+            nl = strchr(line, '\n');
+            if (!nl) break; /* a line cut by the kill was never acknowledged */
+            *nl = 0;
             acked += take_report(line, facts, inflight);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        /* whatever the child printed before dying was acknowledged too */
-        while (fgets(line, sizeof line, in)) acked += take_report(line, facts, inflight);
-        fclose(in);
+        }
+        free(raw);
 
         eng *e = open_engine(dir);
         for (int k = 0; k < N_IDS; k++) {
             char id[16];
-            snprintf(id, sizeof id, "x-%03d", k);
+            snprintf(id, sizeof id, "x-%06d", k);
             bool maybe = strcmp(id, inflight) == 0;
             eng_instance_view v;
             stm_err err;
