@@ -663,7 +663,7 @@ uint64_t eng_acked_seq(eng *e)
 stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
 {
     if (seq <= atomic_load(&e->acked)) return STM_OK;
-    wal_kick(e->w, seq);
+    wal_write_now(e->w, seq);
     pthread_mutex_lock(&e->wait_lock);
     while (seq > atomic_load(&e->acked) && !e->failed) pthread_cond_wait(&e->wait_cond, &e->wait_lock);
     bool ok = seq <= atomic_load(&e->acked);
@@ -679,7 +679,7 @@ stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
 
 void eng_kick(eng *e, uint64_t seq)
 {
-    if (seq > atomic_load(&e->acked)) wal_kick(e->w, seq);
+    if (seq > atomic_load(&e->acked)) wal_write_now(e->w, seq);
 }
 
 int eng_add_listener(eng *e, void (*fn)(void *, uint64_t), void *arg)

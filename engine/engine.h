@@ -110,9 +110,12 @@ uint64_t eng_acked_seq(eng *e);
 /* Writes and fdatasyncs everything appended so far, whatever the fsync
  * policy (fsync(2) on the mount, a clean shutdown). */
 stm_code eng_sync(eng *e, stm_err *err);
+/* Both may write pending records in the calling thread (wal_write_now)
+ * and so run the engine's listeners there: call them holding no engine
+ * lock and nothing a listener takes. */
 stm_code eng_wait(eng *e, uint64_t seq, stm_err *err);
 /* The caller will wait for seq by other means (a listener): have it written
- * now rather than batched (see wal_kick). eng_wait kicks by itself. */
+ * now rather than batched (see wal_write_now). eng_wait does so by itself. */
 void eng_kick(eng *e, uint64_t seq);
 /* fn runs on the WAL flusher thread (no engine lock held) whenever the acked
  * watermark advances; keep it short (write an eventfd, signal a condvar).

@@ -323,7 +323,9 @@ stm_code eng_subscribe(eng *e, const eng_filter *f, void (*wake)(void *), void *
             wal_stats st;
             wal_get_stats(e->w, &st);
             s->catch_until = st.latest_offset;
-            eng_kick(e, st.entry_count);
+            /* only a signal: the listener a writing thread calls takes
+             * h->lock, which is held here */
+            wal_kick(e->w, st.entry_count);
         }
         s->next_offset = f->from_offset;
     }

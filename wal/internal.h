@@ -107,6 +107,18 @@ struct wal {
     wal_chunk *chunks;
     size_t nchunks, chunkcap;
 
+    /* The group being written (write_group_locked): one writer at a time,
+     * the flusher or, under never, a waiter writing for itself. */
+    bool writing;
+    buf gbuf;
+    wal_chunk *gchunks;
+    size_t gchunkcap;
+    wal_seg *dirty;         /* segment with written, unsynced bytes (holds a ref) */
+    uint64_t ms_deadline;   /* every_ms: when the oldest unsynced write must be synced */
+    uint64_t linger_ns;     /* every_write: how long to wait for a group (half an fdatasync) */
+    uint64_t last_listened; /* the last watermark the listener was told (listen_mu) */
+    pthread_mutex_t listen_mu; /* one listener call at a time, in watermark order */
+
     /* Written under mu; synced_seq, acked_seq and failed also read with
      * atomic loads by waiters, who hold no lock. */
     uint64_t written_seq, synced_seq, acked_seq, sync_target;

@@ -13,9 +13,12 @@
  *   watermarks          written_seq <= synced_seq ... acked_seq follows the
  *                       policy; waiters and the listener see it move
  *
- * Only the flusher writes segment files once the log is open, so no file
- * lock is needed between appenders; recovery (recover.c) runs before the
- * flusher starts.
+ * One group is written at a time (write_group_locked, the writing flag), so
+ * no file lock is needed between appenders. The flusher writes groups; under
+ * never a waiter writes its own (wal_write_now): one pwrite in the waiting
+ * thread costs less than waking the flusher and being woken by it, 2
+ * context switches a record for a lone writer. Recovery (recover.c) runs
+ * before the flusher starts.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -519,26 +522,176 @@ static uint64_t mono_ns(void)
     return util_mono_ns();
 }
 
+/* Tells the listener the newest watermark, unless it was told already.
+ * Two threads may write groups one after the other and get here at once;
+ * reading the mark under listen_mu keeps what the listener hears in order. */
+static void tell_listener(wal *w)
+{
+    pthread_mutex_lock(&w->listen_mu);
+    void (*fn)(void *, uint64_t, bool) = w->listener;
+    uint64_t acked = __atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE);
+    bool failed = __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE);
+    if (fn && (acked > w->last_listened || (failed && w->last_listened != UINT64_MAX))) {
+        w->last_listened = failed ? UINT64_MAX : acked;
+        fn(w->listener_arg, acked, failed);
+    }
+    pthread_mutex_unlock(&w->listen_mu);
+}
+
+/* Takes the pending group, writes it, syncs it when the policy (or
+ * wal_sync) says so, and acknowledges what may be. Called with mu held and
+ * nobody else writing; returns with mu held. The flusher calls it, and
+ * under never so does a waiter (wal_write_now): a lone writer's record then
+ * needs no hand-off to another thread and back. */
+static void write_group_locked(wal *w)
+{
+    w->writing = true;
+    w->pend_records = 0;
+
+    /* Take the whole pending group; appenders refill the other buffer. */
+    buf tb = w->pend;
+    w->pend = w->gbuf;
+    w->gbuf = tb;
+    wal_chunk *gc = w->chunks;
+    size_t ncs = w->nchunks, gcap = w->chunkcap;
+    w->chunks = w->gchunks;
+    w->chunkcap = w->gchunkcap;
+    w->nchunks = 0;
+    w->gchunks = gc;
+    w->gchunkcap = gcap;
+    const buf gb = w->gbuf;
+    pthread_cond_broadcast(&w->space_cv);
+    pthread_mutex_unlock(&w->mu);
+
+    const char *what = NULL, *path = NULL;
+    int e = 0;
+    for (size_t i = 0; i < ncs && !what; i++) {
+        wal_chunk *c = &gc[i];
+        if (w->dirty && w->dirty != c->seg) {
+            /* Rotation: the old segment must be durable before any
+             * record of the new one can count as durable. */
+            if (!trim_zeros(w, w->dirty, &e)) {
+                what = "truncating", path = w->dirty->path;
+                break;
+            }
+            if (w->io->fdatasync(w->dirty->fd) != 0) {
+                what = "fdatasync", path = w->dirty->path, e = errno;
+                break;
+            }
+            pthread_mutex_lock(&w->mu);
+            w->fsyncs++;
+            __atomic_store_n(&w->synced_seq, w->written_seq, __ATOMIC_RELEASE);
+            w->unsynced_records = 0;
+            wal_seg_unref(w, w->dirty);
+            w->dirty = NULL;
+            pthread_mutex_unlock(&w->mu);
+        }
+        if (c->seg->fd < 0) {
+            int fd = w->io->open(c->seg->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+            if (fd < 0) {
+                what = "creating the segment", path = c->seg->path, e = errno;
+                break;
+            }
+            pthread_mutex_lock(&w->mu);
+            c->seg->fd = fd;
+            pthread_mutex_unlock(&w->mu);
+            if (w->io->fsync_dir(w->dir) != 0) {
+                what = "fsync of the directory", path = w->dir, e = errno;
+                break;
+            }
+        }
+        if (!write_all(w->io, c->seg->fd, gb.data + c->off, c->len, c->pos, &e) ||
+            !preallocate(w, c->seg, c->pos + c->len, &e)) {
+            what = "write", path = c->seg->path;
+            break;
+        }
+        pthread_mutex_lock(&w->mu);
+        c->seg->written = c->pos + c->len;
+        w->written_seq = c->last_seq;
+        w->bytes_written += c->len;
+        w->writes += c->records;
+        w->unsynced_records += c->records;
+        if (!w->dirty) {
+            w->dirty = c->seg;
+            wal_seg_ref(w->dirty);
+        }
+        pthread_mutex_unlock(&w->mu);
+    }
+
+    pthread_mutex_lock(&w->mu);
+    if (what) {
+        cut_group(w, gc, ncs);
+        fail_locked(w, what, path, e);
+    } else {
+        bool sync = false;
+        bool pendingsync = w->written_seq > w->synced_seq;
+        switch (w->sync.mode) {
+        case WAL_SYNC_EVERY_WRITE:
+            sync = true;
+            break;
+        case WAL_SYNC_EVERY_N:
+            sync = w->sync.arg == 0 || w->unsynced_records >= w->sync.arg;
+            break;
+        case WAL_SYNC_EVERY_MS:
+            if (pendingsync && !w->ms_deadline)
+                w->ms_deadline = mono_ns() + (uint64_t)w->sync.arg * 1000000u;
+            sync = w->ms_deadline && mono_ns() >= w->ms_deadline;
+            break;
+        case WAL_SYNC_NEVER:
+            break;
+        }
+        if (w->sync_target > w->synced_seq) sync = true;
+        if (sync && pendingsync && w->dirty) {
+            uint64_t upto = w->written_seq;
+            wal_seg *d = w->dirty;
+            pthread_mutex_unlock(&w->mu);
+            uint64_t t0 = mono_ns();
+            int rc = w->io->fdatasync(d->fd);
+            int se = errno;
+            uint64_t took = mono_ns() - t0;
+            pthread_mutex_lock(&w->mu);
+            w->linger_ns = took / 2 < 1000000 ? took / 2 : 1000000;
+            if (rc != 0) {
+                cut_group(w, gc, ncs);
+                fail_locked(w, "fdatasync", d->path, se);
+            } else {
+                w->fsyncs++;
+                __atomic_store_n(&w->synced_seq, upto, __ATOMIC_RELEASE);
+                w->unsynced_records = 0;
+            }
+        } else if (sync) {
+            __atomic_store_n(&w->synced_seq, w->written_seq, __ATOMIC_RELEASE);
+        }
+        if (w->synced_seq >= w->written_seq) w->ms_deadline = 0;
+    }
+    for (size_t i = 0; i < ncs; i++)
+        wal_seg_unref(w, gc[i].seg);
+    buf_reset(&w->gbuf);
+    if (!w->failed) set_acked(w);
+    w->writing = false;
+    pthread_cond_broadcast(&w->work_cv); /* a flusher waiting for its turn */
+    pthread_mutex_unlock(&w->mu);
+    wake_waiters(w);
+    tell_listener(w);
+    pthread_mutex_lock(&w->mu);
+}
+
 static void *flusher_main(void *arg)
 {
     wal *w = arg;
-    buf gb = {0};
-    wal_chunk *gc = NULL;
-    size_t gcap = 0;
-    wal_seg *dirty = NULL; /* segment with written, unsynced bytes (holds a ref) */
-    uint64_t deadline = 0; /* every_ms: when the oldest unsynced write must be synced */
-    uint64_t last_listened = 0;
-    uint64_t last_group = 0, linger_ns = 0;
+    uint64_t last_group = 0;
     const bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
                         (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
 
     pthread_mutex_lock(&w->mu);
-    last_listened = w->acked_seq;
     for (;;) {
         for (;;) {
             uint64_t wake_at = 0;
+            uint64_t deadline = w->ms_deadline;
             if (w->failed) {
-                if (w->stop) goto out;
+                if (w->stop && !w->writing) goto out;
+            } else if (w->writing) {
+                /* a waiter is writing a group itself (never): after it */
             } else {
                 if (w->sync_target > w->synced_seq) break;
                 if (w->pend.len) {
@@ -568,7 +721,7 @@ static void *flusher_main(void *arg)
          * briefly (a fraction of an fdatasync) for as many records as the
          * last group had. */
         if (strict && !w->failed && !w->stop && w->pend_records < last_group) {
-            uint64_t until = mono_ns() + linger_ns;
+            uint64_t until = mono_ns() + w->linger_ns;
             struct timespec ts = {(time_t)(until / 1000000000u), (long)(until % 1000000000u)};
             w->flusher_want = last_group;
             while (!w->failed && !w->stop && w->pend_records < last_group &&
@@ -577,137 +730,7 @@ static void *flusher_main(void *arg)
             w->flusher_want = 0;
         }
         last_group = w->pend_records;
-        w->pend_records = 0;
-
-        /* Take the whole pending group; appenders refill the other buffer. */
-        buf tb = w->pend;
-        w->pend = gb;
-        gb = tb;
-        wal_chunk *tc = w->chunks;
-        size_t ncs = w->nchunks, tcap = w->chunkcap;
-        w->chunks = gc;
-        w->chunkcap = gcap;
-        w->nchunks = 0;
-        gc = tc;
-        gcap = tcap;
-        pthread_cond_broadcast(&w->space_cv);
-        pthread_mutex_unlock(&w->mu);
-
-        const char *what = NULL, *path = NULL;
-        int e = 0;
-        for (size_t i = 0; i < ncs && !what; i++) {
-            wal_chunk *c = &gc[i];
-            if (dirty && dirty != c->seg) {
-                /* Rotation: the old segment must be durable before any
-                 * record of the new one can count as durable. */
-                if (!trim_zeros(w, dirty, &e)) {
-                    what = "truncating", path = dirty->path;
-                    break;
-                }
-                if (w->io->fdatasync(dirty->fd) != 0) {
-                    what = "fdatasync", path = dirty->path, e = errno;
-                    break;
-                }
-                pthread_mutex_lock(&w->mu);
-                w->fsyncs++;
-                __atomic_store_n(&w->synced_seq, w->written_seq, __ATOMIC_RELEASE);
-                w->unsynced_records = 0;
-                wal_seg_unref(w, dirty);
-                pthread_mutex_unlock(&w->mu);
-                dirty = NULL;
-            }
-            if (c->seg->fd < 0) {
-                int fd = w->io->open(c->seg->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-                if (fd < 0) {
-                    what = "creating the segment", path = c->seg->path, e = errno;
-                    break;
-                }
-                pthread_mutex_lock(&w->mu);
-                c->seg->fd = fd;
-                pthread_mutex_unlock(&w->mu);
-                if (w->io->fsync_dir(w->dir) != 0) {
-                    what = "fsync of the directory", path = w->dir, e = errno;
-                    break;
-                }
-            }
-            if (!write_all(w->io, c->seg->fd, gb.data + c->off, c->len, c->pos, &e) ||
-                !preallocate(w, c->seg, c->pos + c->len, &e)) {
-                what = "write", path = c->seg->path;
-                break;
-            }
-            pthread_mutex_lock(&w->mu);
-            c->seg->written = c->pos + c->len;
-            w->written_seq = c->last_seq;
-            w->bytes_written += c->len;
-            w->writes += c->records;
-            w->unsynced_records += c->records;
-            if (!dirty) {
-                dirty = c->seg;
-                wal_seg_ref(dirty);
-            }
-            pthread_mutex_unlock(&w->mu);
-        }
-
-        pthread_mutex_lock(&w->mu);
-        if (what) {
-            cut_group(w, gc, ncs);
-            fail_locked(w, what, path, e);
-        } else {
-            bool sync = false;
-            bool pendingsync = w->written_seq > w->synced_seq;
-            switch (w->sync.mode) {
-            case WAL_SYNC_EVERY_WRITE:
-                sync = true;
-                break;
-            case WAL_SYNC_EVERY_N:
-                sync = w->sync.arg == 0 || w->unsynced_records >= w->sync.arg;
-                break;
-            case WAL_SYNC_EVERY_MS:
-                if (pendingsync && !deadline)
-                    deadline = mono_ns() + (uint64_t)w->sync.arg * 1000000u;
-                sync = deadline && mono_ns() >= deadline;
-                break;
-            case WAL_SYNC_NEVER:
-                break;
-            }
-            if (w->sync_target > w->synced_seq) sync = true;
-            if (sync && pendingsync && dirty) {
-                uint64_t upto = w->written_seq;
-                pthread_mutex_unlock(&w->mu);
-                uint64_t t0 = mono_ns();
-                int rc = w->io->fdatasync(dirty->fd);
-                int se = errno;
-                uint64_t took = mono_ns() - t0;
-                linger_ns = took / 2 < 1000000 ? took / 2 : 1000000;
-                pthread_mutex_lock(&w->mu);
-                if (rc != 0) {
-                    cut_group(w, gc, ncs);
-                    fail_locked(w, "fdatasync", dirty->path, se);
-                } else {
-                    w->fsyncs++;
-                    __atomic_store_n(&w->synced_seq, upto, __ATOMIC_RELEASE);
-                    w->unsynced_records = 0;
-                }
-            } else if (sync) {
-                __atomic_store_n(&w->synced_seq, w->written_seq, __ATOMIC_RELEASE);
-            }
-            if (w->synced_seq >= w->written_seq) deadline = 0;
-        }
-        for (size_t i = 0; i < ncs; i++)
-            wal_seg_unref(w, gc[i].seg);
-        buf_reset(&gb);
-        if (!w->failed) set_acked(w);
-        uint64_t acked = w->acked_seq;
-        bool failed = w->failed;
-        void (*fn)(void *, uint64_t, bool) = w->listener;
-        void *fa = w->listener_arg;
-        pthread_mutex_unlock(&w->mu);
-        wake_waiters(w);
-        if (fn && (acked > last_listened || (failed && last_listened != UINT64_MAX))) {
-            last_listened = failed ? UINT64_MAX : acked;
-            fn(fa, acked, failed);
-        }
-        pthread_mutex_lock(&w->mu);
+        write_group_locked(w);
     }
 out:
     /* A clean close leaves no zero fill behind: the log ends at its last
@@ -722,10 +745,9 @@ out:
                 fail_locked(w, "fdatasync", live->path, errno);
         }
     }
-    if (dirty) wal_seg_unref(w, dirty);
+    if (w->dirty) wal_seg_unref(w, w->dirty);
+    w->dirty = NULL;
     pthread_mutex_unlock(&w->mu);
-    buf_free(&gb);
-    free(gc);
     return NULL;
 }
 
@@ -756,11 +778,14 @@ static void wal_free(wal *w)
         wal_seg_unref(w, w->segs[i]);
     free(w->segs);
     free(w->chunks);
+    free(w->gchunks);
     free(w->anchors);
     buf_free(&w->pend);
+    buf_free(&w->gbuf);
     if (w->md) EVP_MD_CTX_free(w->md);
     if (w->sha) EVP_MD_free(w->sha);
     pthread_mutex_destroy(&w->mu);
+    pthread_mutex_destroy(&w->listen_mu);
     pthread_cond_destroy(&w->work_cv);
     pthread_cond_destroy(&w->space_cv);
     free(w->dir);
@@ -790,6 +815,7 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
               (opts->sync.mode == WAL_SYNC_EVERY_N && opts->sync.arg > 0);
     w->read_only = opts->read_only;
     pthread_mutex_init(&w->mu, NULL);
+    pthread_mutex_init(&w->listen_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -828,6 +854,7 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
             wal_free(w);
             return rc;
         }
+        w->last_listened = w->acked_seq;
         if (pthread_create(&w->flusher, NULL, flusher_main, w) != 0) {
             wal_free(w);
             return stm_fail(err, STM_INTERNAL_ERROR, "cannot start the WAL flusher thread");
@@ -872,7 +899,7 @@ stm_code wal_wait(wal *w, uint64_t seq, stm_err *err)
         return stm_fail(err, STM_BAD_REQUEST, "sequence %llu has not been appended (next is %llu)",
                         (unsigned long long)seq, (unsigned long long)next);
     if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return STM_OK;
-    wal_kick(w, seq);
+    wal_write_now(w, seq);
     wait_until(w, &w->acked_seq, seq);
     if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return STM_OK;
     /* failed is set after fail_msg is final, and never cleared. */
@@ -890,12 +917,30 @@ void wal_kick(wal *w, uint64_t seq)
     pthread_mutex_unlock(&w->mu);
 }
 
+void wal_write_now(wal *w, uint64_t seq)
+{
+    if (w->sync.mode != WAL_SYNC_NEVER) {
+        wal_kick(w, seq);
+        return;
+    }
+    if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return;
+    pthread_mutex_lock(&w->mu);
+    if (!w->writing && !w->failed && !w->stop && w->written_seq < seq && w->pend.len) {
+        write_group_locked(w);
+    } else if (seq > w->want_seq) {
+        /* the flusher is writing: it takes the rest right after */
+        w->want_seq = seq;
+        if (w->written_seq < seq) pthread_cond_signal(&w->work_cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
 void wal_set_listener(wal *w, void (*fn)(void *arg, uint64_t acked_seq, bool failed), void *arg)
 {
-    pthread_mutex_lock(&w->mu);
+    pthread_mutex_lock(&w->listen_mu);
     w->listener = fn;
     w->listener_arg = arg;
-    pthread_mutex_unlock(&w->mu);
+    pthread_mutex_unlock(&w->listen_mu);
 }
 
 const char *wal_failure(wal *w)

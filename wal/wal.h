@@ -36,7 +36,9 @@
  *   wal_append never waits for the disk: it copies the record into the
  *   pending group and returns its offset and sequence. One flusher thread
  *   writes each group with one write and, per policy, one fdatasync that
- *   covers every record appended before it (group commit). The "acked"
+ *   covers every record appended before it (group commit); under never a
+ *   waiter may write the group itself (wal_write_now), one group at a
+ *   time either way. The "acked"
  *   watermark says which records a caller may acknowledge:
  *     every_write  acked = synced: written and covered by a completed fdatasync
  *     every_n:N    acked = written (in the kernel); fdatasync after every N records
@@ -197,7 +199,13 @@ stm_code wal_wait(wal *w, uint64_t seq, stm_err *err);
  * pending, so that a lone fast writer does not wake the flusher for every
  * record; wal_wait kicks by itself. Cheap when there is nothing to do. */
 void wal_kick(wal *w, uint64_t seq);
-/* Called by the flusher thread, with no wal lock held, every time the acked
+/* As wal_kick, but under never the caller writes the pending group itself
+ * when nobody else is writing (one pwrite, no fdatasync): no hand-off to
+ * the flusher and back. Calls the listener from the calling thread, so
+ * the caller must hold no lock the listener takes. wal_wait uses it. */
+void wal_write_now(wal *w, uint64_t seq);
+/* Called by the thread that wrote the group (the flusher, or under never a
+ * waiter in wal_write_now), with no wal lock held, every time the acked
  * watermark advances (and once with the final value when the log fails).
  * Keep it short: it delays the next group. Set before the first append. */
 void wal_set_listener(wal *w, void (*fn)(void *arg, uint64_t acked_seq, bool failed), void *arg);
