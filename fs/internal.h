@@ -145,11 +145,13 @@ typedef struct fs {
     pthread_t notifier, helper;
     bool notifier_started, helper_started;
     pthread_mutex_t nlock;
-    pthread_cond_t ncond, ndone;
-    bool nstop, nwake;
+    bool nstop;
     eng_sub *sub;
+    /* Set under nlock, read by waiters with atomic loads (notify.c,
+     * wait_until): */
     uint64_t done_seq;          /* engine records fully invalidated */
     uint64_t tickets, done_ticket;
+    uint32_t done_gen, done_sleepers; /* futex word bumped when they move */
     struct fs_inval *inval_q;   /* extra invalidations asked for by handlers */
     struct fs_selfop *self_q;   /* pending inotify self-operations */
     pthread_cond_t hcond;
