@@ -15,10 +15,14 @@
 #include "engine/internal.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/util.h"
@@ -640,9 +644,11 @@ static void on_acked(void *arg, uint64_t acked, bool failed)
     eng *e = arg;
     pthread_mutex_lock(&e->wait_lock);
     if (acked > atomic_load(&e->acked)) atomic_store(&e->acked, acked);
-    if (failed) e->failed = true;
-    pthread_cond_broadcast(&e->wait_cond);
+    if (failed) __atomic_store_n(&e->failed, true, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&e->wait_lock);
+    __atomic_add_fetch(&e->acked_gen, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&e->acked_sleepers, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &e->acked_gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     pthread_mutex_lock(&e->listen_lock);
     for (size_t i = 0; i < e->n_listeners; i++) e->listeners[i].fn(e->listeners[i].arg, acked);
     pthread_mutex_unlock(&e->listen_lock);
@@ -664,10 +670,17 @@ stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
 {
     if (seq <= atomic_load(&e->acked)) return STM_OK;
     wal_write_now(e->w, seq);
-    pthread_mutex_lock(&e->wait_lock);
-    while (seq > atomic_load(&e->acked) && !e->failed) pthread_cond_wait(&e->wait_cond, &e->wait_lock);
+    for (;;) {
+        /* the generation before the test: a move after it makes the
+         * FUTEX_WAIT return at once instead of being missed */
+        uint32_t gen = __atomic_load_n(&e->acked_gen, __ATOMIC_SEQ_CST);
+        if (seq <= atomic_load(&e->acked) || __atomic_load_n(&e->failed, __ATOMIC_SEQ_CST)) break;
+        __atomic_add_fetch(&e->acked_sleepers, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&e->acked_gen, __ATOMIC_SEQ_CST) == gen)
+            syscall(SYS_futex, &e->acked_gen, FUTEX_WAIT_PRIVATE, gen, NULL, NULL, 0);
+        __atomic_sub_fetch(&e->acked_sleepers, 1, __ATOMIC_SEQ_CST);
+    }
     bool ok = seq <= atomic_load(&e->acked);
-    pthread_mutex_unlock(&e->wait_lock);
     /* The WAL's message names the call and the errno (the mount maps a
      * full disk to ENOSPC by it). */
     if (!ok)
@@ -855,7 +868,6 @@ stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recover
     pthread_mutex_init(&e->lock, NULL);
     pthread_mutex_init(&e->wait_lock, NULL);
     pthread_mutex_init(&e->listen_lock, NULL);
-    pthread_cond_init(&e->wait_cond, NULL);
     pthread_cond_init(&e->stop_cond, NULL);
     pthread_mutex_init(&e->compact_lock, NULL);
     e->snap_fd = -1;
@@ -959,7 +971,6 @@ void eng_close(eng *e)
     pthread_mutex_destroy(&e->lock);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_mutex_destroy(&e->listen_lock);
-    pthread_cond_destroy(&e->wait_cond);
     pthread_cond_destroy(&e->stop_cond);
     pthread_mutex_destroy(&e->compact_lock);
     free(e->data_dir);

@@ -122,8 +122,11 @@ struct eng {
 
     /* durability */
     _Atomic uint64_t acked;
-    pthread_mutex_t wait_lock;
-    pthread_cond_t wait_cond;
+    /* eng_wait sleeps on this futex word, bumped when acked moves or the
+     * WAL fails: a group woken by one fdatasync returns at once instead of
+     * re-taking a mutex one by one (as a condition variable makes it). */
+    uint32_t acked_gen, acked_sleepers;
+    pthread_mutex_t wait_lock; /* failed, and the compactor's stop_cond */
     pthread_mutex_t listen_lock;
     struct listener { int id; void (*fn)(void *, uint64_t); void *arg; } *listeners;
     size_t n_listeners;
