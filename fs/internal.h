@@ -88,6 +88,11 @@ typedef struct fs_node {
                                    reads as that file from then on */
     uint64_t nlookup;
     bool pinned;                /* fixed nodes (root...) never forgotten */
+    /* What the kernel may hold of this node (under fs->lock): its
+     * attributes since we last answered with them, its pages since a
+     * keep_cache open. Set before the answer is computed, cleared by the
+     * notifier when it invalidates, so only what may be cached is. */
+    bool cached_attr, cached_data;
     uint64_t hash;
     struct fs_node *next_key, *next_ino;
     /* rendered content cache (under fs->lock) */

@@ -148,6 +148,16 @@ static void version_temp_name(uint32_t v, char out[32])
 
 /* ---- entries ------------------------------------------------------------- */
 
+/* The kernel is about to hold n's attributes (and with data, its pages):
+ * called before they are computed, see fs_node.cached_attr. */
+static void mark_cached(fs *f, fs_node *n, bool data)
+{
+    pthread_mutex_lock(&f->lock);
+    n->cached_attr = true;
+    if (data) n->cached_data = true;
+    pthread_mutex_unlock(&f->lock);
+}
+
 /* Looks up the node of a child, stats it, counts the lookup, replies. */
 static void reply_node(fuse_req_t req, enum fs_kind kind, const char *a, const char *b,
                        uint32_t ver)
@@ -158,6 +168,7 @@ static void reply_node(fuse_req_t req, enum fs_kind kind, const char *a, const c
     pthread_mutex_lock(&f->lock);
     fs_node *n = fs_node_get(f, kind, a, b, ver);
     n->nlookup++;
+    n->cached_attr = true;
     pthread_mutex_unlock(&f->lock);
     int r = fs_stat_node(f, n, &e.attr);
     if (r < 0) {
@@ -327,6 +338,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fs *f = F(req);
     fs_node *n = node_of(f, ino);
     struct stat st;
+    if (n) mark_cached(f, n, false);
     int r = n ? fs_stat_node(f, n, &st) : -ENOENT;
     if (r < 0)
         fuse_reply_err(req, -r);
@@ -558,6 +570,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         pthread_mutex_lock(&f->lock);
         fs_node *n = fs_node_get(f, de->kind, de->a, de->b, de->ver);
         n->nlookup++;
+        n->cached_attr = true;
         pthread_mutex_unlock(&f->lock);
         if (fs_stat_node(f, n, &e.attr) < 0) {
             /* gone since opendir: skip it */
@@ -756,6 +769,7 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
         fi->direct_io = 1;
     } else if (k != K_HISTORY && k != K_WAL_ENTRIES) {
         int e = 0;
+        mark_cached(f, n, true);
         h->blob = fs_content(f, n, &e);
         if (!h->blob) {
             fh_free(h);
@@ -765,6 +779,7 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
         fi->keep_cache = 1;
         fi->noflush = 1; /* nothing to report at close: spare the round trip */
     } else {
+        mark_cached(f, n, true);
         fi->keep_cache = 1;
         fi->noflush = 1;
     }
@@ -772,6 +787,7 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
     if (created) {
         struct fuse_entry_param e;
         memset(&e, 0, sizeof e);
+        mark_cached(f, n, false);
         int r = fs_stat_node(f, n, &e.attr);
         if (r < 0) {
             pthread_mutex_lock(&f->lock);
@@ -1603,6 +1619,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     /* modes, owners and times are fixed by the layout; accepted so that
      * cp -p, editors and touch do not fail */
     struct stat st;
+    if (!self) mark_cached(f, n, false);
     int r = fs_stat_node(f, n, &st);
     if (r < 0)
         fuse_reply_err(req, -r);
