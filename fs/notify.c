@@ -11,11 +11,12 @@
  * acknowledged, never while the kernel holds a lock they would need.
  *
  * No notify call makes inotify fire (measured), so the helper thread then
- * performs real operations on the mount: an open-write-close of state,
- * ctx.json and history (MODIFY, CLOSE_WRITE), a mkdir or rmdir in
- * instances/ (CREATE, DELETE). The handlers recognise the helper by its
- * thread id and leave content alone. Bursts coalesce: the queue holds each
- * (op, id) once.
+ * performs real operations on the mount: an open-write-close of those of
+ * state, ctx.json and history whose content changed (MODIFY, CLOSE_WRITE),
+ * a mkdir or rmdir in instances/ (CREATE, DELETE). The handlers recognise
+ * the helper by its thread id and leave content alone. Bursts coalesce:
+ * the queue holds each (op, id) once, covering every file any of them
+ * changed.
  *
  * Watch files: every open watch handle has its own subscription, live from
  * open time; the notifier moves its lines into the handle and answers the
@@ -23,6 +24,7 @@
  * engine's wake callback takes no lock of ours.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -53,6 +55,7 @@ struct fs_inval {
 
 struct fs_selfop {
     int kind;
+    unsigned files;             /* SELF_TOUCH: TOUCH_* of the files that changed */
     char *name;                 /* encoded instance name */
     struct fs_selfop *next;
 };
@@ -145,8 +148,14 @@ static struct fs_selfop *self_tail;
 static struct selfkey {
     int kind;
     char *name;
+    struct fs_selfop *op; /* queued while the key is in the set */
     struct selfkey *next;
 } *self_set[SELF_BUCKETS];
+
+/* The files of an instance a touch covers: only those whose content
+ * changed, so that a watcher of state hears nothing of an event that left
+ * the state as it was. */
+enum { TOUCH_STATE = 1, TOUCH_CTX = 2, TOUCH_HISTORY = 4 };
 
 static size_t self_hash(int kind, const char *name)
 {
@@ -167,14 +176,16 @@ static void self_unmark(int kind, const char *name)
         }
 }
 
-/* Queues a self-op unless the same one is already waiting (caller holds nlock). */
-static void self_push(fs *f, int kind, const char *id)
+/* Queues a self-op unless the same one is already waiting, which then also
+ * covers files (caller holds nlock). */
+static void self_push(fs *f, int kind, const char *id, unsigned files)
 {
     buf nm = {0};
     fs_name_encode(id, &nm);
     size_t h = self_hash(kind, buf_cstr(&nm));
     for (struct selfkey *k = self_set[h]; k; k = k->next)
         if (k->kind == kind && strcmp(k->name, buf_cstr(&nm)) == 0) {
+            k->op->files |= files;
             buf_free(&nm);
             return;
         }
@@ -184,9 +195,11 @@ static void self_push(fs *f, int kind, const char *id)
     }
     struct fs_selfop *s = xcalloc(1, sizeof *s);
     s->kind = kind;
+    s->files = files;
     s->name = buf_detach(&nm, NULL);
     struct selfkey *k = xcalloc(1, sizeof *k);
     k->kind = kind;
+    k->op = s;
     k->name = s->name; /* borrowed: unmarked before s is freed */
     k->next = self_set[h];
     self_set[h] = k;
@@ -221,6 +234,7 @@ static void set_self(fs *f, int kind, const char *name)
  * handlers are seeing. */
 struct selfmsg {
     int kind;
+    unsigned files;
     char path[PATH_MAX];
 };
 
@@ -265,7 +279,7 @@ static void child_main(int sock, pid_t parent)
     for (;;) {
         ssize_t n = recv(sock, &m, sizeof m, 0);
         if (n <= 0) _exit(0);
-        if ((size_t)n < sizeof m.kind + 1) continue;
+        if ((size_t)n < offsetof(struct selfmsg, path) + 1) continue;
         ((char *)&m)[n < (ssize_t)sizeof m ? n : (ssize_t)sizeof m - 1] = 0;
         if (m.kind == SELF_CREATE) {
             mkdir(m.path, 0755);
@@ -276,6 +290,7 @@ static void child_main(int sock, pid_t parent)
             static const char *const files[] = {"/state", "/ctx.json", "/history"};
             size_t base = strlen(m.path);
             for (size_t i = 0; i < 3; i++) {
+                if (!(m.files & (1u << i))) continue; /* TOUCH_STATE, _CTX, _HISTORY */
                 size_t fl = strlen(files[i]);
                 if (base + fl + 1 > sizeof m.path) break;
                 memcpy(m.path + base, files[i], fl + 1);
@@ -331,14 +346,16 @@ void fs_notify_reap(fs *f)
 }
 
 /* Has the child perform one operation; false when it is gone. */
-static bool child_do(int kind, const char *path)
+static bool child_do(int kind, unsigned files, const char *path)
 {
     static struct selfmsg m;
     m.kind = kind;
+    m.files = files;
     size_t n = strlen(path);
     if (n >= sizeof m.path) return true;
     memcpy(m.path, path, n + 1);
-    if (send(helper_sock, &m, sizeof m.kind + n + 1, MSG_NOSIGNAL) < 0) return false;
+    if (send(helper_sock, &m, offsetof(struct selfmsg, path) + n + 1, MSG_NOSIGNAL) < 0)
+        return false;
     char ack;
     return recv(helper_sock, &ack, 1, 0) == 1;
 }
@@ -393,7 +410,7 @@ static void *helper_main(void *arg)
             pthread_mutex_unlock(&f->lock);
             if (iino) fuse_lowlevel_notify_inval_entry(f->se, iino, s->name, strlen(s->name));
         }
-        bool alive = child_do(s->kind, buf_cstr(&path));
+        bool alive = child_do(s->kind, s->files, buf_cstr(&path));
         set_self(f, SELF_NONE, NULL);
         if (!alive) {
             log_warn("mount: the inotify helper is gone; file watchers see only changes "
@@ -543,11 +560,18 @@ static void on_event(fs *f, const eng_event *ev, inoset *data, inoset *attrs)
 
     pthread_mutex_lock(&f->nlock);
     if (ev->type == WAL_T_CREATE_INSTANCE) {
-        self_push(f, SELF_CREATE, id);
+        self_push(f, SELF_CREATE, id, 0);
     } else if (ev->type == WAL_T_APPLY_EVENT) {
-        self_push(f, SELF_TOUCH, id);
+        unsigned files = TOUCH_HISTORY;
+        if (!ev->from_state || !ev->to_state || strcmp(ev->from_state, ev->to_state) != 0)
+            files |= TOUCH_STATE;
+        /* an empty or absent payload merges nothing into the context */
+        if (ev->payload_json && strcmp(ev->payload_json, "null") != 0 &&
+            strcmp(ev->payload_json, "{}") != 0)
+            files |= TOUCH_CTX;
+        self_push(f, SELF_TOUCH, id, files);
     } else if (ev->type == WAL_T_DELETE_INSTANCE) {
-        if (!take_skip(id)) self_push(f, SELF_DELETE, id);
+        if (!take_skip(id)) self_push(f, SELF_DELETE, id, 0);
     }
     pthread_mutex_unlock(&f->nlock);
 }

@@ -151,6 +151,18 @@ test_expect_success INOTIFY 'inotifywait on the files themselves fires for an RC
     bg_stop "$inw"
 EOT
 
+test_expect_success INOTIFY 'an event that changes neither state nor context fires on history only' - <<\EOT
+    start_inotify "$I/t-1/state" "$I/t-1/ctx.json" "$I/t-1/history" &&
+    echo TICK >"$I/t-1/events" &&
+    test_poll 10 "grep -q ' $I/t-1/history\$' inotify.out" &&
+    : "the helper touches state and ctx.json before history, so by now they would show" &&
+    ! grep -e " $I/t-1/state\$" -e " $I/t-1/ctx.json\$" inotify.out &&
+    echo 'TICK {"seen": 1}' >"$I/t-1/events" &&
+    test_poll 10 "grep -q ' $I/t-1/ctx.json\$' inotify.out" &&
+    ! grep -q " $I/t-1/state\$" inotify.out &&
+    bg_stop "$inw"
+EOT
+
 test_expect_success INOTIFY 'creating an instance fires in instances/, by new and by RCP' - <<\EOT
     start_inotify "$I" &&
     echo c-1 >"$O/new" &&
