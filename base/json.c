@@ -549,7 +549,11 @@ bool json_get_uint(const cJSON *v, uint64_t max, uint64_t *out)
 {
     if (!cJSON_IsNumber(v)) return false;
     double d = v->valuedouble;
-    if (!(d >= 0) || d != floor(d) || d > (double)max) return false;
-    *out = (uint64_t)d;
+    /* (double)UINT64_MAX rounds up to 2^64, which no uint64_t holds: the
+     * cast of such a d would be undefined, so it is refused first */
+    if (!(d >= 0) || d != floor(d) || d >= 0x1p64) return false;
+    uint64_t u = (uint64_t)d;
+    if (u > max) return false;
+    *out = u;
     return true;
 }

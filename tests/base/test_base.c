@@ -3,12 +3,15 @@
  * the growable buffer, and canonical JSON.
  */
 #include <check.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/buf.h"
 #include "base/crc32c.h"
 #include "base/json.h"
+#include "base/util.h"
 
 /* The bit-at-a-time definition, as rcp-protocol.md gives it. */
 static uint32_t crc_ref(const void *data, size_t n)
@@ -266,9 +269,69 @@ START_TEST(test_json_rejects)
     ck_assert_uint_eq(n, 2);
     ck_assert_ptr_null(json_get(v, "A"));
     cJSON_Delete(v);
+    /* Numbers at 2^64 (all that round to it, UINT64_MAX among them) are
+     * out of range, not undefined; the largest double below it fits. */
+    static const char *const big[] = {"18446744073709551615", "18446744073709551598",
+                                      "1e20", "-1", "1.5"};
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
+        cJSON *b = json_parse(big[i], strlen(big[i]), &err);
+        ck_assert_ptr_nonnull(b);
+        ck_assert_msg(!json_get_uint(b, UINT64_MAX, &n), "%s taken", big[i]);
+        cJSON_Delete(b);
+    }
+    cJSON *top = json_parse("18446744073709549568", 20, &err);
+    ck_assert(json_get_uint(top, UINT64_MAX, &n));
+    ck_assert_uint_eq(n, 18446744073709549568u);
+    ck_assert(!json_get_uint(top, 18446744073709549567u, &n));
+    cJSON_Delete(top);
     ck_assert(json_utf8_valid("h\xc3\xa9", 3));
     ck_assert(!json_utf8_valid("\xc0\xaf", 2));
     ck_assert(!json_utf8_valid("\xed\xa0\x80", 3));
+}
+END_TEST
+
+/* ---- util_gate ------------------------------------------------------------ */
+
+static util_gate gate;
+static uint64_t gate_mark;
+
+static bool mark_at_least(void *arg)
+{
+    return __atomic_load_n(&gate_mark, __ATOMIC_ACQUIRE) >= *(uint64_t *)arg;
+}
+
+static void *gate_waiter(void *arg)
+{
+    uint64_t want = (uint64_t)(uintptr_t)arg;
+    return util_gate_wait(&gate, mark_at_least, &want, 0) ? arg : NULL;
+}
+
+START_TEST(test_gate)
+{
+    memset(&gate, 0, sizeof gate);
+    gate_mark = 0;
+    /* eight waiters for marks 1..8; the mark moves one step per open */
+    pthread_t th[8];
+    for (uintptr_t i = 0; i < 8; i++)
+        ck_assert_int_eq(pthread_create(&th[i], NULL, gate_waiter, (void *)(i + 1)), 0);
+    for (int step = 1; step <= 8; step++) {
+        struct timespec ms = {0, 2000000};
+        nanosleep(&ms, NULL);
+        __atomic_store_n(&gate_mark, (uint64_t)step, __ATOMIC_RELEASE);
+        util_gate_open(&gate);
+    }
+    for (uintptr_t i = 0; i < 8; i++) {
+        void *rv;
+        pthread_join(th[i], &rv);
+        ck_assert_ptr_eq(rv, (void *)(i + 1));
+    }
+    /* a deadline ends a wait that nothing opens, with false */
+    uint64_t want = 100, t0 = util_mono_ns();
+    ck_assert(!util_gate_wait(&gate, mark_at_least, &want, t0 + 20000000u));
+    ck_assert_uint_ge(util_mono_ns() - t0, 20000000u);
+    /* and a condition that already holds returns at once */
+    want = 8;
+    ck_assert(util_gate_wait(&gate, mark_at_least, &want, 0));
 }
 END_TEST
 
@@ -284,6 +347,7 @@ int main(void)
     tcase_add_test(t, test_json_rejects);
     tcase_add_test(t, test_json_canonical_len);
     tcase_add_test(t, test_json_merge_canonical);
+    tcase_add_test(t, test_gate);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
