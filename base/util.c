@@ -2,9 +2,13 @@
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t util_now_ms(void)
 {
@@ -50,4 +54,33 @@ int util_ct_memcmp(const void *a, const void *b, size_t n)
     unsigned char d = 0;
     for (size_t i = 0; i < n; i++) d |= x[i] ^ y[i];
     return d;
+}
+
+void util_gate_open(util_gate *g)
+{
+    __atomic_add_fetch(&g->gen, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&g->sleepers, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &g->gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+bool util_gate_wait(util_gate *g, bool (*test)(void *arg), void *arg, uint64_t deadline_ns)
+{
+    for (;;) {
+        uint32_t gen = __atomic_load_n(&g->gen, __ATOMIC_SEQ_CST);
+        if (test(arg)) return true;
+        struct timespec rel, *timeout = NULL;
+        if (deadline_ns) {
+            uint64_t now = util_mono_ns();
+            if (now >= deadline_ns) return false;
+            rel.tv_sec = (time_t)((deadline_ns - now) / 1000000000u);
+            rel.tv_nsec = (long)((deadline_ns - now) % 1000000000u);
+            timeout = &rel;
+        }
+        /* sleepers before the second look at gen, gen before sleepers in
+         * util_gate_open: one of the two sees the other */
+        __atomic_add_fetch(&g->sleepers, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&g->gen, __ATOMIC_SEQ_CST) == gen)
+            syscall(SYS_futex, &g->gen, FUTEX_WAIT_PRIVATE, gen, timeout, NULL, 0);
+        __atomic_sub_fetch(&g->sleepers, 1, __ATOMIC_SEQ_CST);
+    }
 }

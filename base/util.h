@@ -1,9 +1,10 @@
 /*
- * util.h - small things several layers need: time, ids, hashing.
+ * util.h - small things several layers need: time, ids, hashing, a wait gate.
  */
 #ifndef STM_UTIL_H
 #define STM_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,5 +17,20 @@ void util_uuid4(char out[37]);
 void util_sha256_hex(const void *data, size_t len, char out[65]);
 /* Constant-time comparison of n bytes; 0 when equal. */
 int util_ct_memcmp(const void *a, const void *b, size_t n);
+
+/* A gate many threads wait at until a condition of their own holds (a
+ * watermark reaching their record, say), opened by whoever changes it. A
+ * futex word, not a condition variable: everyone woken returns at once
+ * instead of re-taking a mutex one by one, which costs more than the
+ * fdatasync they waited for on a small busy machine. Zero-initialised. */
+typedef struct {
+    uint32_t gen, sleepers;
+} util_gate;
+/* Wakes every waiter; call after making their condition true. */
+void util_gate_open(util_gate *g);
+/* Returns test(arg) once it holds, or false at deadline_ns (util_mono_ns
+ * time; 0 = none). The generation is read before each test, so an open
+ * between the test and the sleep is never lost. */
+bool util_gate_wait(util_gate *g, bool (*test)(void *arg), void *arg, uint64_t deadline_ns);
 
 #endif

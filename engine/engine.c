@@ -15,14 +15,10 @@
 #include "engine/internal.h"
 
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include "base/log.h"
 #include "base/util.h"
@@ -646,9 +642,7 @@ static void on_acked(void *arg, uint64_t acked, bool failed)
     if (acked > atomic_load(&e->acked)) atomic_store(&e->acked, acked);
     if (failed) __atomic_store_n(&e->failed, true, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&e->wait_lock);
-    __atomic_add_fetch(&e->acked_gen, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&e->acked_sleepers, __ATOMIC_SEQ_CST))
-        syscall(SYS_futex, &e->acked_gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    util_gate_open(&e->ack_gate);
     pthread_mutex_lock(&e->listen_lock);
     for (size_t i = 0; i < e->n_listeners; i++) e->listeners[i].fn(e->listeners[i].arg, acked);
     pthread_mutex_unlock(&e->listen_lock);
@@ -666,20 +660,23 @@ uint64_t eng_acked_seq(eng *e)
     return atomic_load(&e->acked);
 }
 
+typedef struct {
+    eng *e;
+    uint64_t seq;
+} ack_wait;
+
+static bool acked_or_failed(void *arg)
+{
+    ack_wait *a = arg;
+    return a->seq <= atomic_load(&a->e->acked) || __atomic_load_n(&a->e->failed, __ATOMIC_SEQ_CST);
+}
+
 stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
 {
     if (seq <= atomic_load(&e->acked)) return STM_OK;
     wal_write_now(e->w, seq);
-    for (;;) {
-        /* the generation before the test: a move after it makes the
-         * FUTEX_WAIT return at once instead of being missed */
-        uint32_t gen = __atomic_load_n(&e->acked_gen, __ATOMIC_SEQ_CST);
-        if (seq <= atomic_load(&e->acked) || __atomic_load_n(&e->failed, __ATOMIC_SEQ_CST)) break;
-        __atomic_add_fetch(&e->acked_sleepers, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&e->acked_gen, __ATOMIC_SEQ_CST) == gen)
-            syscall(SYS_futex, &e->acked_gen, FUTEX_WAIT_PRIVATE, gen, NULL, NULL, 0);
-        __atomic_sub_fetch(&e->acked_sleepers, 1, __ATOMIC_SEQ_CST);
-    }
+    ack_wait aw = {e, seq};
+    util_gate_wait(&e->ack_gate, acked_or_failed, &aw, 0);
     bool ok = seq <= atomic_load(&e->acked);
     /* The WAL's message names the call and the errno (the mount maps a
      * full disk to ENOSPC by it). */

@@ -22,6 +22,7 @@
 
 #include "base/buf.h"
 #include "base/json.h"
+#include "base/util.h"
 #include "engine/def.h"
 #include "engine/engine.h"
 #include "wal/wal.h"
@@ -122,10 +123,7 @@ struct eng {
 
     /* durability */
     _Atomic uint64_t acked;
-    /* eng_wait sleeps on this futex word, bumped when acked moves or the
-     * WAL fails: a group woken by one fdatasync returns at once instead of
-     * re-taking a mutex one by one (as a condition variable makes it). */
-    uint32_t acked_gen, acked_sleepers;
+    util_gate ack_gate; /* eng_wait: acked moved or the WAL failed */
     pthread_mutex_t wait_lock; /* failed, and the compactor's stop_cond */
     pthread_mutex_t listen_lock;
     struct listener { int id; void (*fn)(void *, uint64_t); void *arg; } *listeners;

@@ -27,6 +27,7 @@
 
 #include "base/buf.h"
 #include "base/err.h"
+#include "base/util.h"
 #include "engine/engine.h"
 #include "fs/fs.h"
 
@@ -156,7 +157,7 @@ typedef struct fs {
      * wait_until): */
     uint64_t done_seq;          /* engine records fully invalidated */
     uint64_t tickets, done_ticket;
-    uint32_t done_gen, done_sleepers; /* futex word bumped when they move */
+    util_gate done_gate;        /* opened when they move, or at stop */
     struct fs_inval *inval_q;   /* extra invalidations asked for by handlers */
     struct fs_selfop *self_q;   /* pending inotify self-operations */
     pthread_cond_t hcond;

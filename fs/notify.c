@@ -31,7 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
@@ -738,17 +737,6 @@ void fs_watch_release(fs *f, fs_watchfh *w)
 
 /* ---- the notifier -------------------------------------------------------- */
 
-/* Writers waiting for the notifier (wait_until) sleep on a futex word that
- * each round bumps: they all return at once, none of them queues on nlock,
- * as a condition variable's broadcast would make them (16 writers spent 6%
- * of their context switches there). */
-static void done_wake(fs *f)
-{
-    __atomic_add_fetch(&f->done_gen, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&f->done_sleepers, __ATOMIC_SEQ_CST))
-        syscall(SYS_futex, &f->done_gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-}
-
 static void *notifier_main(void *arg)
 {
     fs *f = arg;
@@ -812,33 +800,32 @@ static void *notifier_main(void *arg)
         if (ticket > f->done_ticket) __atomic_store_n(&f->done_ticket, ticket, __ATOMIC_RELEASE);
         if (f->self_q) pthread_cond_signal(&f->hcond);
         pthread_mutex_unlock(&f->nlock);
-        done_wake(f);
+        util_gate_open(&f->done_gate);
     }
     free(data.inos);
     free(attrs.inos);
     return NULL;
 }
 
+typedef struct {
+    fs *f;
+    const uint64_t *field;
+    uint64_t v;
+} done_wait;
+
+static bool done_or_stopped(void *arg)
+{
+    done_wait *d = arg;
+    return __atomic_load_n(d->field, __ATOMIC_ACQUIRE) >= d->v ||
+           __atomic_load_n(&d->f->nstop, __ATOMIC_ACQUIRE);
+}
+
+/* Writers wait at the notifier's gate (util_gate: no queue on nlock after
+ * each round); a stuck kernel must not hang a writer forever, so 2 s at most. */
 static void wait_until(fs *f, const uint64_t *field, uint64_t v)
 {
-    /* a stuck kernel must not hang a writer forever */
-    uint64_t deadline = util_mono_ns() + 2000000000u;
-    for (;;) {
-        /* the generation first: a round that ends after the check below
-         * changes it, and FUTEX_WAIT then returns at once */
-        uint32_t gen = __atomic_load_n(&f->done_gen, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(field, __ATOMIC_ACQUIRE) >= v ||
-            __atomic_load_n(&f->nstop, __ATOMIC_ACQUIRE))
-            return;
-        uint64_t now = util_mono_ns();
-        if (now >= deadline) return;
-        struct timespec rel = {(time_t)((deadline - now) / 1000000000u),
-                               (long)((deadline - now) % 1000000000u)};
-        __atomic_add_fetch(&f->done_sleepers, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&f->done_gen, __ATOMIC_SEQ_CST) == gen)
-            syscall(SYS_futex, &f->done_gen, FUTEX_WAIT_PRIVATE, gen, &rel, NULL, 0);
-        __atomic_sub_fetch(&f->done_sleepers, 1, __ATOMIC_SEQ_CST);
-    }
+    done_wait d = {f, field, v};
+    util_gate_wait(&f->done_gate, done_or_stopped, &d, util_mono_ns() + 2000000000u);
 }
 
 void fs_notify_wait_seq(fs *f, uint64_t seq)
@@ -902,7 +889,7 @@ void fs_notify_stop(fs *f)
     __atomic_store_n(&f->nstop, true, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&f->hcond);
     pthread_mutex_unlock(&f->nlock);
-    done_wake(f);
+    util_gate_open(&f->done_gate);
     kick();
     /* a helper thread waiting for the child's answer returns at once */
     if (helper_sock >= 0) shutdown(helper_sock, SHUT_RDWR);

@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 #include <pthread.h>
 
+#include "base/util.h"
 #include "wal/io.h"
 #include "wal/wal.h"
 
@@ -78,12 +79,7 @@ struct wal {
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* flusher: work arrived */
-    /* Waiters sleep on a futex word bumped whenever a watermark moves or
-     * the log fails: a woken group returns at once instead of queueing on a
-     * mutex one by one (condvar wake-ups cost more than the fdatasync on a
-     * small busy machine). */
-    uint32_t wake_gen;
-    uint32_t sleepers;
+    util_gate waiters; /* wal_wait and wal_sync: a watermark moved or the log failed */
     pthread_cond_t space_cv; /* appenders: pending group drained */
 
     wal_seg **segs;

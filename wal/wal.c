@@ -389,26 +389,27 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
 
 static void wake_waiters(wal *w)
 {
-    __atomic_add_fetch(&w->wake_gen, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&w->sleepers, __ATOMIC_SEQ_CST))
-        syscall(SYS_futex, &w->wake_gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+    util_gate_open(&w->waiters);
 }
 
-/* Sleeps until *mark >= target or the log fails. The generation is read
- * before the condition, so a wake between the check and the sleep makes
- * FUTEX_WAIT return at once instead of being lost. */
+typedef struct {
+    wal *w;
+    const uint64_t *mark;
+    uint64_t target;
+} mark_wait;
+
+static bool mark_reached(void *arg)
+{
+    mark_wait *m = arg;
+    return __atomic_load_n(m->mark, __ATOMIC_ACQUIRE) >= m->target ||
+           __atomic_load_n(&m->w->failed, __ATOMIC_ACQUIRE);
+}
+
+/* Sleeps until *mark >= target or the log fails. */
 static void wait_until(wal *w, const uint64_t *mark, uint64_t target)
 {
-    for (;;) {
-        uint32_t gen = __atomic_load_n(&w->wake_gen, __ATOMIC_ACQUIRE);
-        if (__atomic_load_n(mark, __ATOMIC_ACQUIRE) >= target ||
-            __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE))
-            return;
-        __atomic_add_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&w->wake_gen, __ATOMIC_SEQ_CST) == gen)
-            syscall(SYS_futex, &w->wake_gen, FUTEX_WAIT_PRIVATE, gen, NULL, NULL, 0);
-        __atomic_sub_fetch(&w->sleepers, 1, __ATOMIC_SEQ_CST);
-    }
+    mark_wait m = {w, mark, target};
+    util_gate_wait(&w->waiters, mark_reached, &m, 0);
 }
 
 static void set_acked(wal *w)
