@@ -358,6 +358,19 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
         pthread_mutex_unlock(&w->mu);
         return rc;
     }
+    /* Never write what recovery would refuse: past WAL_MAX_SEQ a number is
+     * damage, and the record, a checkpoint before it and the closing one
+     * must all stay within it. Only a log whose last header was damaged
+     * into a huge (unchecksummed) number gets here. */
+    if (w->next_seq + 2 > WAL_MAX_SEQ) {
+        stm_code rc = stm_fail(err, STM_WAL_IO_ERROR,
+                               "the write-ahead log in %s is at sequence %llu, the end of what "
+                               "it may number (its last record's header is probably damaged); "
+                               "it takes no more writes: check it with `stmfs wal verify`",
+                               w->dir, (unsigned long long)(w->next_seq - 1));
+        pthread_mutex_unlock(&w->mu);
+        return rc;
+    }
     wal_seg *cur = w->segs[w->nsegs - 1];
     /* An empty segment after the first (left by a crash right after a
      * rotation) still gets its leading checkpoint. */

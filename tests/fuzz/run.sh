@@ -10,6 +10,9 @@ shift 4
 mkdir -p "$work"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+# libFuzzer exits 77 on a crash it catches itself (an abort in a target),
+# which meson reads as "skipped": a finding must fail the test instead.
+set -- -error_exitcode=1 "$@"
 "$target" -runs=0 "$@" "$seeds"
 # STMFS_FUZZ_SEED fixes libFuzzer's random seed, so a CI run explores the same
 # inputs every time and only a change in the code can turn it red; without it

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "base/crc32c.h"
+#include "wal/internal.h" /* wal_make_header */
 #include "wal/io.h"
 #include "wal/wal.h"
 
@@ -1170,6 +1171,42 @@ START_TEST(test_never_waiter_writes_itself)
 }
 END_TEST
 
+/* A log whose last header says a number near WAL_MAX_SEQ (the header is
+ * outside the CRC, so damage can say anything up to it) opens, but takes
+ * no append: the record, or the closing checkpoint after it, would be past
+ * the limit, and the next open would cut them as damage. */
+START_TEST(test_sequence_space_end)
+{
+    char *dir = path_in("wal");
+    ck_assert_int_eq(mkdir(dir, 0755), 0);
+    const char *p = "{\"k\":1}";
+    unsigned char h[WAL_HEADER_SIZE];
+    wal_make_header(h, WAL_T_APPLY_EVENT, 7, crc32c(0, p, 7), WAL_MAX_SEQ - 1);
+    char *seg = seg_path(dir, 1);
+    FILE *f = fopen(seg, "wb");
+    ck_assert_ptr_nonnull(f);
+    fwrite(h, 1, sizeof h, f);
+    fwrite(p, 1, 7, f);
+    fclose(f);
+
+    wal *w = open_wal(dir, 64u << 20, "every_write");
+    wal_record r;
+    stm_err err;
+    ck_assert_int_eq(wal_append(w, WAL_T_APPLY_EVENT, p, 7, &r, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "no more writes"));
+    close_wal(w);
+    ck_assert_int_eq(file_size(seg), WAL_HEADER_SIZE + 7);
+
+    wal_opts o = {.dir = dir, .segment_size = 64u << 20};
+    wal_sync_policy_parse("every_write", &o.sync, &err);
+    wal_recovery rep;
+    ck_assert_int_eq(wal_open(&o, &w, &rep, &err), STM_OK);
+    ck_assert_uint_eq(rep.cut_bytes, 0);
+    ck_assert_uint_eq(rep.records, 1);
+    wal_close(w, NULL);
+}
+END_TEST
+
 START_TEST(test_policy_every_n)
 {
     wal *w = open_wal(path_in("wal"), 64u << 20, "every_n:10");
@@ -1642,6 +1679,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_policy_never);
     tcase_add_test(t, test_never_unwaited_records_reach_the_file);
     tcase_add_test(t, test_never_waiter_writes_itself);
+    tcase_add_test(t, test_sequence_space_end);
     tcase_add_test(t, test_policy_every_n);
     tcase_add_test(t, test_policy_every_ms);
     tcase_add_test(t, test_backpressure_big_records);
