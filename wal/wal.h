@@ -94,7 +94,9 @@
 
 #define WAL_HEADER_SIZE 24
 #define WAL_MAX_PAYLOAD (16u * 1024 * 1024)
-/* Above this a sequence number is damage: 2^62 appends would take millennia. */
+/* Above this a sequence number is damage: 2^62 appends would take millennia.
+ * Appends that would need a number past it are refused (WAL_IO_ERROR), so
+ * the log never holds what its next recovery would cut. */
 #define WAL_MAX_SEQ (UINT64_C(1) << 62)
 #define WAL_CHECKPOINT_EVERY (1u * 1024 * 1024)
 #define WAL_POS_BITS 40
