@@ -84,3 +84,24 @@ bool util_gate_wait(util_gate *g, bool (*test)(void *arg), void *arg, uint64_t d
         __atomic_sub_fetch(&g->sleepers, 1, __ATOMIC_SEQ_CST);
     }
 }
+
+typedef struct {
+    const uint64_t *mark;
+    uint64_t target;
+    const bool *stop;
+} mark_test;
+
+static bool mark_or_stop(void *arg)
+{
+    const mark_test *m = arg;
+    return __atomic_load_n(m->mark, __ATOMIC_ACQUIRE) >= m->target ||
+           __atomic_load_n(m->stop, __ATOMIC_ACQUIRE);
+}
+
+bool util_gate_wait_mark(util_gate *g, const uint64_t *mark, uint64_t target, const bool *stop,
+                         uint64_t deadline_ns)
+{
+    mark_test m = {mark, target, stop};
+    util_gate_wait(g, mark_or_stop, &m, deadline_ns);
+    return __atomic_load_n(mark, __ATOMIC_ACQUIRE) >= target;
+}

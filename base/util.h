@@ -32,5 +32,9 @@ void util_gate_open(util_gate *g);
  * time; 0 = none). The generation is read before each test, so an open
  * between the test and the sleep is never lost. */
 bool util_gate_wait(util_gate *g, bool (*test)(void *arg), void *arg, uint64_t deadline_ns);
+/* The common test: until *mark >= target or *stop (both read with atomic
+ * loads). Returns whether the mark was reached. */
+bool util_gate_wait_mark(util_gate *g, const uint64_t *mark, uint64_t target, const bool *stop,
+                         uint64_t deadline_ns);
 
 #endif

@@ -807,25 +807,11 @@ static void *notifier_main(void *arg)
     return NULL;
 }
 
-typedef struct {
-    fs *f;
-    const uint64_t *field;
-    uint64_t v;
-} done_wait;
-
-static bool done_or_stopped(void *arg)
-{
-    done_wait *d = arg;
-    return __atomic_load_n(d->field, __ATOMIC_ACQUIRE) >= d->v ||
-           __atomic_load_n(&d->f->nstop, __ATOMIC_ACQUIRE);
-}
-
 /* Writers wait at the notifier's gate (util_gate: no queue on nlock after
  * each round); a stuck kernel must not hang a writer forever, so 2 s at most. */
 static void wait_until(fs *f, const uint64_t *field, uint64_t v)
 {
-    done_wait d = {f, field, v};
-    util_gate_wait(&f->done_gate, done_or_stopped, &d, util_mono_ns() + 2000000000u);
+    util_gate_wait_mark(&f->done_gate, field, v, &f->nstop, util_mono_ns() + 2000000000u);
 }
 
 void fs_notify_wait_seq(fs *f, uint64_t seq)

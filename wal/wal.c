@@ -405,24 +405,10 @@ static void wake_waiters(wal *w)
     util_gate_open(&w->waiters);
 }
 
-typedef struct {
-    wal *w;
-    const uint64_t *mark;
-    uint64_t target;
-} mark_wait;
-
-static bool mark_reached(void *arg)
-{
-    mark_wait *m = arg;
-    return __atomic_load_n(m->mark, __ATOMIC_ACQUIRE) >= m->target ||
-           __atomic_load_n(&m->w->failed, __ATOMIC_ACQUIRE);
-}
-
 /* Sleeps until *mark >= target or the log fails. */
 static void wait_until(wal *w, const uint64_t *mark, uint64_t target)
 {
-    mark_wait m = {w, mark, target};
-    util_gate_wait(&w->waiters, mark_reached, &m, 0);
+    util_gate_wait_mark(&w->waiters, mark, target, &w->failed, 0);
 }
 
 static void set_acked(wal *w)

@@ -332,6 +332,13 @@ START_TEST(test_gate)
     /* and a condition that already holds returns at once */
     want = 8;
     ck_assert(util_gate_wait(&gate, mark_at_least, &want, 0));
+    /* the mark form: reached, or stopped (false), or timed out (false) */
+    bool stop = false;
+    ck_assert(util_gate_wait_mark(&gate, &gate_mark, 8, &stop, 0));
+    t0 = util_mono_ns();
+    ck_assert(!util_gate_wait_mark(&gate, &gate_mark, 9, &stop, t0 + 10000000u));
+    stop = true;
+    ck_assert(!util_gate_wait_mark(&gate, &gate_mark, 9, &stop, 0));
 }
 END_TEST
 
