@@ -106,6 +106,8 @@ struct wal {
     /* The group being written (write_group_locked): one writer at a time,
      * the flusher or, under never, a waiter writing for itself. */
     bool writing;
+    bool flusher_turn;      /* the flusher waits for that writer to finish */
+    bool flusher_timed;     /* the flusher sleeps on its batch timer (lazy) */
     buf gbuf;
     wal_chunk *gchunks;
     size_t gchunkcap;

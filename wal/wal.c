@@ -25,9 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <linux/futex.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -388,7 +386,8 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
          * next waiter, the next timeout or a full batch. The first pending
          * record wakes it once so that it arms the timeout. */
         if (was_empty) w->pend_since = util_mono_ns();
-        if (was_empty || w->pend.len >= WAL_LAZY_BYTES) pthread_cond_signal(&w->work_cv);
+        if ((was_empty && !w->flusher_timed) || w->pend.len >= WAL_LAZY_BYTES)
+            pthread_cond_signal(&w->work_cv);
     } else if (w->pend_records >= w->flusher_want) {
         /* A lingering flusher is woken only once its group is complete:
          * waking it for every arrival costs a context switch per record. */
@@ -669,7 +668,10 @@ static void write_group_locked(wal *w)
     buf_reset(&w->gbuf);
     if (!w->failed) set_acked(w);
     w->writing = false;
-    pthread_cond_broadcast(&w->work_cv); /* a flusher waiting for its turn */
+    /* Only a flusher waiting for its turn is woken: one sleeping on its
+     * batch timer stays asleep, or every self-written group would cost
+     * the hand-off it was written to save. */
+    if (w->flusher_turn) pthread_cond_signal(&w->work_cv);
     pthread_mutex_unlock(&w->mu);
     wake_waiters(w);
     tell_listener(w);
@@ -692,6 +694,7 @@ static void *flusher_main(void *arg)
                 if (w->stop && !w->writing) goto out;
             } else if (w->writing) {
                 /* a waiter is writing a group itself (never): after it */
+                w->flusher_turn = true;
             } else {
                 if (w->sync_target > w->synced_seq) break;
                 if (w->pend.len) {
@@ -709,10 +712,14 @@ static void *flusher_main(void *arg)
             if (wake_at && !w->failed) {
                 struct timespec ts = {(time_t)(wake_at / 1000000000u),
                                       (long)(wake_at % 1000000000u)};
+                /* the timer is due no later than any record appended
+                 * meanwhile, so those need not wake it (flusher_timed) */
+                w->flusher_timed = wake_at <= w->pend_since + WAL_LAZY_NS;
                 pthread_cond_timedwait(&w->work_cv, &w->mu, &ts);
             } else {
                 pthread_cond_wait(&w->work_cv, &w->mu);
             }
+            w->flusher_turn = w->flusher_timed = false;
         }
 
         /* Under every_write the appenders woken by the last fdatasync come
