@@ -674,6 +674,13 @@ static bool acked_or_failed(void *arg)
 stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
 {
     if (seq <= atomic_load(&e->acked)) return STM_OK;
+    /* A number no record has (a damaged snapshot can name one): nothing
+     * will ever acknowledge it, so say so instead of waiting forever. */
+    if (!wal_appended(e->w, seq))
+        return stm_fail(err, STM_INTERNAL_ERROR,
+                        "record %llu is not in the write-ahead log (which ends at %llu): the "
+                        "data directory is damaged; check it with `stmfs replay --verify`",
+                        (unsigned long long)seq, (unsigned long long)wal_acked_seq(e->w));
     wal_write_now(e->w, seq);
     ack_wait aw = {e, seq};
     util_gate_wait(&e->ack_gate, acked_or_failed, &aw, 0);

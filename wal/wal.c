@@ -899,6 +899,11 @@ uint64_t wal_acked_seq(wal *w)
     return __atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE);
 }
 
+bool wal_appended(wal *w, uint64_t seq)
+{
+    return seq < __atomic_load_n(&w->next_seq, __ATOMIC_ACQUIRE);
+}
+
 stm_code wal_wait(wal *w, uint64_t seq, stm_err *err)
 {
     uint64_t next = __atomic_load_n(&w->next_seq, __ATOMIC_RELAXED);

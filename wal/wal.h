@@ -193,6 +193,9 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
 
 /* Highest sequence that may be acknowledged under the policy (see above). */
 uint64_t wal_acked_seq(wal *w);
+/* Whether seq has been appended (or recovered): waiting for any other
+ * would never end. */
+bool wal_appended(wal *w, uint64_t seq);
 /* Blocks until wal_acked_seq() >= seq. WAL_IO_ERROR if the log failed first. */
 stm_code wal_wait(wal *w, uint64_t seq, stm_err *err);
 /* Someone will wait for seq (without wal_wait: an event loop holding a

@@ -107,6 +107,24 @@ static double num(const cJSON *o, const char *k)
     return v->valuedouble;
 }
 
+/* eng_wait for a number no record has returns an error at once (a damaged
+ * snapshot naming one made a history read hang). */
+START_TEST(wait_for_unwritten_seq_fails)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, "never");
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    uint64_t last = eng_acked_seq(e);
+    stm_err err;
+    ck_assert_int_eq(eng_wait(e, last, &err), STM_OK);
+    ck_assert_int_eq(eng_wait(e, last + 1000, &err), STM_INTERNAL_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not in the write-ahead log"));
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 START_TEST(put_get_create_apply)
 {
     char *dir = tmpdir();
@@ -835,6 +853,7 @@ int main(void)
     Suite *s = suite_create("engine");
     TCase *tc = tcase_create("engine");
     tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, wait_for_unwritten_seq_fails);
     tcase_add_test(tc, put_get_create_apply);
     tcase_add_test(tc, restart_keeps_everything);
     tcase_add_test(tc, idempotency_survives_restart);
