@@ -9,7 +9,6 @@
 #define STM_WAL_INTERNAL_H
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 
 #include "base/util.h"
@@ -132,8 +131,6 @@ struct wal {
     pthread_t flusher;
     bool flusher_running;
 
-    EVP_MD *sha;
-    EVP_MD_CTX *md; /* guarded by mu (appenders) */
 };
 
 /* Big-endian helpers. */
@@ -163,8 +160,8 @@ void wal_make_header(unsigned char h[WAL_HEADER_SIZE], uint8_t type, uint32_t le
                      uint64_t seq);
 bool wal_type_valid(uint8_t type);
 /* chain(next) = SHA-256(prev || header || payload). */
-void wal_chain_step(EVP_MD_CTX *md, const EVP_MD *sha, const uint8_t prev[32],
-                    const unsigned char *hdr, const void *payload, uint32_t len, uint8_t out[32]);
+void wal_chain_step(const uint8_t prev[32], const unsigned char *hdr, const void *payload,
+                    uint32_t len, uint8_t out[32]);
 /* The checkpoint payload text (returns its length) and its parser. */
 int wal_ckpt_format(char *out, size_t n, int64_t ts, const uint8_t chain[32], uint64_t seq);
 bool wal_ckpt_parse(const char *p, uint32_t len, uint8_t chain[32], uint64_t *seq);

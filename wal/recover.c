@@ -536,7 +536,6 @@ struct wal_iter {
     uint64_t pos, from, hash_from;
     bool with_chain, counted;
     uint8_t chain[32];
-    EVP_MD_CTX *md;
     reader rd;
     /* this segment was written at least up to here, through this fd: what
      * lies below needs no lock to read (written only grows) */
@@ -580,13 +579,6 @@ stm_code wal_iter_open_internal(wal *w, uint64_t from, bool with_chain, wal_iter
     it->from = from;
     it->with_chain = with_chain;
     uint64_t start = from;
-    if (with_chain) {
-        it->md = EVP_MD_CTX_new();
-        if (!it->md) {
-            free(it);
-            return stm_fail(err, STM_INTERNAL_ERROR, "out of memory for a hash context");
-        }
-    }
     pthread_mutex_lock(&w->mu);
     if (with_chain && w->nanchors) {
         /* The last anchor at or before from; the first one if from is older. */
@@ -676,7 +668,7 @@ int wal_iter_next(wal_iter *it, wal_record *rec, stm_err *err)
         uint64_t off = WAL_OFFSET(it->seg->id, it->pos);
         it->pos += WAL_HEADER_SIZE + (uint64_t)v.len;
         if (it->with_chain && off >= it->hash_from)
-            wal_chain_step(it->md, w->sha, it->chain, v.hdr, v.payload, v.len, it->chain);
+            wal_chain_step(it->chain, v.hdr, v.payload, v.len, it->chain);
         if (off < it->from) continue;
         rec->offset = off;
         rec->seq = v.seq;
@@ -702,7 +694,6 @@ void wal_iter_close(wal_iter *it)
         wal_seg_unref(it->w, it->seg);
         pthread_mutex_unlock(&it->w->mu);
     }
-    if (it->md) EVP_MD_CTX_free(it->md);
     rd_free(&it->rd);
     free(it);
 }

@@ -20,7 +20,10 @@
  * context switches a record for a lone writer. Recovery (recover.c) runs
  * before the flusher starts.
  */
+/* SHA256_* are deprecated in OpenSSL 3.0 but kept; see wal_chain_step */
+#define OPENSSL_API_COMPAT 0x10101000L
 #include <errno.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,15 +55,20 @@ bool wal_type_valid(uint8_t type)
     return (type >= WAL_T_PUT_MACHINE && type <= WAL_T_CHECKPOINT) || type == WAL_T_NOOP;
 }
 
-void wal_chain_step(EVP_MD_CTX *md, const EVP_MD *sha, const uint8_t prev[32],
-                    const unsigned char *hdr, const void *payload, uint32_t len, uint8_t out[32])
+/* OpenSSL's SHA256_* rather than EVP: on OpenSSL 3.0 every EVP_DigestInit
+ * allocates and frees a provider context, and the chain step runs once per
+ * record on the appender's and the replay's path. Both use the same block
+ * function (SHA extensions where the CPU has them); the EVP overhead was
+ * 50-70 ns of a 330 ns step for a 330-byte record. */
+void wal_chain_step(const uint8_t prev[32], const unsigned char *hdr, const void *payload,
+                    uint32_t len, uint8_t out[32])
 {
-    unsigned int n = 32;
-    EVP_DigestInit_ex(md, sha, NULL);
-    EVP_DigestUpdate(md, prev, 32);
-    EVP_DigestUpdate(md, hdr, WAL_HEADER_SIZE);
-    if (len) EVP_DigestUpdate(md, payload, len);
-    EVP_DigestFinal_ex(md, out, &n);
+    SHA256_CTX c;
+    SHA256_Init(&c);
+    SHA256_Update(&c, prev, 32);
+    SHA256_Update(&c, hdr, WAL_HEADER_SIZE);
+    if (len) SHA256_Update(&c, payload, len);
+    SHA256_Final(out, &c);
 }
 
 void wal_hex(const uint8_t h[32], char out[65])
@@ -289,7 +297,7 @@ static void put_record(wal *w, wal_seg *seg, uint8_t type, const void *p, uint32
 
     uint64_t off = WAL_OFFSET(seg->id, pos);
     if (type == WAL_T_CHECKPOINT) wal_add_anchor(w, off, w->chain);
-    wal_chain_step(w->md, w->sha, w->chain, h, p, len, w->chain);
+    wal_chain_step(w->chain, h, p, len, w->chain);
     wal_seg_index(seg, pos);
     seg->size += sizeof h + len;
     w->head_seq = seq;
@@ -789,8 +797,6 @@ static void wal_free(wal *w)
     free(w->anchors);
     buf_free(&w->pend);
     buf_free(&w->gbuf);
-    if (w->md) EVP_MD_CTX_free(w->md);
-    if (w->sha) EVP_MD_free(w->sha);
     pthread_mutex_destroy(&w->mu);
     pthread_mutex_destroy(&w->listen_mu);
     pthread_cond_destroy(&w->work_cv);
@@ -829,12 +835,6 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
     pthread_cond_init(&w->work_cv, &ca);
     pthread_condattr_destroy(&ca);
     pthread_cond_init(&w->space_cv, NULL);
-    w->sha = EVP_MD_fetch(NULL, "SHA256", NULL);
-    w->md = EVP_MD_CTX_new();
-    if (!w->sha || !w->md) {
-        wal_free(w);
-        return stm_fail(err, STM_INTERNAL_ERROR, "OpenSSL has no SHA-256");
-    }
     w->next_seq = 1;
 
     if (!w->read_only && mkdir_p(w->dir) != 0) {
