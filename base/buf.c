@@ -57,7 +57,7 @@ void buf_reset(buf *b)
     if (b->data) b->data[0] = 0;
 }
 
-void buf_reserve(buf *b, size_t extra)
+void buf_grow(buf *b, size_t extra)
 {
     size_t need = b->len + extra + 1;
     if (need <= b->cap) return;
@@ -67,24 +67,9 @@ void buf_reserve(buf *b, size_t extra)
     b->cap = cap;
 }
 
-void buf_add(buf *b, const void *p, size_t n)
-{
-    buf_reserve(b, n);
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = 0;
-}
-
 void buf_puts(buf *b, const char *s)
 {
     buf_add(b, s, strlen(s));
-}
-
-void buf_putc(buf *b, char c)
-{
-    buf_reserve(b, 1);
-    b->data[b->len++] = c;
-    b->data[b->len] = 0;
 }
 
 void buf_vprintf(buf *b, const char *fmt, va_list ap)

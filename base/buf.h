@@ -11,6 +11,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <string.h>
 
 typedef struct {
     char *data;
@@ -20,14 +21,34 @@ typedef struct {
 
 void buf_free(buf *b);                        /* releases memory, leaves an empty buf */
 void buf_reset(buf *b);                       /* len = 0, keeps capacity */
-void buf_reserve(buf *b, size_t extra);       /* room for extra more bytes + NUL */
-void buf_add(buf *b, const void *p, size_t n);
+void buf_grow(buf *b, size_t extra);          /* buf_reserve's allocating half */
 void buf_puts(buf *b, const char *s);
-void buf_putc(buf *b, char c);
 void buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_vprintf(buf *b, const char *fmt, va_list ap);
 const char *buf_cstr(buf *b);                 /* "" for an empty, never-used buf */
 char *buf_detach(buf *b, size_t *len);        /* caller owns the returned malloc'd text */
+
+/* Inline because JSON writing calls them per token, millions of times a
+ * second on the write path; the common case is a compare and a copy. */
+static inline void buf_reserve(buf *b, size_t extra) /* room for extra more bytes + NUL */
+{
+    if (b->len + extra + 1 > b->cap) buf_grow(b, extra);
+}
+
+static inline void buf_add(buf *b, const void *p, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+static inline void buf_putc(buf *b, char c)
+{
+    buf_reserve(b, 1);
+    b->data[b->len++] = c;
+    b->data[b->len] = 0;
+}
 
 /* malloc/strdup that abort on failure, for the same reason as above. */
 void *xmalloc(size_t n);

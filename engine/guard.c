@@ -494,6 +494,22 @@ typedef struct {
  * whether there is one. */
 static cJSON some_child;
 
+/* Counters and amounts in contexts are mostly small integers; up to 15
+ * digits the integer is exact in a double, so this equals strtod's answer
+ * without strtod's cost (a fifth of a guard's evaluation). */
+static bool small_int(const char *p, size_t len, double *out)
+{
+    size_t i = p[0] == '-';
+    if (len == i || len - i > 15) return false;
+    int64_t v = 0;
+    for (; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') return false;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = p[0] == '-' ? -(double)v : (double)v;
+    return true;
+}
+
 static const cJSON *lookup_text(env *v, const gpath *path, const char *seg, int slot)
 {
     const char *p = v->text, *end = v->text + v->text_len;
@@ -547,6 +563,8 @@ static const cJSON *lookup_text(env *v, const gpath *path, const char *seg, int 
         n->valuestring = v->str[slot];
         return n;
     default: {
+        n->type = cJSON_Number;
+        if (small_int(p, len, &n->valuedouble)) return n;
         /* as cJSON reads a number: strtod over the token */
         char num[64];
         if (len >= sizeof num) {
@@ -555,7 +573,6 @@ static const cJSON *lookup_text(env *v, const gpath *path, const char *seg, int 
         }
         memcpy(num, p, len);
         num[len] = 0;
-        n->type = cJSON_Number;
         n->valuedouble = strtod(num, NULL);
         return n;
     }

@@ -597,18 +597,34 @@ static stm_code op_delete_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     return STM_OK;
 }
 
+/* An engine-owned buffer for one operation under the lock, emptied; one
+ * that grew past a large context is given back afterwards. */
+static buf *scratch(buf *b)
+{
+    buf_reset(b);
+    return b;
+}
+
+static void scratch_done(buf *b)
+{
+    if (b->cap > 256 * 1024) buf_free(b);
+}
+
+/* Keys are literals added with cJSON's constant-key calls: every answer to
+ * APPLY_EVENT is built here, and copying six keys was six allocations. */
 static cJSON *apply_result(bool applied, const char *ctx_text, const cJSON *ctx_json,
                            const char *event_id, const char *from, const char *to,
                            uint64_t offset)
 {
     cJSON *r = cJSON_CreateObject();
-    cJSON_AddBoolToObject(r, "applied", applied);
-    if (ctx_text) cJSON_AddItemToObject(r, "ctx", raw(ctx_text));
-    else cJSON_AddItemToObject(r, "ctx", ctx_json ? cJSON_Duplicate(ctx_json, true) : cJSON_CreateNull());
-    if (event_id) cJSON_AddStringToObject(r, "event_id", event_id);
-    cJSON_AddStringToObject(r, "from_state", from);
-    cJSON_AddStringToObject(r, "to_state", to);
-    add_u64(r, "wal_offset", offset);
+    cJSON_AddItemToObjectCS(r, "applied", cJSON_CreateBool(applied));
+    cJSON_AddItemToObjectCS(r, "ctx", ctx_text ? raw(ctx_text)
+                                      : ctx_json ? cJSON_Duplicate(ctx_json, true)
+                                                 : cJSON_CreateNull());
+    if (event_id) cJSON_AddItemToObjectCS(r, "event_id", cJSON_CreateString(event_id));
+    cJSON_AddItemToObjectCS(r, "from_state", cJSON_CreateString(from));
+    cJSON_AddItemToObjectCS(r, "to_state", cJSON_CreateString(to));
+    cJSON_AddItemToObjectCS(r, "wal_offset", cJSON_CreateNumber((double)offset));
     return r;
 }
 
@@ -709,40 +725,38 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
         return stm_fail(err, STM_INVALID_TRANSITION,
                         "invalid transition: cannot apply '%s' in state '%s'", event, in->state);
     }
-    buf ptext = {0}, ctext = {0};
-    json_write(&ptext, payload, true);
+    buf *ptext = scratch(&e->apply_payload), *ctext = scratch(&e->apply_ctx);
+    json_write(ptext, payload, true);
     /* Shallow merge: top-level payload keys replace or add (reference §6). */
     if (!payload || in->ctx[0] != '{') {
-        buf_add(&ctext, in->ctx, ctx_len);
-    } else if (!json_merge_canonical(&ctext, in->ctx, ctx_len, ptext.data, ptext.len)) {
+        buf_add(ctext, in->ctx, ctx_len);
+    } else if (!json_merge_canonical(ctext, in->ctx, ctx_len, ptext->data, ptext->len)) {
         /* escaped keys: the tree does it */
-        if (!ctx && !(ctx = json_parse_trusted(in->ctx, ctx_len))) {
-            buf_free(&ptext);
+        if (!ctx && !(ctx = json_parse_trusted(in->ctx, ctx_len)))
             return stm_fail(err, STM_INTERNAL_ERROR, "stored context of %s is not JSON", id);
-        }
         for (const cJSON *c = payload->child; c; c = c->next) {
             cJSON *dup = cJSON_Duplicate(c, true);
             if (json_get(ctx, c->string)) cJSON_ReplaceItemInObjectCaseSensitive(ctx, c->string, dup);
             else cJSON_AddItemToObject(ctx, c->string, dup);
         }
-        json_write(&ctext, ctx, true);
+        json_write(ctext, ctx, true);
     }
     cJSON_Delete(ctx);
     const eng_limits *lim = &e->opts.limits;
     const char *over = NULL, *key_name = NULL;
     uint64_t max = 0;
     size_t n = 0;
-    if (lim->max_payload_bytes && ptext.len > lim->max_payload_bytes)
+    if (lim->max_payload_bytes && ptext->len > lim->max_payload_bytes)
         over = "the payload", key_name = "max_payload_bytes", max = lim->max_payload_bytes,
-        n = ptext.len;
-    else if (lim->max_ctx_bytes && ctext.len > lim->max_ctx_bytes)
+        n = ptext->len;
+    else if (lim->max_ctx_bytes && ctext->len > lim->max_ctx_bytes)
         over = "the merged context", key_name = "max_ctx_bytes", max = lim->max_ctx_bytes,
-        n = ctext.len;
+        n = ctext->len;
     if (over) {
         /* the guard and merge ran on it already: cheap next to an fsync,
          * and the context's size is only known after the merge */
-        buf_free(&ptext);
-        buf_free(&ctext);
+        scratch_done(ptext);
+        scratch_done(ctext);
         return stm_fail(err, STM_BAD_REQUEST,
                         "invalid request: %s would be %zu bytes as compact JSON, over "
                         "limits.%s (%llu)",
@@ -750,46 +764,45 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     }
     /* The entry in canonical key order, as json_write would sort it. */
     const char *from = t->from, *to = t->to;
-    buf text = {0};
-    buf_reserve(&text, ctext.len + ptext.len + strlen(id) + 256);
-    buf_puts(&text, "{\"ctx\":");
-    buf_add(&text, ctext.data, ctext.len);
-    buf_puts(&text, ",\"event\":");
-    json_write_str(&text, event);
+    buf *text = scratch(&e->apply_entry);
+    buf_reserve(text, ctext->len + ptext->len + strlen(id) + 256);
+    buf_puts(text, "{\"ctx\":");
+    buf_add(text, ctext->data, ctext->len);
+    buf_puts(text, ",\"event\":");
+    json_write_str(text, event);
     if (event_id) {
-        buf_puts(&text, ",\"event_id\":");
-        json_write_str(&text, event_id);
+        buf_puts(text, ",\"event_id\":");
+        json_write_str(text, event_id);
     }
-    buf_puts(&text, ",\"from_state\":");
-    json_write_str(&text, from);
+    buf_puts(text, ",\"from_state\":");
+    json_write_str(text, from);
     if (key) {
-        buf_puts(&text, ",\"idempotency_key\":");
-        json_write_str(&text, key);
+        buf_puts(text, ",\"idempotency_key\":");
+        json_write_str(text, key);
     }
-    buf_puts(&text, ",\"instance_id\":");
-    json_write_str(&text, id);
-    buf_puts(&text, ",\"payload\":");
-    buf_add(&text, ptext.data, ptext.len);
-    buf_puts(&text, ",\"to_state\":");
-    json_write_str(&text, to);
-    int64_t ts = stamp(e, &text);
-    buf_puts(&text, ",\"type\":\"apply_event\"}");
+    buf_puts(text, ",\"instance_id\":");
+    json_write_str(text, id);
+    buf_puts(text, ",\"payload\":");
+    buf_add(text, ptext->data, ptext->len);
+    buf_puts(text, ",\"to_state\":");
+    json_write_str(text, to);
+    int64_t ts = stamp(e, text);
+    buf_puts(text, ",\"type\":\"apply_event\"}");
     /* what replay would read back from the text, as the text was made */
     entry_fields f = {.instance_id = id, .event = event, .from_state = from, .to_state = to,
-                      .event_id = event_id, .idempotency_key = key, .payload = ptext.data,
-                      .payload_len = ptext.len, .ctx = ctext.data, .ctx_len = ctext.len, .ts = ts};
-    char *from_copy = xstrdup(from), *to_copy = xstrdup(to);
+                      .event_id = event_id, .idempotency_key = key, .payload = ptext->data,
+                      .payload_len = ptext->len, .ctx = ctext->data, .ctx_len = ctext->len, .ts = ts};
     wal_record rec;
-    stm_code rc = commit_text(e, WAL_T_APPLY_EVENT, &text, &f, &rec, err);
-    buf_free(&text);
-    buf_free(&ptext);
-    buf_free(&ctext);
+    stm_code rc = commit_text(e, WAL_T_APPLY_EVENT, text, &f, &rec, err);
+    scratch_done(text);
+    scratch_done(ptext);
+    scratch_done(ctext);
     if (rc == STM_OK) {
-        *res = apply_result(true, in->ctx, NULL, event_id, from_copy, to_copy, rec.offset);
+        /* from and to belong to the machine version's definition, which
+         * lives as long as the engine */
+        *res = apply_result(true, in->ctx, NULL, event_id, from, to, rec.offset);
         *seq = rec.seq;
     }
-    free(from_copy);
-    free(to_copy);
     return rc;
 }
 
