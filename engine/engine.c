@@ -734,8 +734,8 @@ static stm_code make_dir(const char *path, stm_err *err)
  * until its last one arrives. stop_at: apply only records at offsets <= it. */
 static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
 {
-    wal_iter *it;
-    stm_code rc = wal_iter_open(e->w, 0, true, &it, err);
+    wal_ahead *it;
+    stm_code rc = wal_ahead_open(e->w, 0, &it, err);
     if (rc != STM_OK) return rc;
     /* Fields point into their store; held records each keep their own. */
     struct held { wal_record rec; entry_fields f; buf store; char *payload; } *held = NULL;
@@ -744,7 +744,7 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
     wal_record rec;
     int r;
     e->replaying = true;
-    while ((r = wal_iter_next(it, &rec, err)) == 1) {
+    while ((r = wal_ahead_next(it, &rec, err)) == 1) {
         if (rec.offset > stop_at) break;
         if (rec.type == WAL_T_CHECKPOINT || rec.type == WAL_T_NOOP || rec.type == WAL_T_SNAPSHOT ||
             (e->snap_seq && rec.seq <= e->snap_seq)) {
@@ -816,7 +816,7 @@ out:
     }
     free(held);
     buf_free(&store);
-    wal_iter_close(it);
+    wal_ahead_close(it);
     e->replaying = false;
     return rc;
 }

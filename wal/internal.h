@@ -4,6 +4,7 @@
  * wal.c     open/close, append, the flusher thread, stats, delete
  * recover.c segment listing, the record reader, recovery, iteration, verify
  * io.c      the POSIX I/O table and the fault-injecting one
+ * ahead.c   the read-ahead iterator (a producer thread over wal_iter)
  */
 #ifndef STM_WAL_INTERNAL_H
 #define STM_WAL_INTERNAL_H

@@ -235,6 +235,16 @@ stm_code wal_iter_open(wal *w, uint64_t from, bool with_chain, wal_iter **out, s
 int wal_iter_next(wal_iter *it, wal_record *rec, stm_err *err);
 void wal_iter_close(wal_iter *it);
 
+/* The same pass with the chain, for one read to the end (replay): a second
+ * thread reads, checks and hashes records in chunks ahead of the caller, so
+ * the SHA-256 step overlaps the caller's work on another core. Same returns
+ * as wal_iter_next; a record's payload is valid until the next call. Nothing
+ * may append while it is open (it stops at the end it finds). */
+typedef struct wal_ahead wal_ahead;
+stm_code wal_ahead_open(wal *w, uint64_t from, wal_ahead **out, stm_err *err);
+int wal_ahead_next(wal_ahead *a, wal_record *rec, stm_err *err);
+void wal_ahead_close(wal_ahead *a);
+
 void wal_get_stats(wal *w, wal_stats *st);
 
 /* Compaction: deletes whole segments all of whose records lie before offset

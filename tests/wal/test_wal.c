@@ -348,6 +348,87 @@ START_TEST(test_iter_from_middle)
 }
 END_TEST
 
+/* The read-ahead iterator gives what the plain one gives, record for record:
+ * across its chunks (512 records or 256 KiB), segment ends and a record
+ * bigger than a chunk; it can be closed mid-way; a bad record in the middle
+ * reaches the caller as an error after every good record before it. */
+START_TEST(test_read_ahead)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 1u << 20, "never");
+    enum { N = 3000 };
+    char pl[1024];
+    size_t len;
+    static char big[300 * 1024];
+    memset(big, 'b', sizeof big);
+    for (uint64_t i = 0; i < N; i++) {
+        payload_for(i, pl, &len);
+        append_ok(w, 3, pl, len);
+        if (i == 1234) append_ok(w, 3, big, sizeof big);
+    }
+    stm_err err = {0};
+    ck_assert_int_eq(wal_sync(w, &err), STM_OK);
+    wal_iter *it;
+    wal_ahead *a;
+    ck_assert_int_eq(wal_iter_open(w, 0, true, &it, &err), STM_OK);
+    ck_assert_int_eq(wal_ahead_open(w, 0, &a, &err), STM_OK);
+    wal_record x, y;
+    size_t n = 0;
+    int kx, ky;
+    while ((kx = wal_iter_next(it, &x, &err)) == 1) {
+        ky = wal_ahead_next(a, &y, &err);
+        ck_assert_int_eq(ky, 1);
+        ck_assert_uint_eq(y.offset, x.offset);
+        ck_assert_uint_eq(y.seq, x.seq);
+        ck_assert_uint_eq(y.type, x.type);
+        ck_assert_uint_eq(y.len, x.len);
+        ck_assert(y.has_chain);
+        ck_assert_mem_eq(y.chain, x.chain, 32);
+        ck_assert_msg(memcmp(y.payload, x.payload, x.len) == 0, "payload of record %zu", n);
+        n++;
+    }
+    ck_assert_int_eq(kx, 0);
+    ck_assert_int_eq(wal_ahead_next(a, &y, &err), 0);
+    ck_assert_int_eq(wal_ahead_next(a, &y, &err), 0); /* and stays at the end */
+    ck_assert_uint_gt(n, N);
+    wal_iter_close(it);
+    wal_ahead_close(a);
+
+    /* closed after a few records, while the producer is blocked on a full ring */
+    ck_assert_int_eq(wal_ahead_open(w, 0, &a, &err), STM_OK);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(wal_ahead_next(a, &y, &err), 1);
+    usleep(20000);
+    wal_ahead_close(a);
+    /* closed before reading anything */
+    ck_assert_int_eq(wal_ahead_open(w, 0, &a, &err), STM_OK);
+    wal_ahead_close(a);
+
+    /* a byte flipped in a record's payload in the first segment, under the
+     * open log: the iterator checks every CRC it reads */
+    uint64_t bad_off = 0;
+    ck_assert_int_eq(wal_iter_open(w, 0, false, &it, &err), STM_OK);
+    for (size_t i = 0; i < 700 && wal_iter_next(it, &x, &err) == 1; i++) bad_off = x.offset;
+    wal_iter_close(it);
+    ck_assert_uint_eq(WAL_OFF_SEG(bad_off), 1);
+    poke(seg_path(dir, 1), (off_t)WAL_OFF_POS(bad_off) + WAL_HEADER_SIZE + 2, 0x01);
+    ck_assert_int_eq(wal_ahead_open(w, 0, &a, &err), STM_OK);
+    size_t good = 0;
+    int k;
+    while ((k = wal_ahead_next(a, &y, &err)) == 1) {
+        ck_assert_uint_lt(y.offset, bad_off);
+        good++;
+    }
+    ck_assert_int_eq(k, -1);
+    ck_assert_int_eq(err.code, STM_WAL_IO_ERROR);
+    ck_assert_msg(strstr(err.msg, "bad WAL record") != NULL, "%s", err.msg);
+    ck_assert_uint_eq(good, 699);
+    ck_assert_int_eq(wal_ahead_next(a, &y, &err), -1);
+    wal_ahead_close(a);
+    poke(seg_path(dir, 1), (off_t)WAL_OFF_POS(bad_off) + WAL_HEADER_SIZE + 2, 0x01);
+    close_wal(w);
+}
+END_TEST
+
 /* ---- rotation ----------------------------------------------------------- */
 
 START_TEST(test_rotation)
@@ -1660,6 +1741,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_header_bytes);
     tcase_add_test(t, test_roundtrip);
     tcase_add_test(t, test_iter_from_middle);
+    tcase_add_test(t, test_read_ahead);
     tcase_add_test(t, test_rotation);
     tcase_add_test(t, test_periodic_checkpoint);
     tcase_add_test(t, test_torn_every_byte);
