@@ -376,9 +376,9 @@ static stm_code find_live(eng *e, const char *id, instance **out, stm_err *err)
 static cJSON *create_result(const char *id, const char *state, uint64_t offset)
 {
     cJSON *r = cJSON_CreateObject();
-    cJSON_AddStringToObject(r, "instance_id", id);
-    cJSON_AddStringToObject(r, "state", state);
-    add_u64(r, "wal_offset", offset);
+    cJSON_AddItemToObjectCS(r, "instance_id", cJSON_CreateString(id));
+    cJSON_AddItemToObjectCS(r, "state", cJSON_CreateString(state));
+    cJSON_AddItemToObjectCS(r, "wal_offset", cJSON_CreateNumber((double)offset));
     return r;
 }
 
@@ -478,13 +478,18 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     json_write_str(&text, id ? id : uuid);
     buf_puts(&text, ",\"machine\":");
     json_write_str(&text, name);
-    stamp(e, &text);
+    int64_t ts = stamp(e, &text);
     buf_puts(&text, ",\"type\":\"create_instance\",\"version\":");
     json_write_num(&text, (double)version);
     buf_putc(&text, '}');
-    buf_free(&ctxt);
+    /* what replay would read back from the text, as the text was made */
+    entry_fields f = {.instance_id = id ? id : uuid, .machine = name,
+                      .initial_state = def_initial(mv->d), .idempotency_key = key,
+                      .initial_ctx = ctxt.data, .initial_ctx_len = ctxt.len, .ts = ts,
+                      .version = version, .has_version = true, .generated_id = !id};
     wal_record rec;
-    rc = commit_text(e, WAL_T_CREATE_INSTANCE, &text, NULL, &rec, err);
+    rc = commit_text(e, WAL_T_CREATE_INSTANCE, &text, &f, &rec, err);
+    buf_free(&ctxt);
     buf_free(&text);
     if (rc != STM_OK) return rc;
     *res = create_result(id ? id : uuid, def_initial(mv->d), rec.offset);
