@@ -55,7 +55,7 @@ typedef struct hist_entry {
 } hist_entry;
 
 typedef struct instance {
-    char *id;
+    char *id;                   /* in the instance's own block (inst_add) */
     machine *m;
     mversion *mv;
     const char *state;          /* interned (intern()): never freed alone */
