@@ -155,10 +155,11 @@ size_t json_num_len(double d)
     if (isfinite(d) && d == floor(d) && fabs(d) < 9.2e18) {
         long long v = (long long)d;
         unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+        /* compares, not divisions: history lines measure three numbers each */
         size_t n = v < 0 ? 2 : 1;
-        while (u >= 10) {
-            u /= 10;
+        for (unsigned long long p = 10; u >= p; p *= 10) {
             n++;
+            if (p > UINT64_MAX / 10) break;
         }
         return n;
     }

@@ -143,6 +143,34 @@ static bool rewrites_to_itself(const char *t, size_t n)
     return same;
 }
 
+/* json_num_len is the length json_write_num writes, at every power of ten
+ * (where a digit count goes wrong first) and at the ends of the integer path. */
+START_TEST(test_json_num_len)
+{
+    double vals[64];
+    int n = 0;
+    double p = 1;
+    for (int i = 0; i <= 18; i++, p *= 10) {
+        vals[n++] = p - 1;
+        vals[n++] = p;
+        vals[n++] = -p;
+    }
+    vals[n++] = 9.1e18;
+    vals[n++] = -9.1e18;
+    vals[n++] = 9007199254740993.0;
+    vals[n++] = 0.5;
+    vals[n++] = -1.25e-7;
+    vals[n++] = 1e300;
+    for (int i = 0; i < n; i++) {
+        buf b = {0};
+        json_write_num(&b, vals[i]);
+        ck_assert_msg(json_num_len(vals[i]) == b.len, "%.17g: len %zu, written \"%s\"", vals[i],
+                      json_num_len(vals[i]), b.data);
+        buf_free(&b);
+    }
+}
+END_TEST
+
 START_TEST(test_json_canonical_len)
 {
     static const char *yes[] = {
@@ -353,6 +381,7 @@ int main(void)
     tcase_add_test(t, test_json_canonical);
     tcase_add_test(t, test_json_rejects);
     tcase_add_test(t, test_json_canonical_len);
+    tcase_add_test(t, test_json_num_len);
     tcase_add_test(t, test_json_merge_canonical);
     tcase_add_test(t, test_gate);
     suite_add_tcase(s, t);
