@@ -114,7 +114,16 @@ static void yaml_flow(buf *out, const cJSON *v)
     } else if (cJSON_IsObject(v)) {
         buf_putc(out, '{');
         for (const cJSON *c = v->child; c; c = c->next) {
+            /* A YAML reader takes an implicit key of at most 1024
+             * characters; a longer one needs the explicit "? " form. */
+            size_t at = out->len;
             yaml_quoted(out, c->string);
+            if (out->len - at > 1000) {
+                buf_reserve(out, 2);
+                memmove(out->data + at + 2, out->data + at, out->len - at + 1);
+                memcpy(out->data + at, "? ", 2);
+                out->len += 2;
+            }
             buf_puts(out, ": ");
             yaml_flow(out, c);
             if (c->next) buf_puts(out, ", ");

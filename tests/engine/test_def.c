@@ -741,6 +741,32 @@ START_TEST(yaml_write_nasty)
 }
 END_TEST
 
+/* A YAML reader takes implicit keys of at most 1024 characters: longer
+ * meta keys (plain, escaped, nested) must still round-trip. */
+START_TEST(yaml_write_long_keys)
+{
+    buf js = {0};
+    buf_puts(&js, "{\"states\":[\"a\"],\"initial\":\"a\",\"transitions\":[],\"meta\":{\"");
+    for (int i = 0; i < 1100; i++) buf_putc(&js, 'k');
+    buf_puts(&js, "\":1,\"");
+    for (int i = 0; i < 300; i++) buf_puts(&js, "\\u001c");
+    buf_puts(&js, "\":{\"");
+    for (int i = 0; i < 1023; i++) buf_putc(&js, 'n');
+    buf_puts(&js, "\":[2],\"");
+    for (int i = 0; i < 1024; i++) buf_putc(&js, 'm');
+    buf_puts(&js, "\":null}}}");
+    cJSON *j = json_parse(js.data, js.len, NULL);
+    ck_assert_ptr_nonnull(j);
+    def *d = NULL;
+    stm_err err = {0};
+    ck_assert_int_eq(def_parse(j, &d, &err), STM_OK);
+    yaml_round_trip(d);
+    def_free(d);
+    cJSON_Delete(j);
+    buf_free(&js);
+}
+END_TEST
+
 /* ---- DOT ---- */
 
 START_TEST(dot_output)
@@ -822,6 +848,7 @@ int main(void)
     tcase_add_test(tc, yaml_errors);
     tcase_add_test(tc, yaml_write);
     tcase_add_test(tc, yaml_write_nasty);
+    tcase_add_test(tc, yaml_write_long_keys);
     tcase_add_test(tc, dot_output);
     tcase_add_test(tc, dot_accepted);
     suite_add_tcase(s, tc);
