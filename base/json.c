@@ -150,6 +150,23 @@ size_t json_strn_len(const char *s, size_t n)
     return len;
 }
 
+size_t json_str_len(const char *s)
+{
+    size_t len = 2;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        unsigned char c = *p;
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            len++;
+            continue;
+        }
+        switch (c) {
+        case '"': case '\\': case '\n': case '\r': case '\t': case '\b': case '\f': len += 2; break;
+        default: len += 6; break;
+        }
+    }
+    return len;
+}
+
 size_t json_num_len(double d)
 {
     if (isfinite(d) && d == floor(d) && fabs(d) < 9.2e18) {

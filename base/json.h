@@ -45,6 +45,7 @@ void json_write_num(buf *out, double d);
 /* What json_write_strn / json_write_num would append, in bytes, without
  * writing it (exact: sizes of rendered files are computed with them). */
 size_t json_strn_len(const char *s, size_t n);
+size_t json_str_len(const char *s); /* json_strn_len(s, strlen(s)) in one pass */
 size_t json_num_len(double d);
 /* malloc'd canonical text of v (sorted keys); caller frees. */
 char *json_canonical(const cJSON *v, size_t *len);

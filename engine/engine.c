@@ -373,7 +373,7 @@ static void render_history(buf *out, uint8_t type, const entry_fields *f, uint64
 
 static size_t str_len(const char *s)
 {
-    return json_strn_len(s, strlen(s));
+    return json_str_len(s);
 }
 
 /* The length of render_history's line, without rendering it: replay and
@@ -552,7 +552,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
     case WAL_T_APPLY_EVENT: {
         const char *id = f.instance_id;
         const char *to = f.to_state;
-        in = id ? inst_find(e, id) : NULL;
+        in = f.inst ? f.inst : id ? inst_find(e, id) : NULL;
         if (!in || !to) break;
         if (e->dry_run) undo_save_instance(e, in);
         in->state = intern(e, to);

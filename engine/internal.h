@@ -172,6 +172,8 @@ typedef struct {
     uint64_t version, txn;      /* valid when has_version / has_txn */
     bool has_version, has_txn;  /* a whole number >= 0 was there */
     bool generated_id;
+    struct instance *inst;      /* the instance an APPLY_EVENT names, when the
+                                   live operation already found it (else NULL) */
 } entry_fields;
 /* Reads an entry's fields from its JSON text. false when the text is not
  * JSON at all; a JSON value that is not an object gives no fields. */

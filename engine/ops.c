@@ -796,7 +796,8 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     /* what replay would read back from the text, as the text was made */
     entry_fields f = {.instance_id = id, .event = event, .from_state = from, .to_state = to,
                       .event_id = event_id, .idempotency_key = key, .payload = ptext->data,
-                      .payload_len = ptext->len, .ctx = ctext->data, .ctx_len = ctext->len, .ts = ts};
+                      .payload_len = ptext->len, .ctx = ctext->data, .ctx_len = ctext->len, .ts = ts,
+                      .inst = in};
     wal_record rec;
     stm_code rc = commit_text(e, WAL_T_APPLY_EVENT, text, &f, &rec, err);
     scratch_done(text);

@@ -171,6 +171,21 @@ START_TEST(test_json_num_len)
 }
 END_TEST
 
+/* json_str_len is json_strn_len over the whole C string, escapes included. */
+START_TEST(test_json_str_len)
+{
+    const char *cases[] = {"", "a", "plain text", "q\"uote", "back\\slash", "nl\n cr\r tab\t",
+                           "\b\f", "\x01\x1f\x7f", "caf\xc3\xa9 \xe6\x97\xa5", "\"\"\\\\"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        buf b = {0};
+        json_write_str(&b, cases[i]);
+        ck_assert_uint_eq(json_str_len(cases[i]), json_strn_len(cases[i], strlen(cases[i])));
+        ck_assert_uint_eq(json_str_len(cases[i]), b.len);
+        buf_free(&b);
+    }
+}
+END_TEST
+
 START_TEST(test_json_canonical_len)
 {
     static const char *yes[] = {
@@ -382,6 +397,7 @@ int main(void)
     tcase_add_test(t, test_json_rejects);
     tcase_add_test(t, test_json_canonical_len);
     tcase_add_test(t, test_json_num_len);
+    tcase_add_test(t, test_json_str_len);
     tcase_add_test(t, test_json_merge_canonical);
     tcase_add_test(t, test_gate);
     suite_add_tcase(s, t);
