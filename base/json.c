@@ -136,34 +136,28 @@ void json_write_strn(buf *out, const char *s, size_t n)
     buf_putc(out, '"');
 }
 
+/* Bytes json_write_strn writes for c: itself, a two-character escape, or
+ * \u00XX. The one place both length functions take the rule from. */
+static inline size_t escaped_len(unsigned char c)
+{
+    if (c >= 0x20 && c != '"' && c != '\\') return 1;
+    switch (c) {
+    case '"': case '\\': case '\n': case '\r': case '\t': case '\b': case '\f': return 2;
+    default: return 6;
+    }
+}
+
 size_t json_strn_len(const char *s, size_t n)
 {
-    size_t len = n + 2;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        switch (c) {
-        case '"': case '\\': case '\n': case '\r': case '\t': case '\b': case '\f': len += 1; break;
-        default: len += 5; break;
-        }
-    }
+    size_t len = 2;
+    for (size_t i = 0; i < n; i++) len += escaped_len((unsigned char)s[i]);
     return len;
 }
 
 size_t json_str_len(const char *s)
 {
     size_t len = 2;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        unsigned char c = *p;
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            len++;
-            continue;
-        }
-        switch (c) {
-        case '"': case '\\': case '\n': case '\r': case '\t': case '\b': case '\f': len += 2; break;
-        default: len += 6; break;
-        }
-    }
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) len += escaped_len(*p);
     return len;
 }
 
