@@ -644,7 +644,8 @@ static void on_acked(void *arg, uint64_t acked, bool failed)
 {
     eng *e = arg;
     pthread_mutex_lock(&e->wait_lock);
-    if (acked > atomic_load(&e->acked)) atomic_store(&e->acked, acked);
+    if (acked > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE))
+        __atomic_store_n(&e->acked, acked, __ATOMIC_RELEASE);
     if (failed) __atomic_store_n(&e->failed, true, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&e->wait_lock);
     util_gate_open(&e->ack_gate);
@@ -662,23 +663,12 @@ stm_code eng_sync(eng *e, stm_err *err)
 
 uint64_t eng_acked_seq(eng *e)
 {
-    return atomic_load(&e->acked);
-}
-
-typedef struct {
-    eng *e;
-    uint64_t seq;
-} ack_wait;
-
-static bool acked_or_failed(void *arg)
-{
-    ack_wait *a = arg;
-    return a->seq <= atomic_load(&a->e->acked) || __atomic_load_n(&a->e->failed, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE);
 }
 
 stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
 {
-    if (seq <= atomic_load(&e->acked)) return STM_OK;
+    if (seq <= __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE)) return STM_OK;
     /* A number no record has (a damaged snapshot can name one): nothing
      * will ever acknowledge it, so say so instead of waiting forever. */
     if (!wal_appended(e->w, seq))
@@ -687,9 +677,7 @@ stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
                         "data directory is damaged; check it with `stmfs replay --verify`",
                         (unsigned long long)seq, (unsigned long long)wal_acked_seq(e->w));
     wal_write_now(e->w, seq);
-    ack_wait aw = {e, seq};
-    util_gate_wait(&e->ack_gate, acked_or_failed, &aw, 0);
-    bool ok = seq <= atomic_load(&e->acked);
+    bool ok = util_gate_wait_mark(&e->ack_gate, &e->acked, seq, &e->failed, 0);
     /* The WAL's message names the call and the errno (the mount maps a
      * full disk to ENOSPC by it). */
     if (!ok)
@@ -701,7 +689,7 @@ stm_code eng_wait(eng *e, uint64_t seq, stm_err *err)
 
 void eng_kick(eng *e, uint64_t seq)
 {
-    if (seq > atomic_load(&e->acked)) wal_write_now(e->w, seq);
+    if (seq > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE)) wal_write_now(e->w, seq);
 }
 
 int eng_add_listener(eng *e, void (*fn)(void *, uint64_t), void *arg)
@@ -905,7 +893,7 @@ stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recover
     if ((rc = wal_open(&wo, &e->w, rep, err)) != STM_OK) goto fail;
     if ((rc = load_snapshot(e, stop_at, err)) != STM_OK) goto fail;
     if ((rc = replay(e, stop_at, err)) != STM_OK) goto fail;
-    atomic_store(&e->acked, wal_acked_seq(e->w));
+    __atomic_store_n(&e->acked, wal_acked_seq(e->w), __ATOMIC_RELEASE);
     e->hub = hub_new(e);
     wal_set_listener(e->w, on_acked, e);
     if (stop_at == UINT64_MAX) compactor_start(e);

@@ -122,7 +122,7 @@ struct eng {
     size_t n_eidx, cap_eidx;
 
     /* durability */
-    _Atomic uint64_t acked;
+    uint64_t acked;             /* atomic loads and stores only */
     util_gate ack_gate; /* eng_wait: acked moved or the WAL failed */
     pthread_mutex_t wait_lock; /* failed, and the compactor's stop_cond */
     pthread_mutex_t listen_lock;

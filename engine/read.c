@@ -25,13 +25,13 @@ static char *dup_or_null(const char *s)
  * e->lock. */
 static bool created_not_durable(eng *e, const instance *in)
 {
-    return e->failed && in->n_hist && in->hist[0].seq > atomic_load(&e->acked);
+    return e->failed && in->n_hist && in->hist[0].seq > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE);
 }
 
 static bool gone(eng *e, const instance *in)
 {
     if (created_not_durable(e, in)) return true;
-    return in->deleted && !(e->failed && in->last_seq > atomic_load(&e->acked));
+    return in->deleted && !(e->failed && in->last_seq > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE));
 }
 
 stm_code eng_get_instance_view(eng *e, const char *id, bool include_deleted,
