@@ -930,9 +930,9 @@ void eng_close(eng *e)
     if (e->hub) hub_free(e->hub);
     buf_free(&e->scan_store);
     buf_free(&e->line_buf);
-    buf_free(&e->apply_payload);
-    buf_free(&e->apply_ctx);
-    buf_free(&e->apply_entry);
+    buf_free(&e->op_payload);
+    buf_free(&e->op_ctx);
+    buf_free(&e->op_entry);
     for (instance *in = e->head->next[0], *next; in; in = next) {
         next = in->next[0];
         free_instance(in);

@@ -133,9 +133,10 @@ struct eng {
     hub *hub;
     buf scan_store;             /* entry_scan's store for live writes (under lock) */
     buf line_buf;               /* eng_apply_record's history line (under lock) */
-    /* APPLY_EVENT's payload, merged context and entry text, kept between
-     * calls so the hottest operation allocates none of them (under lock) */
-    buf apply_payload, apply_ctx, apply_entry;
+    /* the write operations' payload, context and entry text (APPLY_EVENT,
+     * CREATE_INSTANCE), kept between calls so they allocate none of them
+     * (under lock) */
+    buf op_payload, op_ctx, op_entry;
 
     /* atomic batches (atomic.c): a dry run records how to undo each change;
      * the real run marks its records with a countdown */

@@ -373,6 +373,19 @@ static stm_code find_live(eng *e, const char *id, instance **out, stm_err *err)
     return STM_OK;
 }
 
+/* An engine-owned buffer for one operation under the lock, emptied; one
+ * that grew past a large context is given back afterwards. */
+static buf *scratch(buf *b)
+{
+    buf_reset(b);
+    return b;
+}
+
+static void scratch_done(buf *b)
+{
+    if (b->cap > 256 * 1024) buf_free(b);
+}
+
 static cJSON *create_result(const char *id, const char *state, uint64_t offset)
 {
     cJSON *r = cJSON_CreateObject();
@@ -399,12 +412,12 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
         return stm_fail(err, STM_BAD_REQUEST,
                         "invalid request: initial_ctx must be a JSON object, not %s",
                         json_type_name(ctx));
-    buf ctxt = {0};
-    if (ctx && !cJSON_IsNull(ctx)) json_write(&ctxt, ctx, true);
-    else buf_puts(&ctxt, "{}");
-    if (e->opts.limits.max_ctx_bytes && ctxt.len > e->opts.limits.max_ctx_bytes) {
-        size_t n = ctxt.len;
-        buf_free(&ctxt);
+    buf *ctxt = scratch(&e->op_ctx);
+    if (ctx && !cJSON_IsNull(ctx)) json_write(ctxt, ctx, true);
+    else buf_puts(ctxt, "{}");
+    if (e->opts.limits.max_ctx_bytes && ctxt->len > e->opts.limits.max_ctx_bytes) {
+        size_t n = ctxt->len;
+        scratch_done(ctxt);
         return stm_fail(err, STM_BAD_REQUEST,
                         "invalid request: initial_ctx is %zu bytes as compact JSON, over "
                         "limits.max_ctx_bytes (%llu)",
@@ -417,8 +430,8 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     if (key) {
         idem_entry *k = idem_find(e, scope, key);
         if (k) {
-            uint64_t fp = fingerprint(name, vbuf, buf_cstr(&ctxt), id);
-            buf_free(&ctxt);
+            uint64_t fp = fingerprint(name, vbuf, buf_cstr(ctxt), id);
+            scratch_done(ctxt);
             if (k->type != WAL_T_CREATE_INSTANCE || k->fingerprint != fp)
                 return stm_fail(err, STM_CONFLICT,
                                 "idempotency key '%s' was already used for a different request",
@@ -446,14 +459,14 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     }
     char uuid[37];
     if (id && inst_find(e, id)) {
-        buf_free(&ctxt);
+        scratch_done(ctxt);
         return stm_fail(err, STM_INSTANCE_EXISTS, "instance already exists: %s%s", id,
                         inst_find(e, id)->deleted ? " (deleted; ids are never reused)" : "");
     }
     mversion *mv = NULL;
     stm_code rc = find_version(e, name, version, &mv, err);
     if (rc != STM_OK) {
-        buf_free(&ctxt);
+        scratch_done(ctxt);
         return rc;
     }
     if (!id) {
@@ -461,36 +474,36 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
         while (inst_find(e, uuid));
     }
     /* The entry in canonical key order, as json_write would sort it. */
-    buf text = {0};
-    buf_reserve(&text, ctxt.len + 256);
-    buf_putc(&text, '{');
-    if (!id) buf_puts(&text, "\"generated_id\":true,");
+    buf *text = scratch(&e->op_entry);
+    buf_reserve(text, ctxt->len + 256);
+    buf_putc(text, '{');
+    if (!id) buf_puts(text, "\"generated_id\":true,");
     if (key) {
-        buf_puts(&text, "\"idempotency_key\":");
-        json_write_str(&text, key);
-        buf_putc(&text, ',');
+        buf_puts(text, "\"idempotency_key\":");
+        json_write_str(text, key);
+        buf_putc(text, ',');
     }
-    buf_puts(&text, "\"initial_ctx\":");
-    buf_add(&text, ctxt.data, ctxt.len);
-    buf_puts(&text, ",\"initial_state\":");
-    json_write_str(&text, def_initial(mv->d));
-    buf_puts(&text, ",\"instance_id\":");
-    json_write_str(&text, id ? id : uuid);
-    buf_puts(&text, ",\"machine\":");
-    json_write_str(&text, name);
-    int64_t ts = stamp(e, &text);
-    buf_puts(&text, ",\"type\":\"create_instance\",\"version\":");
-    json_write_num(&text, (double)version);
-    buf_putc(&text, '}');
+    buf_puts(text, "\"initial_ctx\":");
+    buf_add(text, ctxt->data, ctxt->len);
+    buf_puts(text, ",\"initial_state\":");
+    json_write_str(text, def_initial(mv->d));
+    buf_puts(text, ",\"instance_id\":");
+    json_write_str(text, id ? id : uuid);
+    buf_puts(text, ",\"machine\":");
+    json_write_str(text, name);
+    int64_t ts = stamp(e, text);
+    buf_puts(text, ",\"type\":\"create_instance\",\"version\":");
+    json_write_num(text, (double)version);
+    buf_putc(text, '}');
     /* what replay would read back from the text, as the text was made */
     entry_fields f = {.instance_id = id ? id : uuid, .machine = name,
                       .initial_state = def_initial(mv->d), .idempotency_key = key,
-                      .initial_ctx = ctxt.data, .initial_ctx_len = ctxt.len, .ts = ts,
+                      .initial_ctx = ctxt->data, .initial_ctx_len = ctxt->len, .ts = ts,
                       .version = version, .has_version = true, .generated_id = !id};
     wal_record rec;
-    rc = commit_text(e, WAL_T_CREATE_INSTANCE, &text, &f, &rec, err);
-    buf_free(&ctxt);
-    buf_free(&text);
+    rc = commit_text(e, WAL_T_CREATE_INSTANCE, text, &f, &rec, err);
+    scratch_done(ctxt);
+    scratch_done(text);
     if (rc != STM_OK) return rc;
     *res = create_result(id ? id : uuid, def_initial(mv->d), rec.offset);
     *seq = rec.seq;
@@ -600,19 +613,6 @@ static stm_code op_delete_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     *seq = rec.seq;
     *res = r;
     return STM_OK;
-}
-
-/* An engine-owned buffer for one operation under the lock, emptied; one
- * that grew past a large context is given back afterwards. */
-static buf *scratch(buf *b)
-{
-    buf_reset(b);
-    return b;
-}
-
-static void scratch_done(buf *b)
-{
-    if (b->cap > 256 * 1024) buf_free(b);
 }
 
 /* Keys are literals added with cJSON's constant-key calls: every answer to
@@ -730,7 +730,7 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
         return stm_fail(err, STM_INVALID_TRANSITION,
                         "invalid transition: cannot apply '%s' in state '%s'", event, in->state);
     }
-    buf *ptext = scratch(&e->apply_payload), *ctext = scratch(&e->apply_ctx);
+    buf *ptext = scratch(&e->op_payload), *ctext = scratch(&e->op_ctx);
     json_write(ptext, payload, true);
     /* Shallow merge: top-level payload keys replace or add (reference §6). */
     if (!payload || in->ctx[0] != '{') {
@@ -769,7 +769,7 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
     }
     /* The entry in canonical key order, as json_write would sort it. */
     const char *from = t->from, *to = t->to;
-    buf *text = scratch(&e->apply_entry);
+    buf *text = scratch(&e->op_entry);
     buf_reserve(text, ctext->len + ptext->len + strlen(id) + 256);
     buf_puts(text, "{\"ctx\":");
     buf_add(text, ctext->data, ctext->len);
