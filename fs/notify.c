@@ -468,14 +468,17 @@ static void want_data(fs *f, inoset *data, inoset *attrs, enum fs_kind k, const 
     n->cached_data = n->cached_attr = false;
 }
 
-static void want_attr(fs *f, inoset *attrs, enum fs_kind k, const char *a)
+/* Returns the node's inode (0 if it has none), for the entry
+ * notifications the caller sends afterwards. */
+static uint64_t want_attr(fs *f, inoset *attrs, enum fs_kind k, const char *a)
 {
     fs_node *n = fs_node_find(f, k, a, NULL, 0);
-    if (!n) return;
+    if (!n) return 0;
     /* every answer that hands the kernel attributes sets cached_attr, a
      * keep_cache open included, so it alone says they may be held */
     if (n->cached_attr) ino_add(attrs, n->ino); /* pages stay */
     n->cached_attr = false;
+    return n->ino;
 }
 
 static void inval_name(fs *f, uint64_t parent, const char *raw, uint64_t child)
@@ -506,27 +509,22 @@ static void on_event(fs *f, const eng_event *ev, inoset *data, inoset *attrs)
     switch (ev->type) {
     case WAL_T_CREATE_INSTANCE:
     case WAL_T_DELETE_INSTANCE:
-        instances_ino = ino_of(f, K_INSTANCES, NULL, NULL, 0);
-        minsts_ino = ev->machine ? ino_of(f, K_MINSTS, ev->machine, NULL, 0) : 0;
-        inst_ino = ino_of(f, K_INST, id, NULL, 0);
+        instances_ino = want_attr(f, attrs, K_INSTANCES, NULL);
+        minsts_ino = ev->machine ? want_attr(f, attrs, K_MINSTS, ev->machine) : 0;
         link_ino = ev->machine ? ino_of(f, K_MLINK, ev->machine, id, 0) : 0;
-        want_attr(f, attrs, K_INSTANCES, NULL);
-        if (ev->machine) want_attr(f, attrs, K_MINSTS, ev->machine);
         f->instances_mtime = ev->ts;
         /* fall through: the instance's own files changed as well */
         /* FALLTHROUGH */
     case WAL_T_APPLY_EVENT:
         for (size_t i = 0; i < sizeof inst_kinds / sizeof inst_kinds[0]; i++)
             want_data(f, data, attrs, inst_kinds[i], id, NULL, 0);
-        want_attr(f, attrs, K_INST, id);
+        inst_ino = want_attr(f, attrs, K_INST, id);
         want_attr(f, attrs, K_WATCH, id);
         want_attr(f, attrs, K_IERROR, id);
         break;
     case WAL_T_PUT_MACHINE: {
-        machines_ino = ino_of(f, K_MACHINES, NULL, NULL, 0);
-        versions_ino = ino_of(f, K_VERSIONS, ev->machine, NULL, 0);
-        want_attr(f, attrs, K_MACHINES, NULL);
-        want_attr(f, attrs, K_VERSIONS, ev->machine);
+        machines_ino = want_attr(f, attrs, K_MACHINES, NULL);
+        versions_ino = want_attr(f, attrs, K_VERSIONS, ev->machine);
         want_attr(f, attrs, K_MACHINE, ev->machine);
         static const enum fs_kind mk[] = {K_DEF_JSON, K_DEF_YAML, K_GRAPH, K_NEW, K_MERROR};
         for (size_t i = 0; i < sizeof mk / sizeof mk[0]; i++)
