@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <stdio.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -104,4 +105,11 @@ bool util_gate_wait_mark(util_gate *g, const uint64_t *mark, uint64_t target, co
     mark_test m = {mark, target, stop};
     util_gate_wait(g, mark_or_stop, &m, deadline_ns);
     return __atomic_load_n(mark, __ATOMIC_ACQUIRE) >= target;
+}
+
+void util_name_thread(const char *name)
+{
+    /* prctl names the calling thread only; a failure leaves the inherited
+     * name, which is harmless */
+    (void)prctl(PR_SET_NAME, name, 0, 0, 0);
 }

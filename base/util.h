@@ -37,4 +37,8 @@ bool util_gate_wait(util_gate *g, bool (*test)(void *arg), void *arg, uint64_t d
 bool util_gate_wait_mark(util_gate *g, const uint64_t *mark, uint64_t target, const bool *stop,
                          uint64_t deadline_ns);
 
+/* Names the calling thread (at most 15 characters), so that top -H, ps -L
+ * and gdb show which of the daemon's threads is busy or stuck. */
+void util_name_thread(const char *name);
+
 #endif

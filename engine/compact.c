@@ -602,6 +602,7 @@ stm_code snap_load(eng *e, stm_err *err)
 static void *compactor_main(void *arg)
 {
     eng *e = arg;
+    util_name_thread("eng-compactor");
     pthread_mutex_lock(&e->wait_lock);
     while (!e->stopping) {
         struct timespec ts;

@@ -31,6 +31,7 @@ typedef struct {
 static void *probe_main(void *arg)
 {
     probe *p = arg;
+    util_name_thread("fs-probe");
     struct stat st;
     /* blocks until the loop has answered INIT and this GETATTR */
     if (stat(p->f->mnt, &st) == 0)

@@ -361,6 +361,7 @@ static bool child_do(int kind, unsigned files, const char *path)
 static void *helper_main(void *arg)
 {
     fs *f = arg;
+    util_name_thread("fs-helper");
     buf path = {0};
     bool coalesced = false;
     uint64_t window = SELF_COALESCE_NS, batch_start = 0;
@@ -739,6 +740,7 @@ void fs_watch_release(fs *f, fs_watchfh *w)
 static void *notifier_main(void *arg)
 {
     fs *f = arg;
+    util_name_thread("fs-notifier");
     inoset data = {0}, attrs = {0};
     for (;;) {
         struct pollfd pfd = {.fd = efd, .events = POLLIN};

@@ -479,6 +479,7 @@ static void on_tick(rcp_loop *l, void *arg)
 static void *loop_main(void *arg)
 {
     rcp_server *s = arg;
+    util_name_thread("rcp-loop");
     rcp_loop_run(s->loop);
     /* Whatever is left after the grace period goes now. */
     while (s->conns)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/util.h"
 #include "wal/internal.h"
 
 #define AHEAD_CHUNKS 4
@@ -55,6 +56,7 @@ static void chunk_add(chunk *c, const wal_record *rec)
 static void *produce(void *arg)
 {
     wal_ahead *a = arg;
+    util_name_thread("wal-readahead");
     for (size_t k = 0;; k++) {
         pthread_mutex_lock(&a->mu);
         while (k - a->released >= AHEAD_CHUNKS && !a->stop) pthread_cond_wait(&a->cv, &a->mu);

@@ -690,6 +690,7 @@ static void *flusher_main(void *arg)
 {
     wal *w = arg;
     uint64_t last_group = 0;
+    util_name_thread("wal-flusher");
     const bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
                         (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
 
