@@ -18,6 +18,14 @@ test_expect_success 'stmfs mount detaches once the mount answers' - <<\EOT
     test_cmp expect top
 EOT
 
+test_expect_success 'ps -L tells the threads of the daemon apart by name' - <<\EOT
+    test -n "$STMFS_PID" &&
+    cat /proc/"$STMFS_PID"/task/*/comm | sort -u >names &&
+    printf "%s\n" fs-helper fs-notifier rcp-loop wal-flusher >expect &&
+    grep -x -e fs-helper -e fs-notifier -e rcp-loop -e wal-flusher names >actual &&
+    test_cmp expect actual
+EOT
+
 test_expect_success 'mkdir under machines/ makes a machine directory' - <<\EOT
     mkdir "$M/machines/order" &&
     test -d "$O" &&
