@@ -130,6 +130,29 @@ test_expect_success PYTHON 'binary junk to events: write error, nothing changes'
     snapshot o-1 >now && test_cmp o-1.before now
 EOT
 
+test_expect_success PYTHON 'error repeats binary junk as a short excerpt in readable UTF-8' - <<\EOT
+    test_must_fail cat junk >"$I/o-1/events" &&
+    python3 - "$I/o-1/error" <<-\PY
+	import sys
+	data = open(sys.argv[1], "rb").read()
+	text = data.decode("utf-8")  # raw junk bytes would not decode
+	bad = [c for c in text if c != "\n" and (ord(c) < 0x20 or ord(c) == 0x7f)]
+	assert not bad, "control characters in error: %r" % text
+	assert "\\x" in text, "the junk's bytes are not shown escaped: %r" % text
+	assert len(data) < 2048, "error is %d bytes for one bad line" % len(data)
+	PY
+EOT
+
+test_expect_success 'error shows a 2 MB event name cut short, with its length' - <<\EOT
+    head -c 2000000 /dev/zero | tr "\0" A >long-event &&
+    echo >>long-event &&
+    test_must_fail cat long-event >"$I/o-1/events" &&
+    grep "^code BAD_REQUEST" "$I/o-1/error" &&
+    grep -F "... (2000000 bytes in all)" "$I/o-1/error" &&
+    test "$(stat -c %s "$I/o-1/error")" -lt 2048 &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
 test_expect_success 'invalid UTF-8 in an event line: write error' - <<\EOT
     test_must_fail eval 'printf "PAY \xff\xfe\n" >"$I/o-1/events"' &&
     test_must_fail eval 'printf "\xc3\x28\n" >"$I/o-1/events"' &&
