@@ -923,11 +923,15 @@ static stm_code apply_line(fs *f, fh *h, const char *line, size_t len, uint64_t 
         size_t l = len;
         while (l && (line[l - 1] == '\r' || line[l - 1] == ' ')) l--;
         if (h->kind == K_EVENTS) {
-            /* the event name, or the whole line for a params object */
-            size_t wl = 0;
-            while (wl < l && line[wl] != ' ' && line[wl] != '\t') wl++;
-            fs_set_error(f, false, h->a, err, line[0] == '{' ? "line" : "event", line,
-                         line[0] == '{' ? l : wl);
+            /* the event name (an indented line's too), or the whole line
+             * for a params object */
+            size_t ws = 0;
+            while (ws < l && (line[ws] == ' ' || line[ws] == '\t')) ws++;
+            size_t we = ws;
+            while (we < l && line[we] != ' ' && line[we] != '\t') we++;
+            bool params = ws < l && line[ws] == '{';
+            fs_set_error(f, false, h->a, err, params ? "line" : "event",
+                         params ? line : line + ws, params ? l : we - ws);
         } else {
             fs_set_error(f, true, h->a, err, "line", line, l);
         }

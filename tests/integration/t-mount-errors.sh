@@ -52,6 +52,12 @@ test_expect_success 'an unknown event: the same' - <<\EOT
     snapshot o-1 >now && test_cmp o-1.before now
 EOT
 
+test_expect_success 'an indented unknown event: error still names it' - <<\EOT
+    rejected "$I/o-1/events" "   FLY  " &&
+    grep -x "event FLY" "$I/o-1/error" &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
 test_expect_success 'a conflict on expected_state: write error, error names CONFLICT' - <<\EOT
     rejected "$I/o-1/events" '{"event": "PAY", "expected_state": "paid"}' &&
     ! grep -E "Success|Input/output error" msg &&
