@@ -346,6 +346,40 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fuse_reply_attr(req, &st, f->attr_timeout);
 }
 
+/* The layout has no place for links or special files. Without these the
+ * kernel would answer ENOSYS, "Function not implemented", which reads like
+ * a broken mount; EPERM says the operation is not allowed here. A
+ * read-only mount says EROFS, as for every other write. */
+static void refuse_new_node(fuse_req_t req)
+{
+    fuse_reply_err(req, F(req)->ro ? EROFS : EPERM);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+    (void)link;
+    (void)parent;
+    (void)name;
+    refuse_new_node(req);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+    (void)ino;
+    (void)newparent;
+    (void)newname;
+    refuse_new_node(req);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    (void)parent;
+    (void)name;
+    (void)mode;
+    (void)rdev;
+    refuse_new_node(req);
+}
+
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
     fs *f = F(req);
@@ -1664,10 +1698,13 @@ const struct fuse_lowlevel_ops fs_ops = {
     .getattr = op_getattr,
     .setattr = op_setattr,
     .readlink = op_readlink,
+    .mknod = op_mknod,
     .mkdir = op_mkdir,
     .unlink = op_unlink,
     .rmdir = op_rmdir,
+    .symlink = op_symlink,
     .rename = op_rename,
+    .link = op_link,
     .open = op_open,
     .read = op_read,
     .write = op_write,

@@ -257,6 +257,15 @@ test_expect_success 'files of an instance cannot be removed, added or renamed' -
     snapshot o-1 >now && test_cmp o-1.before now
 EOT
 
+test_expect_success 'links and special files are refused: Operation not permitted' - <<\EOT
+    test_must_fail ln -s state "$I/o-1/link" 2>msg &&
+    test_must_fail ln "$I/o-1/state" "$I/o-1/hard" 2>>msg &&
+    test_must_fail mkfifo "$O/fifo" 2>>msg &&
+    cat msg &&
+    test "$(grep -c "Operation not permitted" msg)" = 3 &&
+    ! test -e "$I/o-1/link" && ! test -e "$I/o-1/hard" && ! test -e "$O/fifo"
+EOT
+
 test_expect_success 'mkdir in instances/ is refused: instances are made through new' - <<\EOT
     test_must_fail mkdir "$I/made-by-mkdir" 2>msg &&
     cat msg &&
