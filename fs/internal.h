@@ -128,6 +128,12 @@ typedef struct fs {
     struct fuse_session *se;
     char *mnt;                  /* absolute mountpoint */
     bool ro;
+    /* Read-only mounts only: the kernel opens files without asking us (FUSE
+     * no_open, switched on by answering the first OPEN with ENOSYS), so an
+     * open+read+close of cached content is no round trip at all. Nothing
+     * in a read-only database changes, so no file needs a handle's
+     * snapshot, and reads are served by inode. */
+    bool no_open;
     double attr_timeout, entry_timeout;
     size_t max_line;            /* longest line events or new take (limits.max_line_bytes) */
     int64_t start_ms;

@@ -18,6 +18,7 @@
  * can deadlock): they queue it for the notifier thread.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -857,6 +858,16 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EISDIR);
         return;
     }
+    if (f->no_open && (fi->flags & O_ACCMODE) == O_RDONLY) {
+        /* the kernel takes this as "open without asking" from now on,
+         * for every file of the mount, and opens this one itself */
+        static atomic_bool told;
+        if (!atomic_exchange(&told, true))
+            log_info("mount: read-only, so files open without a round trip to stmfs "
+                     "(FUSE no_open); watch files end at once");
+        fuse_reply_err(req, ENOSYS);
+        return;
+    }
     open_node(req, n, fi, false);
 }
 
@@ -1234,13 +1245,36 @@ static int finish(fs *f, fh *h)
     return r;
 }
 
+/* A read of a file the kernel opened without asking (no_open): the content
+ * of the node itself. A watch file streams only what happens after its
+ * open, and nothing happens in a read-only database: it ends at once. */
+static void read_unopened(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off)
+{
+    fs *f = F(req);
+    fs_node *n = node_of(f, ino);
+    if (!n) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    enum fs_kind k = kind_of(n);
+    if (k == K_WATCH || k == K_WAL_WATCH) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    fh *h = fh_new(f, n);
+    do_read(req, h, size, off);
+    fh_free(h);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
-    (void)ino;
     fh *h = FH(fi);
     if (!h) {
-        fuse_reply_err(req, EBADF);
+        if (fi->fh == 0 && F(req)->no_open)
+            read_unopened(req, ino, size, off);
+        else
+            fuse_reply_err(req, EBADF);
         return;
     }
     do_read(req, h, size, off);
@@ -1266,7 +1300,9 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fs *f = F(req);
     fh *h = FH(fi);
     if (!h) {
-        fuse_reply_err(req, 0);
+        /* no_open: nothing to do at any close; ENOSYS tells the kernel to
+         * stop sending FLUSH, a round trip per close otherwise */
+        fuse_reply_err(req, f->no_open ? ENOSYS : 0);
         return;
     }
     fuse_reply_err(req, h->self || !h->writing ? 0 : finish(f, h));
@@ -1687,7 +1723,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
     if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
     conn->max_write = 1u << 20;
-    (void)f;
+    f->no_open = f->ro && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {

@@ -25,6 +25,13 @@ test_expect_success 'setup: some data, written through a normal mount' - <<\EOT
     echo 'o-1 {"customer": "alice"}' >"$O/new" &&
     echo 'PAY {"amount": 9}' >"$I/o-1/events" &&
     echo o-2 >"$O/new" &&
+    mkdir "$M/machines/tick" &&
+    echo '{"states":["on"],"initial":"on","transitions":[{"from":"on","event":"TICK","to":"on"}]}' \
+        >"$M/machines/tick/definition.json" &&
+    echo t-1 >"$M/machines/tick/new" &&
+    for i in $(seq 300); do echo "TICK {\"n\": $i}"; done >"$I/t-1/events" &&
+    cp "$I/t-1/history" history.rw &&
+    test "$(stat -c %s history.rw)" -gt 40000 &&
     stop_mount "$M"
 EOT
 
@@ -41,11 +48,34 @@ test_expect_success 'everything reads as usual' - <<\EOT
     grep -q created "$O/definition.json" &&
     grep -q created "$O/definition.yaml" &&
     cat "$O/graph.dot" "$M/wal/entries" "$M/wal/stats.json" "$I/o-1/info.json" >/dev/null &&
-    printf "%s\n" o-1 o-2 >expect &&
+    printf "%s\n" o-1 o-2 t-1 >expect &&
     ls "$I" >actual &&
     test_cmp expect actual &&
     snapshot() { cat "$I/o-1/state" "$I/o-1/ctx.json" "$I/o-1/history" "$O/definition.json"; ls -R "$M/machines" "$I"; } &&
     snapshot >before
+EOT
+
+test_expect_success 'files open without a round trip (no_open), and read right' - <<\EOT
+    cat "$I/o-1/state" >/dev/null &&
+    grep "FUSE no_open" data/stmfs.log &&
+    test_cmp history.rw "$I/t-1/history" &&
+    python3 - "$I/t-1/history" history.rw <<-\PY
+	import os, sys
+	fd = os.open(sys.argv[1], os.O_RDONLY)
+	want = open(sys.argv[2], "rb").read()
+	for off in (0, 1, 4095, 4096, 4097, 10000, len(want) - 1, len(want), len(want) + 10):
+	    for n in (1, 100, 5000, 70000):
+	        got = os.pread(fd, n, off)
+	        assert got == want[off:off + n], (off, n, len(got))
+	print("preads match")
+	PY
+EOT
+
+test_expect_success 'a watch file ends at once: nothing can happen in a read-only database' - <<\EOT
+    timeout 10 cat "$I/o-1/watch" >out &&
+    test ! -s out &&
+    timeout 10 cat "$M/wal/watch" >out &&
+    test ! -s out
 EOT
 
 test_expect_success 'echo to events: EROFS' - <<\EOT
