@@ -253,12 +253,18 @@ void def_write_dot(const def *d, const char *name, uint32_t version, buf *out)
     buf_free(&b);
     buf_puts(out, " {\n  rankdir=LR;\n  node [shape=ellipse];\n");
     buf_puts(out, "  start [shape=point, label=\"\"];\n");
+    /* The usual notation: the arrow from the dot marks the initial state,
+     * a double circle a final one (a state no transition leaves). */
+    bool *leaves = xcalloc(nd ? nd : 1, sizeof *leaves);
+    for (size_t i = 0; i < def_transition_count(d); i++)
+        leaves[node_of(idx, w, def_transition_at(d, i)->from)] = true;
     for (size_t i = 0; i < nd; i++) {
         buf_printf(out, "  s%zu [label=", i);
         dot_str(out, order[i]);
-        if (strcmp(order[i], def_initial(d)) == 0) buf_puts(out, ", shape=doublecircle");
+        if (!leaves[i]) buf_puts(out, ", shape=doublecircle");
         buf_puts(out, "];\n");
     }
+    free(leaves);
     buf_printf(out, "  start -> s%zu;\n", node_of(idx, w, def_initial(d)));
     buf lb = {0};
     for (size_t i = 0; i < def_transition_count(d); i++) {

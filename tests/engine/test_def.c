@@ -780,12 +780,42 @@ START_TEST(dot_output)
                                    "  rankdir=LR;\n"
                                    "  node [shape=ellipse];\n"
                                    "  start [shape=point, label=\"\"];\n"
-                                   "  s0 [label=\"created\", shape=doublecircle];\n"
+                                   "  s0 [label=\"created\"];\n"
                                    "  s1 [label=\"paid\"];\n"
                                    "  start -> s0;\n"
                                    "  s0 -> s1 [label=\"PAY [ctx.a > 0]\"];\n"
                                    "  s1 -> s1 [label=\"PAY [ctx.a > 0]\"];\n"
                                    "}\n");
+    buf_free(&b);
+    def_free(d);
+}
+END_TEST
+
+/* The initial state is the one the start arrow points at; a double circle
+ * is for final states, those no transition leaves, initial or not. */
+START_TEST(dot_final_states)
+{
+    def *d = parse_ok("{'states':['draft','review','live','gone'],'initial':'draft','transitions':["
+                      "{'from':'draft','event':'SUBMIT','to':'review'},"
+                      "{'from':'review','event':'APPROVE','to':'live'},"
+                      "{'from':'review','event':'DROP','to':'gone'},"
+                      "{'from':'review','event':'REJECT','to':'draft'}]}");
+    buf b = {0};
+    def_write_dot(d, "doc", 1, &b);
+    const char *g = buf_cstr(&b);
+    ck_assert_ptr_nonnull(strstr(g, "  s0 [label=\"draft\"];\n"));
+    ck_assert_ptr_nonnull(strstr(g, "  s1 [label=\"review\"];\n"));
+    ck_assert_ptr_nonnull(strstr(g, "  s2 [label=\"live\", shape=doublecircle];\n"));
+    ck_assert_ptr_nonnull(strstr(g, "  s3 [label=\"gone\", shape=doublecircle];\n"));
+    ck_assert_ptr_nonnull(strstr(g, "  start -> s0;\n"));
+    buf_free(&b);
+    def_free(d);
+
+    d = parse_ok("{'states':['only'],'initial':'only','transitions':[]}");
+    buf_reset(&b);
+    def_write_dot(d, "still", 1, &b);
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&b), "  s0 [label=\"only\", shape=doublecircle];\n"));
+    ck_assert_ptr_nonnull(strstr(buf_cstr(&b), "  start -> s0;\n"));
     buf_free(&b);
     def_free(d);
 }
@@ -850,6 +880,7 @@ int main(void)
     tcase_add_test(tc, yaml_write_nasty);
     tcase_add_test(tc, yaml_write_long_keys);
     tcase_add_test(tc, dot_output);
+    tcase_add_test(tc, dot_final_states);
     tcase_add_test(tc, dot_accepted);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
