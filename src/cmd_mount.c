@@ -334,6 +334,14 @@ int cmd_mount(int argc, char **argv)
     buf_free(&deflog);
     log_setup(logf, cfg.log_level);
     logging = logf != NULL || !foreground;
+    if (cfg.ignored) {
+        /* in the log, and on the terminal the daemon is about to leave */
+        log_warn("config: ignoring %s: no such setting (a typo? unknown keys are ignored, as "
+                 "rstmdb ignores them)", cfg.ignored);
+        if (logf)
+            fprintf(stderr, "stmfs mount: warning: config: ignoring %s: no such setting\n",
+                    cfg.ignored);
+    }
     if (!foreground) {
         int nul = open("/dev/null", O_RDWR);
         if (nul >= 0) {

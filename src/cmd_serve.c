@@ -98,6 +98,9 @@ int cmd_serve(int argc, char **argv)
         }
     }
     log_setup(logf, cfg.log_level);
+    if (cfg.ignored)
+        log_warn("config: ignoring %s: no such setting (a typo? unknown keys are ignored, as "
+                 "rstmdb ignores them)", cfg.ignored);
 
     /* Block the stop signals before any thread starts, so every thread
      * inherits the mask and sigwait below is the only receiver. */

@@ -523,27 +523,44 @@ static stm_code yaml_key(stm_config *c, yaml_document_t *doc, const key_desc *k,
     return set_scalar(c, k, node_text(v), name, false, err);
 }
 
+/* Adds what to the list of YAML names nothing reads; the list stops
+ * growing at a length a warning line can show. */
+static void note_ignored(stm_config *c, const char *section, const char *key)
+{
+    size_t have = c->ignored ? strlen(c->ignored) : 0;
+    if (have > 400) return;
+    size_t add = strlen(section) + (key ? 1 + strlen(key) : 0) + 2;
+    char *n = xrealloc(c->ignored, have + add + 1);
+    snprintf(n + have, add + 1, "%s%s%s%s", have ? ", " : "", section, key ? "." : "",
+             key ? key : "");
+    c->ignored = n;
+}
+
 static stm_code yaml_section(stm_config *c, yaml_document_t *doc, const char *section,
                              yaml_node_t *m, stm_err *err)
 {
-    if (is_null(m)) return STM_OK; /* `network:` with nothing under it */
-    if (m->type != YAML_MAPPING_NODE) {
-        /* Only complain about sections we read; rstmdb ignores the rest. */
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-            if (!strcmp(keys[i].section, section))
-                return stm_fail(err, STM_BAD_REQUEST,
-                                "config %s: expected a mapping of keys, found %s", section,
-                                node_kind(m));
+    bool known = false;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !known; i++)
+        known = !strcmp(keys[i].section, section);
+    if (!known) {
+        note_ignored(c, section, NULL);
         return STM_OK;
     }
+    if (is_null(m)) return STM_OK; /* `network:` with nothing under it */
+    if (m->type != YAML_MAPPING_NODE)
+        return stm_fail(err, STM_BAD_REQUEST, "config %s: expected a mapping of keys, found %s",
+                        section, node_kind(m));
     for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
         yaml_node_t *kn = yaml_document_get_node(doc, p->key);
         if (kn->type != YAML_SCALAR_NODE) continue;
+        bool read = false;
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
             if (strcmp(keys[i].section, section) || strcmp(keys[i].key, node_text(kn))) continue;
+            read = true;
             stm_code rc = yaml_key(c, doc, &keys[i], yaml_document_get_node(doc, p->value), err);
             if (rc) return rc;
         }
+        if (!read) note_ignored(c, section, node_text(kn));
     }
     return STM_OK;
 }
@@ -734,6 +751,7 @@ void config_free(stm_config *c)
     free(c->tls_client_ca_path);
     free(c->metrics_bind_addr);
     free(c->log_file);
+    free(c->ignored);
     memset(c, 0, sizeof *c);
 }
 

@@ -51,6 +51,11 @@ typedef struct {
     /* logging */
     char *log_file;                  /* NULL = stderr when in front, DATA/stmfs.log when detached */
     int log_level;
+    /* The YAML's sections and keys that no setting reads ("storag",
+     * "storage.fsync_polcy", ...), comma separated; NULL when none. They are
+     * ignored, as rstmdb ignores them, but a typo must not pass unseen:
+     * the commands warn with this list. */
+    char *ignored;
 } stm_config;
 
 /* Fills defaults, then reads path (NULL: none) and the environment. On

@@ -265,16 +265,46 @@ START_TEST(unknown_ignored)
                            &err),
                      STM_OK);
     ck_assert_str_eq(c.data_dir, "d");
+    /* ignored, but listed, so the commands can warn about a typo */
+    ck_assert_str_eq(c.ignored, "replication, weird, storage.allow_instance_recreate, "
+                                "storage.allow_flush_all, logging.format");
     config_free(&c);
 
     /* Empty files, comments only, and empty sections change nothing. */
     ck_assert_int_eq(parse(&c, "", &err), STM_OK);
+    ck_assert_ptr_null(c.ignored);
     config_free(&c);
     ck_assert_int_eq(parse(&c, "# nothing\n", &err), STM_OK);
     config_free(&c);
     ck_assert_int_eq(parse(&c, "network:\nstorage: ~\n", &err), STM_OK);
     ck_assert_str_eq(c.bind_addr, "127.0.0.1:7401");
+    ck_assert_ptr_null(c.ignored);
     config_free(&c);
+}
+END_TEST
+
+/* A misspelt key changes nothing (the default stays) and is named; a file
+ * of nothing but unknown keys keeps the list to a line's length. */
+START_TEST(unknown_keys_named)
+{
+    stm_config c;
+    stm_err err;
+    ck_assert_int_eq(parse(&c, "storage:\n  fsync_polcy: never\n  wal_segment_size_mb: 8\n", &err),
+                     STM_OK);
+    ck_assert_int_eq(c.fsync_policy.mode, WAL_SYNC_EVERY_WRITE);
+    ck_assert_uint_eq(c.wal_segment_size_mb, 8);
+    ck_assert_str_eq(c.ignored, "storage.fsync_polcy");
+    config_free(&c);
+
+    buf y = {0};
+    buf_puts(&y, "storage:\n");
+    for (int i = 0; i < 500; i++) buf_printf(&y, "  unknown_key_%03d: 1\n", i);
+    ck_assert_int_eq(parse(&c, buf_cstr(&y), &err), STM_OK);
+    ck_assert_ptr_nonnull(c.ignored);
+    ck_assert_uint_lt(strlen(c.ignored), 512);
+    ck_assert_ptr_nonnull(strstr(c.ignored, "storage.unknown_key_000"));
+    config_free(&c);
+    buf_free(&y);
 }
 END_TEST
 
@@ -929,6 +959,7 @@ static Suite *suite(void)
     tcase_add_test(t, rust_log);
     tcase_add_test(t, secrets_file);
     tcase_add_test(t, refusals);
+    tcase_add_test(t, unknown_keys_named);
     tcase_add_test(t, syntax_error_names_file);
     tcase_add_test(t, to_eng_opts);
     suite_add_tcase(s, t);

@@ -383,4 +383,13 @@ test_expect_success 'configured limits: each refuses with a clear message, chang
     stop_mount "$L"
 EOT
 
+test_expect_success 'a misspelt config key: the mount warns, in the terminal and the log' - <<\EOT
+    printf "storage:\n  fsync_polcy: never\nstorag:\n  x: 1\n" >typo.yaml &&
+    start_mount typo-data typo-mnt -c typo.yaml &&
+    cat typo-data.mount-out &&
+    grep "warning: config: ignoring storage.fsync_polcy, storag: no such setting" typo-data.mount-out &&
+    grep "ignoring storage.fsync_polcy, storag" typo-data/stmfs.log &&
+    stop_mount typo-mnt
+EOT
+
 test_done
