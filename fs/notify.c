@@ -58,13 +58,22 @@ struct fs_selfop {
     struct fs_selfop *next;
 };
 
+/* What a watch handle holds for its reader at most. A reader that stops
+ * (a suspended `cat`, a full pipe) must not grow the daemon: beyond this
+ * the handle stops taking lines, its subscription falls behind the ring,
+ * and it catches up from the WAL once the reader reads again. */
+#define WATCH_PENDING_MAX (1u << 20)
+
 struct fs_watchfh {
     fs *f;
     eng_sub *sub;
     bool all;
+    char *id;                   /* the instance watched; NULL for wal/watch */
     atomic_bool woke;
     pthread_mutex_t lock;
     buf pending;
+    bool capped;                /* stopped taking lines at WATCH_PENDING_MAX */
+    bool ended;                 /* fell behind what the WAL still holds */
     fuse_req_t parked;
     size_t parked_size;
     struct fuse_pollhandle *ph;
@@ -586,20 +595,55 @@ static void inval_all(fs *f, inoset *data)
 
 /* ---- watch files --------------------------------------------------------- */
 
+static void watch_wake(void *arg);
+
 static void watch_service(fs_watchfh *w)
 {
     eng_event ev;
-    uint64_t resume;
-    int r;
+    uint64_t resume = 0;
+    int r = 0;
     buf add = {0};
-    while ((r = eng_sub_next(w->sub, &ev, &resume)) == 1) {
+    pthread_mutex_lock(&w->lock);
+    size_t have = w->pending.len;
+    bool ended = w->ended;
+    pthread_mutex_unlock(&w->lock);
+    bool capped = false;
+    while (!ended) {
+        if (have + add.len >= WATCH_PENDING_MAX) {
+            capped = true;
+            break;
+        }
+        if ((r = eng_sub_next(w->sub, &ev, &resume)) != 1) break;
         const char *line = w->all ? ev.entry_line : ev.history_line;
         if (line) buf_puts(&add, line);
     }
-    if (r < 0) log_warn("mount: a watch reader fell behind; lines were dropped");
+    if (r < 0) {
+        /* Behind the ring: take up the same stream from the WAL, where the
+         * ring's tail left it, so the reader misses nothing. */
+        eng_filter flt;
+        memset(&flt, 0, sizeof flt);
+        flt.instance_id = w->id;
+        flt.from_offset = resume;
+        eng_sub *ns = NULL;
+        stm_err err;
+        if (eng_subscribe(w->f->e, &flt, watch_wake, w, &ns, &err) == STM_OK) {
+            eng_unsubscribe(w->sub);
+            w->sub = ns;
+            atomic_store(&w->woke, true);
+            kick();
+        } else {
+            log_warn("mount: a %s reader fell behind and the log no longer holds offset %llu "
+                     "(%s); its stream ends there (read wal/entries or history instead)",
+                     w->all ? "wal/watch" : "watch", (unsigned long long)resume, err.msg);
+            ended = true;
+        }
+    }
     pthread_mutex_lock(&w->lock);
     if (add.len) buf_add(&w->pending, add.data, add.len);
+    w->capped = capped;
+    if (ended) w->ended = true;
     fuse_req_t req = NULL;
+    int req_err = 0;
     buf out = {0};
     if (w->parked && w->pending.len) {
         req = w->parked;
@@ -608,14 +652,21 @@ static void watch_service(fs_watchfh *w)
         buf_add(&out, w->pending.data, n);
         memmove(w->pending.data, w->pending.data + n, w->pending.len - n);
         w->pending.len -= n;
+    } else if (w->parked && w->ended) {
+        req = w->parked;
+        w->parked = NULL;
+        req_err = ENOBUFS;
     }
     struct fuse_pollhandle *ph = NULL;
-    if (w->ph && w->pending.len) {
+    if (w->ph && (w->pending.len || w->ended)) {
         ph = w->ph;
         w->ph = NULL;
     }
     pthread_mutex_unlock(&w->lock);
-    if (req) fuse_reply_buf(req, out.data, out.len);
+    if (req && req_err)
+        fuse_reply_err(req, req_err);
+    else if (req)
+        fuse_reply_buf(req, out.data, out.len);
     if (ph) {
         fuse_lowlevel_notify_poll(ph);
         fuse_pollhandle_destroy(ph);
@@ -636,6 +687,7 @@ fs_watchfh *fs_watch_open(fs *f, const char *id, stm_err *err)
     fs_watchfh *w = xcalloc(1, sizeof *w);
     w->f = f;
     w->all = id == NULL;
+    w->id = id ? xstrdup(id) : NULL;
     pthread_mutex_init(&w->lock, NULL);
     eng_filter flt;
     memset(&flt, 0, sizeof flt);
@@ -643,6 +695,7 @@ fs_watchfh *fs_watch_open(fs *f, const char *id, stm_err *err)
     flt.apply_only = false;
     if (eng_subscribe(f->e, &flt, watch_wake, w, &w->sub, err) != STM_OK) {
         pthread_mutex_destroy(&w->lock);
+        free(w->id);
         free(w);
         return NULL;
     }
@@ -672,7 +725,20 @@ void fs_watch_read(fs *f, fs_watchfh *w, fuse_req_t req, size_t size)
         fuse_reply_buf(req, w->pending.data, n);
         memmove(w->pending.data, w->pending.data + n, w->pending.len - n);
         w->pending.len -= n;
+        /* room again: have the notifier take the lines it left waiting */
+        bool refill = w->capped && w->pending.len < WATCH_PENDING_MAX / 2;
+        if (refill) w->capped = false;
         pthread_mutex_unlock(&w->lock);
+        if (refill) {
+            atomic_store(&w->woke, true);
+            kick();
+        }
+        return;
+    }
+    if (w->ended) {
+        /* everything before the gap was read: say why there is no more */
+        pthread_mutex_unlock(&w->lock);
+        fuse_reply_err(req, ENOBUFS);
         return;
     }
     pthread_mutex_unlock(&w->lock);
@@ -709,7 +775,7 @@ void fs_watch_poll(fs *f, fs_watchfh *w, fuse_req_t req, struct fuse_pollhandle 
         if (w->ph) fuse_pollhandle_destroy(w->ph);
         w->ph = ph;
     }
-    unsigned rev = w->pending.len ? POLLIN : 0;
+    unsigned rev = w->pending.len || w->ended ? POLLIN : 0;
     pthread_mutex_unlock(&w->lock);
     fuse_reply_poll(req, rev);
     atomic_store(&w->woke, true);
@@ -732,6 +798,7 @@ void fs_watch_release(fs *f, fs_watchfh *w)
     if (w->ph) fuse_pollhandle_destroy(w->ph);
     buf_free(&w->pending);
     pthread_mutex_destroy(&w->lock);
+    free(w->id);
     free(w);
 }
 
