@@ -626,7 +626,15 @@ static void watch_service(fs_watchfh *w)
         flt.from_offset = resume;
         eng_sub *ns = NULL;
         stm_err err;
-        if (eng_subscribe(w->f->e, &flt, watch_wake, w, &ns, &err) == STM_OK) {
+        eng_stats st;
+        eng_get_stats(w->f->e, &st);
+        /* compaction may have taken that part of the log: a gap must not
+         * pass as a stream */
+        bool kept = !st.wal.first_offset || resume >= st.wal.first_offset;
+        if (!kept)
+            stm_fail(&err, STM_WAL_IO_ERROR, "the oldest record kept is at %llu",
+                     (unsigned long long)st.wal.first_offset);
+        if (kept && eng_subscribe(w->f->e, &flt, watch_wake, w, &ns, &err) == STM_OK) {
             eng_unsubscribe(w->sub);
             w->sub = ns;
             atomic_store(&w->woke, true);
