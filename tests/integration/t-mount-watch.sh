@@ -221,6 +221,29 @@ test_expect_success 'after all that the mount unmounts cleanly' - <<\EOT
     stop_mount "$M"
 EOT
 
+# ticker_mount NAME CONFIG: a fresh mount NAME-mnt over NAME-data with the
+# config file CONFIG, a machine tick (TICK loops on its one state) and an
+# instance NAME-1.
+ticker_mount() {
+    start_mount "$1-data" "$1-mnt" -c "$2" &&
+    mkdir "$TEST_DIR/$1-mnt/machines/tick" &&
+    echo '{"states":["on"],"initial":"on","transitions":[{"from":"on","event":"TICK","to":"on"}]}' \
+        >"$TEST_DIR/$1-mnt/machines/tick/definition.json" &&
+    echo "$1-1" >"$TEST_DIR/$1-mnt/machines/tick/new"
+}
+
+# big_ticks EVENTS N: N lines TICK {"n": i, "pad": <2000 x>}, one write each.
+big_ticks() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+pad = "x" * 2000
+with open(sys.argv[1], "w") as f:
+    for i in range(int(sys.argv[2])):
+        f.write('TICK {"n": %d, "pad": "%s"}\n' % (i, pad))
+        f.flush()
+PY
+}
+
 # A reader that stops (a suspended cat, a full pipe) must neither grow the
 # daemon nor lose lines: the handle holds at most 1 MiB, its subscription
 # falls behind, and it catches up from the WAL when the reader reads again.
@@ -228,24 +251,13 @@ EOT
 # would be about 80 MB held for the reader otherwise.
 test_expect_success PYTHON 'a stopped wal/watch reader: daemon memory stays bounded, no line lost' - <<\EOT
     printf "storage:\n  fsync_policy: never\n" >never.yaml &&
-    start_mount slow-data slow-mnt -c never.yaml &&
+    ticker_mount slow never.yaml &&
     SM=$TEST_DIR/slow-mnt &&
-    mkdir "$SM/machines/tick" &&
-    echo '{"states":["on"],"initial":"on","transitions":[{"from":"on","event":"TICK","to":"on"}]}' \
-        >"$SM/machines/tick/definition.json" &&
-    echo s-1 >"$SM/machines/tick/new" &&
     bg_run slow cat "$SM/wal/watch" >slow.out &&
     sleep 0.3 &&
     kill -STOP "$slow" &&
     rss0=$(awk "/VmRSS/ {print \$2}" /proc/"$STMFS_PID"/status) &&
-    python3 -c "
-import sys
-pad = \"x\" * 2000
-with open(sys.argv[1], \"w\") as f:
-    for i in range(20000):
-        f.write(\"TICK {\\\"n\\\": %d, \\\"pad\\\": \\\"%s\\\"}\\n\" % (i, pad))
-        f.flush()
-" "$SM/instances/s-1/events" &&
+    big_ticks "$SM/instances/slow-1/events" 20000 &&
     rss1=$(awk "/VmRSS/ {print \$2}" /proc/"$STMFS_PID"/status) &&
     echo "daemon VmRSS $rss0 kB -> $rss1 kB" &&
     if ldd "$STMFS" | grep -q libasan; then
@@ -273,25 +285,14 @@ EOT
 # after the lines it had, never with a silent gap.
 test_expect_success PYTHON,JQ 'a stopped reader whose lines compaction removed: ENOBUFS, no silent gap' - <<\EOT
     printf "storage:\n  fsync_policy: never\n  wal_segment_size_mb: 1\n" >small.yaml &&
-    start_mount gap-data gap-mnt -c small.yaml &&
+    ticker_mount gap small.yaml &&
     GM=$TEST_DIR/gap-mnt &&
-    mkdir "$GM/machines/tick" &&
-    echo '{"states":["on"],"initial":"on","transitions":[{"from":"on","event":"TICK","to":"on"}]}' \
-        >"$GM/machines/tick/definition.json" &&
-    echo g-1 >"$GM/machines/tick/new" &&
     { cat "$GM/wal/watch" >gap.out 2>gap.err & } &&
     gap=$! &&
     BG_PIDS+=("$gap") &&
     sleep 0.3 &&
     kill -STOP "$gap" &&
-    python3 -c "
-import sys
-pad = \"x\" * 2000
-with open(sys.argv[1], \"w\") as f:
-    for i in range(20000):
-        f.write(\"TICK {\\\"n\\\": %d, \\\"pad\\\": \\\"%s\\\"}\\n\" % (i, pad))
-        f.flush()
-" "$GM/instances/g-1/events" &&
+    big_ticks "$GM/instances/gap-1/events" 20000 &&
     rcp_call COMPACT >compact.json &&
     jq -e ".segments_deleted > 0" compact.json &&
     kill -CONT "$gap" &&
