@@ -1,5 +1,7 @@
 #include "base/buf.h"
 
+#include "base/json.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,4 +113,31 @@ char *buf_detach(buf *b, size_t *len)
     b->data = NULL;
     b->len = b->cap = 0;
     return p;
+}
+
+void buf_add_shown(buf *b, const char *s, size_t n, size_t cap)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t lim = n < cap ? n : cap;
+    size_t i = 0;
+    while (i < lim) {
+        unsigned c = u[i];
+        if (c >= 0x80) {
+            size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+            if (i + len <= n && json_utf8_valid(s + i, len)) {
+                buf_add(b, s + i, len);
+                i += len;
+                continue;
+            }
+            buf_printf(b, "\\x%02x", c);
+        } else if (c == '\\') {
+            buf_add(b, "\\\\", 2);
+        } else if (c < 0x20 || c == 0x7f) {
+            buf_printf(b, "\\x%02x", c);
+        } else {
+            buf_putc(b, (char)c);
+        }
+        i++;
+    }
+    if (i < n) buf_printf(b, "... (%zu bytes in all)", n);
 }

@@ -27,6 +27,11 @@ void buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3
 void buf_vprintf(buf *b, const char *fmt, va_list ap);
 const char *buf_cstr(buf *b);                 /* "" for an empty, never-used buf */
 char *buf_detach(buf *b, size_t *len);        /* caller owns the returned malloc'd text */
+/* Appends the first `cap` bytes of s[0..n) as one line a person can read
+ * back in a message: valid UTF-8 as it is; backslashes doubled; control
+ * bytes and bytes that are not UTF-8 as \xNN; a cut says
+ * how long the whole was. For user text quoted in errors and logs. */
+void buf_add_shown(buf *b, const char *s, size_t n, size_t cap);
 
 /* Inline because JSON writing calls them per token, millions of times a
  * second on the write path; the common case is a compare and a copy. */

@@ -80,42 +80,6 @@ static fs_errtext *find_error(fs *f, bool machine, const char *name)
  * it; a 2 MB line of junk must not become a 2 MB error file. */
 #define ERROR_EXCERPT 256
 
-/* Appends the first `cap` bytes of s as one line of readable UTF-8: valid
- * characters as they are, control bytes, backslashes and bytes that are
- * not UTF-8 as C escapes (\n, \t, \\, \xNN), so that `cat error` never
- * prints binary junk to a terminal and the excerpt stays unambiguous. A cut
- * says how long the whole was. */
-static void put_excerpt(buf *b, const char *s, size_t n, size_t cap)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    size_t lim = n < cap ? n : cap;
-    size_t i = 0;
-    while (i < lim) {
-        unsigned c = u[i];
-        if (c >= 0x80) {
-            size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-            if (i + len <= n && json_utf8_valid(s + i, len)) {
-                buf_add(b, s + i, len);
-                i += len;
-                continue;
-            }
-            buf_printf(b, "\\x%02x", c);
-        } else if (c == '\\') {
-            buf_add(b, "\\\\", 2);
-        } else if (c == '\n') {
-            buf_add(b, "\\n", 2);
-        } else if (c == '\t') {
-            buf_add(b, "\\t", 2);
-        } else if (c < 0x20 || c == 0x7f) {
-            buf_printf(b, "\\x%02x", c);
-        } else {
-            buf_putc(b, (char)c);
-        }
-        i++;
-    }
-    if (i < n) buf_printf(b, "... (%zu bytes in all)", n);
-}
-
 void fs_set_error(fs *f, bool machine, const char *name, const stm_err *err,
                   const char *what_key, const char *what, size_t what_len)
 {
@@ -126,11 +90,11 @@ void fs_set_error(fs *f, bool machine, const char *name, const stm_err *err,
     /* acme style: one "key value" per line, plain words a person reads */
     buf_printf(&b, "code %s\nmessage ", stm_code_name(err->code));
     /* the engine's message may quote the user's own bytes back */
-    put_excerpt(&b, err->msg, strlen(err->msg), sizeof err->msg);
+    buf_add_shown(&b, err->msg, strlen(err->msg), sizeof err->msg);
     buf_putc(&b, '\n');
     if (what_key && what) {
         buf_printf(&b, "%s ", what_key);
-        put_excerpt(&b, what, what_len, ERROR_EXCERPT);
+        buf_add_shown(&b, what, what_len, ERROR_EXCERPT);
         buf_putc(&b, '\n');
     }
     buf_printf(&b, "time %s\n", t);

@@ -138,29 +138,15 @@ static const key_desc keys[] = {
 
 /* ---- small helpers ------------------------------------------------------- */
 
-/* The value as it goes into a message: quoted by the caller, control bytes
- * escaped so a message stays on one line, long values cut. */
-static const char *shown(const char *s, char out[96])
-{
-    size_t o = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (o > 80) {
-            memcpy(out + o, "...", 4);
-            return out;
-        }
-        if (*p < 0x20 || *p == 0x7f)
-            o += (size_t)snprintf(out + o, 96 - o, "\\x%02x", *p);
-        else
-            out[o++] = (char)*p;
-    }
-    out[o] = 0;
-    return out;
-}
-
+/* The value goes into the message escaped (one line, no terminal junk)
+ * and cut when long. */
 static stm_code bad_value(stm_err *err, const char *name, const char *text, const char *why)
 {
-    char tmp[96];
-    return stm_fail(err, STM_BAD_REQUEST, "%s: '%s' %s", name, shown(text, tmp), why);
+    buf v = {0};
+    buf_add_shown(&v, text, strlen(text), 80);
+    stm_code rc = stm_fail(err, STM_BAD_REQUEST, "%s: '%s' %s", name, buf_cstr(&v), why);
+    buf_free(&v);
+    return rc;
 }
 
 static bool parse_whole(const char *s, uint64_t *out, bool *overflow)
