@@ -1261,9 +1261,10 @@ static void read_unopened(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
         fuse_reply_buf(req, NULL, 0);
         return;
     }
-    fh *h = fh_new(f, n);
-    do_read(req, h, size, off);
-    fh_free(h);
+    /* do_read wants a handle's view of the node; nothing outlives this
+     * read, so a local one does (no allocation, no handle table) */
+    fh h = {.kind = k, .ino = n->ino, .a = n->a, .b = n->b, .ver = n->ver, .f = f};
+    do_read(req, &h, size, off);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
