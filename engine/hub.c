@@ -310,7 +310,24 @@ stm_code eng_subscribe(eng *e, const eng_filter *f, void (*wake)(void *), void *
         if (in_ring) {
             s->cursor = ring_seek(h, f->from_offset);
         } else {
-            stm_code rc = wal_iter_open(e->w, f->from_offset, false, &s->it, err);
+            /* Offsets in segment 0 hold no record: they ask for the start,
+             * i.e. the oldest record kept. Any other offset before that
+             * record was in a segment compaction deleted, and starting
+             * later would hand the client a stream with a hole it cannot
+             * see, so it is told instead. */
+            wal_stats ws;
+            wal_get_stats(e->w, &ws);
+            stm_code rc = STM_OK;
+            if (f->from_offset >= WAL_OFFSET(1, 0) && ws.first_offset && f->from_offset < ws.first_offset)
+                rc = stm_fail(err, STM_BAD_REQUEST,
+                              "from_offset %llu is no longer in the log: compaction removed the "
+                              "records before offset %llu, the oldest kept; read the current "
+                              "state, then watch from %llu (or from 0 for all the log holds)",
+                              (unsigned long long)f->from_offset,
+                              (unsigned long long)ws.first_offset,
+                              (unsigned long long)ws.first_offset);
+            else
+                rc = wal_iter_open(e->w, f->from_offset, false, &s->it, err);
             if (rc != STM_OK) {
                 pthread_mutex_unlock(&h->lock);
                 pthread_mutex_unlock(&e->lock);

@@ -845,6 +845,68 @@ START_TEST(compaction_keeps_everything)
 }
 END_TEST
 
+/* A watch from an offset that compaction deleted is refused with the oldest
+ * offset kept; starting there silently would hide a hole in the stream. The
+ * start (offset 0 or 1) and the oldest kept offset still work. */
+START_TEST(subscription_from_compacted_offset)
+{
+    char *dir = tmpdir();
+    eng_opts o;
+    eng_opts_defaults(&o);
+    o.data_dir = dir;
+    o.segment_size = 4096;
+    stm_err err;
+    eng *e;
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    uint64_t early = 0;
+    char p[256];
+    for (int i = 0; i < 40; i++) {
+        snprintf(p, sizeof p, "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"c-%02d\"}", i);
+        cJSON *c = ok(e, "CREATE_INSTANCE", p);
+        if (i == 1) early = (uint64_t)num(c, "wal_offset");
+        cJSON_Delete(c);
+        snprintf(p, sizeof p, "{\"instance_id\":\"c-%02d\",\"event\":\"PAY\"}", i);
+        cJSON_Delete(ok(e, "APPLY_EVENT", p));
+    }
+    cJSON_Delete(ok(e, "COMPACT", "{\"force_snapshot\":true}"));
+    eng_close(e);
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    eng_stats st;
+    eng_get_stats(e, &st);
+    ck_assert_uint_gt(st.wal.first_offset, early);
+
+    eng_sub *s = NULL;
+    eng_filter f = {.from_offset = early};
+    ck_assert_int_eq(eng_subscribe(e, &f, wake_noop, NULL, &s, &err), STM_BAD_REQUEST);
+    char want[256];
+    snprintf(want, sizeof want, "from_offset %llu is no longer in the log: compaction removed the "
+             "records before offset %llu", (unsigned long long)early,
+             (unsigned long long)st.wal.first_offset);
+    ck_assert_ptr_nonnull(strstr(err.msg, want));
+
+    /* both start at the same first event, the oldest one kept (the
+     * segment may begin with a record that is not an event: a checkpoint) */
+    uint64_t froms[] = {1, st.wal.first_offset}, first_event = 0;
+    for (int k = 0; k < 2; k++) {
+        f.from_offset = froms[k];
+        ck_assert_int_eq(eng_subscribe(e, &f, wake_noop, NULL, &s, &err), STM_OK);
+        eng_event ev;
+        int r = 0;
+        for (int idle = 0; idle < 3000 && (r = eng_sub_next(s, &ev, NULL)) == 0; idle++) usleep(1000);
+        ck_assert_int_eq(r, 1);
+        ck_assert_uint_ge(ev.offset, st.wal.first_offset);
+        ck_assert_uint_lt(ev.offset, st.wal.first_offset + 4096);
+        if (k == 0) first_event = ev.offset;
+        ck_assert_uint_eq(ev.offset, first_event);
+        eng_unsubscribe(s);
+    }
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     testdata = getenv("STMFS_TESTDATA");
@@ -863,6 +925,7 @@ int main(void)
     tcase_add_test(tc, history_sizes_are_exact);
     tcase_add_test(tc, replay_at_offset);
     tcase_add_test(tc, compaction_keeps_everything);
+    tcase_add_test(tc, subscription_from_compacted_offset);
     tcase_add_test(tc, limits_refuse_and_name_the_key);
     tcase_add_test(tc, rstmdb_fixture);
     tcase_add_test(tc, rstmdb_fixture_torn);

@@ -308,6 +308,13 @@ test_expect_success PYTHON,JQ 'a stopped reader whose lines compaction removed: 
 	assert 0 < len(ns) < 20000, len(ns)
 	print("%d lines, then the error" % len(ns))
 	PY
+    # an RCP watch from that offset is refused the same way, never started
+    # later without a word; from 0 it starts at the oldest record kept
+    off=$(head -n 1 gap.out | jq .offset) &&
+    test_must_fail rcp_call WATCH_ALL "{\"from_offset\":$off}" >watch-err.json &&
+    cat watch-err.json &&
+    jq -e '.code == "BAD_REQUEST" and (.message | contains("is no longer in the log"))' watch-err.json &&
+    rcp_call WATCH_ALL "{\"from_offset\":0}" &&
     stop_mount "$GM"
 EOT
 
