@@ -24,10 +24,13 @@
 
 #define JSON_MAX_DEPTH 128
 
-/* Parses exactly len bytes: valid UTF-8, one value, nothing but whitespace
- * after it, nesting <= JSON_MAX_DEPTH. Duplicate object keys: the last one
- * wins (earlier ones are removed). On failure returns NULL and sets err
- * (BAD_REQUEST) with the byte position. Caller owns the result. */
+/* Parses exactly len bytes as one JSON value (RFC 8259, as strict as
+ * serde_json: no leading zeros or '+', no raw control characters in
+ * strings, only space, tab, CR and LF as whitespace), with valid UTF-8 in
+ * strings, no \u0000, no number beyond a double's range, and nesting <=
+ * JSON_MAX_DEPTH. Duplicate object keys: the last one wins (earlier ones
+ * are removed). On failure returns NULL and sets err (BAD_REQUEST) with
+ * the byte position and what was wrong there. Caller owns the result. */
 cJSON *json_parse(const char *text, size_t len, stm_err *err);
 
 /* Parses text that stmfs itself wrote canonical (stored contexts): no UTF-8

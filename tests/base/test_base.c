@@ -3,6 +3,7 @@
  * the growable buffer, and canonical JSON.
  */
 #include <check.h>
+#include <limits.h>
 #include <pthread.h>
 #include <time.h>
 #include <stdlib.h>
@@ -333,6 +334,183 @@ START_TEST(test_json_rejects)
 }
 END_TEST
 
+/* What serde_json (rstmdb's parser) refuses is refused, with where and why;
+ * cJSON alone let all of these through. */
+START_TEST(test_json_strict)
+{
+    static const struct { const char *in; const char *msg; } bad[] = {
+        {"+1", "invalid JSON at byte 0: not a JSON value"},
+        {"01", "invalid JSON at byte 1: a number with a leading zero"},
+        {"[.5]", "invalid JSON at byte 1: not a JSON value"},
+        {"1.", "invalid JSON: unexpected end of input"},
+        {"[1.]", "invalid JSON at byte 3: a '.' not followed by a digit"},
+        {"[1e]", "invalid JSON at byte 3: an exponent without digits"},
+        {"-", "invalid JSON: unexpected end of input"},
+        {"[-x]", "invalid JSON at byte 2: a '-' not followed by a digit"},
+        {"1e999", "invalid JSON at byte 0: a number out of range"},
+        {"\"a\tb\"", "invalid JSON at byte 2: a control character in a string (write it as an escape)"},
+        {"\x01{}", "invalid JSON at byte 0: not a JSON value"},
+        {"{}\x0b", "invalid JSON: trailing characters at byte 2"},
+        {"{\"a\" 1}", "invalid JSON at byte 5: expected ':' after a key"},
+        {"{\"a\":1 \"b\":2}", "invalid JSON at byte 7: expected ',' or '}'"},
+        {"[1 2]", "invalid JSON at byte 3: expected ',' or ']'"},
+        {"{a:1}", "invalid JSON at byte 1: expected a quoted key"},
+        {"[1,]", "invalid JSON at byte 3: not a JSON value"},
+        {"{\"a\":1,}", "invalid JSON at byte 7: expected a quoted key"},
+        {"tru", "invalid JSON: unexpected end of input"},
+        {"nul!", "invalid JSON at byte 0: not a JSON value"},
+        {"\"\\x\"", "invalid JSON at byte 1: unknown escape in a string"},
+        {"\"\\u12G4\"", "invalid JSON at byte 1: \\u needs four hex digits"},
+        {"\"\\udc00\"", "invalid JSON at byte 1: a \\u escape of a lone low surrogate"},
+        {"\"\\ud800x\"", "invalid JSON at byte 1: a \\u escape of a high surrogate without its low half"},
+        {"\"\\ud800\\u0041\"", "invalid JSON at byte 1: a \\u escape of a high surrogate without its low half"},
+        {"\"ab\\u0000\"", "invalid JSON at byte 3: \\u0000 in a string (strings cannot hold NUL here)"},
+        {"\"h\xc3\xa9\xc3\"", "invalid JSON at byte 4: text is not valid UTF-8"},
+        {"\"\xed\xa0\x80\"", "invalid JSON at byte 1: text is not valid UTF-8"},
+        {"[\xc3\xa9]", "invalid JSON at byte 1: not a JSON value"},
+        {"", "invalid JSON: unexpected end of input"},
+        {"  ", "invalid JSON: unexpected end of input"},
+        {"\"abc", "invalid JSON: unexpected end of input"},
+        {"\"abc\\", "invalid JSON: unexpected end of input"},
+        {"{\"a\":[1,{\"b\":", "invalid JSON: unexpected end of input"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        stm_err err = {0};
+        cJSON *v = json_parse(bad[i].in, strlen(bad[i].in), &err);
+        ck_assert_msg(v == NULL, "accepted: %s", bad[i].in);
+        ck_assert_int_eq(err.code, STM_BAD_REQUEST);
+        ck_assert_str_eq(err.msg, bad[i].msg);
+    }
+    stm_err err;
+    ck_assert_ptr_null(json_parse("[1,\0]", 5, &err));
+    ck_assert_str_eq(err.msg, "invalid JSON at byte 3: a NUL byte");
+    ck_assert_ptr_null(json_parse("\"a\0\"", 4, &err));
+    ck_assert_str_eq(err.msg, "invalid JSON at byte 2: a NUL byte");
+    /* depth: 128 levels are fine, a value at level 129 is not */
+    char deep[600];
+    size_t n = 0;
+    for (int i = 0; i < 127; i++) deep[n++] = '[';
+    deep[n++] = '1';
+    for (int i = 0; i < 127; i++) deep[n++] = ']';
+    cJSON *v = json_parse(deep, n, &err);
+    ck_assert_ptr_nonnull(v);
+    cJSON_Delete(v);
+    memmove(deep + 1, deep, n);
+    deep[0] = '[';
+    deep[++n] = ']';
+    ck_assert_ptr_null(json_parse(deep, n + 1, &err));
+    ck_assert_str_eq(err.msg, "invalid JSON: nested deeper than 128 levels");
+}
+END_TEST
+
+/* What is accepted comes back as cJSON would have built it. */
+START_TEST(test_json_values)
+{
+    static const struct { const char *in, *out; } good[] = {
+        {" \t\r\n{ \"b\" : [ 1 , -0 , 0.5 , 1E+2 , -1e-2 , 123456789012345 ] , \"a\" : true } \n",
+         "{\"a\":true,\"b\":[1,0,0.5,100,-0.01,123456789012345]}"},
+        {"[1234567890123456789,9007199254740993,18446744073709549568]",
+         "[1234567890123456768,9007199254740992,1.844674407370955e19]"},
+        {"\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\u20AC\\ud83d\\ude00\"",
+         "\"\\\"\\\\/\\b\\f\\n\\r\\t\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\""},
+        {"\"h\xc3\xa9 \xf0\x9f\x98\x80\x7f\"", "\"h\xc3\xa9 \xf0\x9f\x98\x80\x7f\""},
+        {"[[],{},[{}],null,false,\"\"]", "[[],{},[{}],null,false,\"\"]"},
+        {"{\"k\":1,\"k\":{\"x\":1,\"x\":2},\"j\":0}", "{\"j\":0,\"k\":{\"x\":2}}"},
+        {"-12.5e1", "-125"},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char *c = canon(good[i].in, true);
+        ck_assert_str_eq(c, good[i].out);
+        free(c);
+    }
+    stm_err err;
+    const char *nums = "{\"a\":2147483648,\"b\":-3000000000,\"c\":7.9}";
+    cJSON *v = json_parse(nums, strlen(nums), &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    ck_assert_int_eq(json_get(v, "a")->valueint, INT_MAX);
+    ck_assert_int_eq(json_get(v, "b")->valueint, INT_MIN);
+    ck_assert_int_eq(json_get(v, "c")->valueint, 7);
+    /* the tree takes cJSON's own edits: append, detach, duplicate */
+    cJSON_AddNumberToObject(v, "d", 4);
+    cJSON_Delete(cJSON_DetachItemFromObjectCaseSensitive(v, "a"));
+    cJSON_AddStringToObject(v, "e", "x");
+    cJSON *dup = cJSON_Duplicate(v, true);
+    cJSON_Delete(v);
+    buf b = {0};
+    json_write(&b, dup, false);
+    ck_assert_str_eq(buf_cstr(&b), "{\"b\":-3000000000,\"c\":7.9,\"d\":4,\"e\":\"x\"}");
+    buf_free(&b);
+    cJSON_Delete(dup);
+}
+END_TEST
+
+static bool has_dup_keys(const cJSON *v)
+{
+    for (const cJSON *c = v->child; c; c = c->next) {
+        if (has_dup_keys(c)) return true;
+        if (cJSON_IsObject(v))
+            for (const cJSON *d = c->next; d; d = d->next)
+                if (strcmp(c->string, d->string) == 0) return true;
+    }
+    return false;
+}
+
+/* Random mutations of valid text: whatever this parser accepts, cJSON
+ * accepts too and builds the same tree (it is only ever stricter). */
+START_TEST(test_json_matches_cjson)
+{
+    static const char *const seeds[] = {
+        ("{\"type\":\"request\",\"id\":\"17\",\"op\":\"APPLY_EVENT\",\"params\":{\"instance_id\":"
+         "\"o-1\",\"event\":\"PAY\",\"payload\":{\"amount\":12.5,\"tags\":[\"a\",\"b\"],\"ok\":true}}}"),
+        "[0,-1,1e5,2.25E-3,\"\\u00e9\\n\",null,{\"x\":{\"y\":[false]}}]",
+        "{\"s\":\"\xe2\x82\xac \\ud83d\\ude00\",\"n\":-0.0,\"big\":123456789012345678}",
+    };
+    uint64_t seed = 0x9e3779b97f4a7c15u;
+    static const char alphabet[] = "{}[]:,\"\\0123456789.eE+-tfnul \t\r\nxu\x01\x80\xc3\xa9";
+    int accepted = 0;
+    for (int round = 0; round < 60000; round++) {
+        const char *base = seeds[round % 3];
+        char t[256];
+        size_t len = strlen(base);
+        memcpy(t, base, len);
+        int edits = 1 + round % 3;
+        for (int k = 0; k < edits; k++) {
+            seed = seed * 6364136223846793005u + 1442695040888963407u;
+            size_t at = (seed >> 33) % len;
+            char c = alphabet[(seed >> 20) % (sizeof alphabet - 1)];
+            switch ((seed >> 10) % 3) {
+            case 0: t[at] = c; break;
+            case 1: memmove(t + at, t + at + 1, len - at - 1); len--; break;
+            default:
+                if (len + 1 < sizeof t) {
+                    memmove(t + at + 1, t + at, len - at);
+                    t[at] = c;
+                    len++;
+                }
+            }
+        }
+        stm_err err;
+        cJSON *ours = json_parse(t, len, &err);
+        if (!ours) continue;
+        cJSON *theirs = cJSON_ParseWithLength(t, len);
+        ck_assert_msg(theirs != NULL, "only ours accepted %.*s", (int)len, t);
+        if (!has_dup_keys(theirs)) {
+            buf a = {0}, b = {0};
+            json_write(&a, ours, false);
+            json_write(&b, theirs, false);
+            ck_assert_msg(strcmp(buf_cstr(&a), buf_cstr(&b)) == 0, "%.*s: %s vs %s", (int)len, t,
+                          buf_cstr(&a), buf_cstr(&b));
+            buf_free(&a);
+            buf_free(&b);
+            accepted++;
+        }
+        cJSON_Delete(ours);
+        cJSON_Delete(theirs);
+    }
+    ck_assert_int_gt(accepted, 3000);
+}
+END_TEST
+
 /* ---- util_gate ------------------------------------------------------------ */
 
 static util_gate gate;
@@ -395,6 +573,9 @@ int main(void)
     tcase_add_test(t, test_buf);
     tcase_add_test(t, test_json_canonical);
     tcase_add_test(t, test_json_rejects);
+    tcase_add_test(t, test_json_strict);
+    tcase_add_test(t, test_json_values);
+    tcase_add_test(t, test_json_matches_cjson);
     tcase_add_test(t, test_json_canonical_len);
     tcase_add_test(t, test_json_num_len);
     tcase_add_test(t, test_json_str_len);
