@@ -2,6 +2,7 @@
  * walbench.c - throughput of the write-ahead log, and its recovery speed.
  *
  *   build/bench/walbench [--dir DIR] [--runs N] [--secs S] [--recovery-mib M]
+ *                        [--only POLICY:SIZE:THREADS]   (one cell, e.g. every_write:128:16)
  *
  * DIR (default $TMPDIR or /var/tmp) must be on the disk you want measured,
  * not tmpfs. Prints, as a table with the median of N runs (default 5) of S
@@ -34,6 +35,7 @@ static const char *base_dir;
 static int runs = 5;
 static double secs = 1.0;
 static unsigned recovery_mib = 1024;
+static const char *only; /* "POLICY:SIZE:THREADS": that cell alone, no recovery */
 
 static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -230,9 +232,11 @@ int main(int argc, char **argv)
             secs = atof(argv[++i]);
         else if (!strcmp(argv[i], "--recovery-mib") && i + 1 < argc)
             recovery_mib = (unsigned)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
         else {
             fprintf(stderr, "usage: walbench [--dir DIR] [--runs N] [--secs S] "
-                            "[--recovery-mib M]\n");
+                            "[--recovery-mib M] [--only POLICY:SIZE:THREADS]\n");
             return 2;
         }
     }
@@ -256,6 +260,9 @@ int main(int argc, char **argv)
     for (int p = 0; p < 2; p++)
         for (int s = 0; s < 2; s++)
             for (int th = 0; th < 3; th++) {
+                char cell[64];
+                snprintf(cell, sizeof cell, "%s:%zu:%d", policies[p], sizes[s], threads[th]);
+                if (only && strcmp(only, cell) != 0) continue;
                 double ps[64];
                 for (int r = 0; r < runs; r++) {
                     pv[r] = plain_fdatasync_rate();
@@ -273,6 +280,10 @@ int main(int argc, char **argv)
             }
     printf("\nplain write(128 B)+fdatasync, 1 writer, over all runs: median %.0f ops/s\n\n",
            median(all_plain, nplain));
+    if (only) {
+        rm_rf(bd);
+        return nplain ? 0 : 2;
+    }
     double g = recovery_gbs();
     printf("recovery scan: %.2f GB/s\n", g);
     rm_rf(bd);
