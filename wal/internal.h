@@ -76,6 +76,7 @@ struct wal {
     uint64_t segment_size;
     wal_sync_policy sync;
     bool read_only;
+    int lock_fd; /* the log's directory, flock()ed by the one writer; -1 for readers */
 
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* flusher: work arrived */

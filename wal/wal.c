@@ -23,11 +23,13 @@
 /* SHA256_* are deprecated in OpenSSL 3.0 but kept; see wal_chain_step */
 #define OPENSSL_API_COMPAT 0x10101000L
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -803,6 +805,7 @@ static void wal_free(wal *w)
     pthread_cond_destroy(&w->work_cv);
     pthread_cond_destroy(&w->space_cv);
     free(w->dir);
+    if (w->lock_fd >= 0) close(w->lock_fd);
     free(w);
 }
 
@@ -818,6 +821,7 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
         return stm_fail(err, STM_BAD_REQUEST, "a read-only open cannot repair the log");
 
     wal *w = xcalloc(1, sizeof *w);
+    w->lock_fd = -1;
     w->dir = xstrdup(opts->dir);
     size_t dl = strlen(w->dir);
     while (dl > 1 && w->dir[dl - 1] == '/')
@@ -843,6 +847,28 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
                                strerror(errno));
         wal_free(w);
         return rc;
+    }
+    /* One writer per log: a second process appending at the same offsets
+     * (a second `stmfs mount` or `serve` on the same data directory, or a
+     * repair under a running one) would overwrite acknowledged records, and
+     * its recovery would cut the first one's zero fill. The lock goes with
+     * the descriptor, so a crash releases it. Readers take none. */
+    if (!w->read_only) {
+        w->lock_fd = open(w->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (w->lock_fd < 0 || flock(w->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            stm_code rc =
+                e == EWOULDBLOCK
+                    ? stm_fail(err, STM_WAL_IO_ERROR,
+                               "the write-ahead log in %s is in use by another process (a "
+                               "running `stmfs mount` or `stmfs serve` on the same data "
+                               "directory?); stop it first (a read-only mount, -o ro, may run beside it)",
+                               w->dir)
+                    : stm_fail(err, STM_WAL_IO_ERROR, "cannot lock the directory %s: %s", w->dir,
+                               strerror(e));
+            wal_free(w);
+            return rc;
+        }
     }
     stm_code rc = wal_recover(w, opts->repair, rep, err);
     if (rc != STM_OK) {

@@ -167,6 +167,29 @@ test_expect_success 'kill -9 during writes always lets the daemon die, five time
     done
 EOT
 
+# Two writers on one log would append at the same offsets: each would get
+# success and one's acknowledged records would be overwritten by the other's.
+test_expect_success 'a second daemon on the live data directory is refused; readers are not' - <<\EOT
+    before=$(grep -c "zero fill" data/stmfs.log) &&
+    mkdir -p mnt2 mnt3 &&
+    test_must_fail "$STMFS" mount "$TEST_DIR/data" "$TEST_DIR/mnt2" --bind none 2>err2 &&
+    cat err2 &&
+    grep "is in use by another process" err2 &&
+    ! mountpoint -q mnt2 &&
+    test_must_fail "$STMFS" serve "$TEST_DIR/data" --bind "127.0.0.1:$(free_port)" 2>err3 &&
+    grep "is in use by another process" err3 &&
+    test_must_fail "$STMFS" wal repair "$TEST_DIR/data" 2>err4 &&
+    grep "is in use by another process" err4 &&
+    "$STMFS" wal verify "$TEST_DIR/data" &&
+    "$STMFS" mount "$TEST_DIR/data" "$TEST_DIR/mnt3" -o ro --bind none &&
+    MOUNTS+=("$TEST_DIR/mnt3") &&
+    test -d mnt3/instances/d-1 &&
+    stop_mount mnt3 &&
+    echo 'TICK {"w": 9, "k": 1}' >"$I/d-1/events" &&
+    jq -e '.w == 9' "$I/d-1/ctx.json" &&
+    test "$(grep -c "zero fill" data/stmfs.log)" = "$before"
+EOT
+
 test_expect_success 'a clean unmount after the crashes' - <<\EOT
     stop_mount "$M"
 EOT

@@ -237,6 +237,35 @@ START_TEST(test_header_bytes)
 }
 END_TEST
 
+/* One writer per log: a second writable open (another daemon on the same
+ * data directory) is refused while the first is open, readers are not, and
+ * the lock goes with the first one's close. */
+START_TEST(test_one_writer)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 1 << 20, "every_write");
+    wal_record r = append_ok(w, 3, "{}", 2);
+    wait_ok(w, r.seq);
+    wal_opts o = {.dir = dir, .segment_size = 1 << 20};
+    stm_err err = {0};
+    wal_sync_policy_parse("every_write", &o.sync, &err);
+    wal *second = NULL;
+    ck_assert_int_eq(wal_open(&o, &second, NULL, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_null(second);
+    ck_assert_ptr_nonnull(strstr(err.msg, "is in use by another process"));
+    o.repair = true;
+    ck_assert_int_eq(wal_open(&o, &second, NULL, &err), STM_WAL_IO_ERROR);
+    o.repair = false;
+    o.read_only = true;
+    ck_assert_int_eq(wal_open(&o, &second, NULL, &err), STM_OK);
+    close_wal(second);
+    close_wal(w);
+    o.read_only = false;
+    ck_assert_int_eq(wal_open(&o, &second, NULL, &err), STM_OK);
+    close_wal(second);
+}
+END_TEST
+
 START_TEST(test_roundtrip)
 {
     char *dir = path_in("wal");
@@ -1739,6 +1768,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_policy_parse);
     tcase_add_test(t, test_hex);
     tcase_add_test(t, test_header_bytes);
+    tcase_add_test(t, test_one_writer);
     tcase_add_test(t, test_roundtrip);
     tcase_add_test(t, test_iter_from_middle);
     tcase_add_test(t, test_read_ahead);
