@@ -179,6 +179,22 @@ rcp_env_rc rcp_request_parse(const char *p, size_t n, rcp_request *r, stm_err *e
     r->root = json_parse(p, n, &perr);
     if (!r->root) {
         stm_fail(err, STM_BAD_REQUEST, "%s", perr.msg);
+        /* Text that is JSON to a lenient reading (a \u0000, a number past
+         * a double, nesting past our limit; or '+1' and the like) still
+         * names its id: answer that id instead of dropping the connection
+         * and every request in flight on it. Garbage, and text that is
+         * not UTF-8 (the id would be echoed), still closes. */
+        const char *end = NULL;
+        cJSON *loose = json_utf8_valid(p, n) ? cJSON_ParseWithLengthOpts(p, n, &end, false) : NULL;
+        while (loose && end < p + n && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+            end++;
+        const cJSON *id = loose && end == p + n ? json_get(loose, "id") : NULL;
+        if (cJSON_IsString(id)) {
+            r->root = loose;
+            r->id = id->valuestring;
+            return RCP_ENV_BAD;
+        }
+        cJSON_Delete(loose);
         return RCP_ENV_FATAL;
     }
     if (!cJSON_IsObject(r->root)) {

@@ -177,7 +177,8 @@ static void handle_request(rcp_conn *c, const char *p, size_t n)
     if (rc == RCP_ENV_FATAL) {
         /* No id to answer to: like rstmdb, close (after what was decoded
          * before it has been answered). */
-        log_debug("rcp %s: closing: %s", c->peer, err.msg);
+        log_info("rcp %s: closing the connection: a request with no id to answer: %s", c->peer,
+                 err.msg);
         c->closing = true;
         rcp_request_free(&r);
         return;
@@ -233,7 +234,8 @@ void rcp_session_process_input(rcp_conn *c)
             break;
         }
         if (rc == RCP_DEC_ERROR) {
-            log_debug("rcp %s: closing: %s", c->peer, err.msg);
+            log_info("rcp %s: closing the connection: a request with no id to answer: %s", c->peer,
+                 err.msg);
             c->closing = true;
             break;
         }

@@ -107,7 +107,7 @@ def t_payloads():
     closes(frame(b'{"type":"request","op":"PING"}'))
     closes(frame(b'{"type":"request","id":null,"op":"PING"}'))
     closes(frame(b'{"type":"request","id":"1","op":"PING"} trailing'))
-    closes(frame(b'{"type":"request","id":"1","op":"PING","params":' + b"[" * 200 + b"]" * 200 + b"}"))
+    closes(frame(b'{"type":"request","id":"1","op":"PING","params":' + b"[" * 2000 + b"]" * 2000 + b"}"))
 
 
 def t_answerable():
@@ -122,6 +122,22 @@ def t_answerable():
         m = b.recv()
         assert m["id"] == rid and m["status"] == "error", m
         assert m["error"]["code"] == "BAD_REQUEST" and m["error"]["retryable"] is False, m
+    # JSON that this server cannot take, but whose id can be read: answered
+    # with the reason, the connection stays (it used to close, losing every
+    # request in flight on it)
+    for raw, rid, why in (
+            (b'{"type":"request","id":"n1","op":"PING","params":{"s":"a\\u0000b"}}', "n1",
+             "\\u0000 in a string"),
+            (b'{"type":"request","id":"n2","op":"PING","params":{"x":1e400}}', "n2",
+             "a number out of range"),
+            (b'{"type":"request","id":"n3","op":"PING","params":{"x":01}}', "n3",
+             "a number with a leading zero"),
+            (b'{"type":"request","id":"n4","op":"PING","params":' + b"[" * 200 + b"]" * 200 + b"}",
+             "n4", "nested deeper than 128 levels")):
+        b.send_raw(frame(raw))
+        m = b.recv()
+        assert m["id"] == rid and m["status"] == "error", m
+        assert m["error"]["code"] == "BAD_REQUEST" and why in m["error"]["message"], m
     assert b.ok("PING") == {"pong": True}  # still open
     b.close()
     still_good()
