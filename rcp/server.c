@@ -12,7 +12,8 @@
  * optionally a TLS handshake, then requests. BYE, a broken frame, or EOF
  * from the client set `closing`: nothing more is read, what was queued is
  * still sent once durable, then the socket closes. Idle connections are
- * closed after network.idle_timeout_secs. rcp_stop closes every connection
+ * closed after network.idle_timeout_secs, except those with a watch (rstmdb
+ * closes them too, so a quiet stream died after 5 minutes). rcp_stop closes every connection
  * the same way (with a 5 s limit) and joins the thread.
  */
 #include <arpa/inet.h>
@@ -357,6 +358,15 @@ static void on_accept(rcp_loop *l, int fd, void *arg, unsigned ev)
         }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* A watcher is exempt from the idle timeout (it waits for events,
+         * which may not come for hours), so a peer that vanished without
+         * a FIN is found by keepalive probes instead: after 60 s of silence,
+         * 6 probes 10 s apart. */
+        int idle_s = 60, intvl_s = 10, probes = 6;
+        setsockopt(cfd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        setsockopt(cfd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s);
+        setsockopt(cfd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl_s, sizeof intvl_s);
+        setsockopt(cfd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
         rcp_conn *c = xcalloc(1, sizeof *c);
         c->srv = s;
         c->fd = cfd;
@@ -466,7 +476,8 @@ static void on_tick(rcp_loop *l, void *arg)
     }
     for (rcp_conn *c = s->conns, *next; c; c = next) {
         next = c->next;
-        bool idle = s->idle_ms && now - c->last_active_ms > s->idle_ms && c->mark_n == 0;
+        bool idle = s->idle_ms && now - c->last_active_ms > s->idle_ms && c->mark_n == 0 &&
+                    !c->watches;
         if (idle || (s->stopping && now > s->stop_deadline_ms)) {
             if (idle) log_debug("rcp %s: idle timeout", c->peer);
             conn_close(c);

@@ -329,6 +329,7 @@ def t_limits():
     try:
         a, b = s2.connect(), s2.connect()
         assert a.ok("PING") == {"pong": True} and b.ok("PING") == {"pong": True}
+        assert "subscription_id" in b.ok("WATCH_ALL", {})
         third = s2.connect()
         third.send(third.request_msg("PING"))
         assert third.expect_closed()
@@ -337,6 +338,9 @@ def t_limits():
         assert time.time() - t0 >= 1.0
         d = s2.connect()  # room again
         assert d.ok("PING") == {"pong": True}
+        # a watcher waits for events, however long they take: not idle
+        time.sleep(max(0.0, t0 + 4.5 - time.time()))
+        assert b.ok("PING") == {"pong": True}
     finally:
         assert s2.stop() == 0
         s2.cleanup()
