@@ -112,6 +112,7 @@ struct rcp_server {
     rcp_conn *conns;
     uint64_t n_conns;
     uint64_t max_conns;
+    uint64_t last_reject_log_ms; /* when a refusal past max_conns was last logged */
     uint64_t idle_ms;
     bool stopping;
     uint64_t stop_deadline_ms;

@@ -351,8 +351,20 @@ static void on_accept(rcp_loop *l, int fd, void *arg, unsigned ev)
             return;
         }
         if (s->stopping || s->n_conns >= s->max_conns) {
-            /* As rstmdb: accepted and closed at once, nothing written. */
+            /* As rstmdb: accepted and closed at once, nothing written;
+             * but said in the log (at most every 10 s), or a client sees
+             * only a closed connection and nobody knows why. */
             s->m.connections_rejected++;
+            uint64_t now = rcp_now_ms();
+            if (!s->stopping && now - s->last_reject_log_ms >= 10000) {
+                s->last_reject_log_ms = now;
+                char peer[64];
+                format_peer(&ss, peer, sizeof peer);
+                log_warn("rcp: refusing a connection from %s: max_connections (%llu) reached "
+                         "(%llu refused since start)",
+                         peer, (unsigned long long)s->max_conns,
+                         (unsigned long long)s->m.connections_rejected);
+            }
             close(cfd);
             continue;
         }

@@ -481,9 +481,15 @@ static int handshake(link_t *l, const conn_opts *o)
     int rc;
     cJSON *r = wait_response(l, o->cmd, "1", REQUEST_TIMEOUT_MS, &rc);
     if (!r) {
-        /* A TLS server resets a plain hello; say what probably happened. */
+        /* A TLS server resets a plain hello, and a server at its
+         * max_connections closes at once: say what probably happened. */
         if (!o->tls && (rc == FILL_IO || rc == FILL_CLOSED))
-            say(o->cmd, "if %s uses TLS, add --tls (or --ca FILE)", o->addr);
+            say(o->cmd, "%s closed the connection before answering: it may be at its "
+                        "max_connections (its log says so), or it uses TLS (then add --tls, "
+                        "or --ca FILE)", o->addr);
+        else if (rc == FILL_IO || rc == FILL_CLOSED)
+            say(o->cmd, "%s closed the connection before answering: it may be at its "
+                        "max_connections (its log says so)", o->addr);
         return 1;
     }
     bool failed = print_if_error(r);

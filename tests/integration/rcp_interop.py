@@ -333,6 +333,8 @@ def t_limits():
         third = s2.connect()
         third.send(third.request_msg("PING"))
         assert third.expect_closed()
+        assert "refusing a connection from 127.0.0.1:" in s2.stderr(), s2.stderr()
+        assert "max_connections (2) reached" in s2.stderr(), s2.stderr()
         t0 = time.time()
         assert a.expect_closed(timeout=10)  # idle
         assert time.time() - t0 >= 1.0
