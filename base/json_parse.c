@@ -44,7 +44,8 @@ static bool fail(parser *ps, const char *at, const char *why)
 static void skip_ws(parser *ps)
 {
     const char *p = ps->p, *end = ps->end;
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
     ps->p = p;
 }
 
@@ -61,10 +62,14 @@ static int hex4(const char *p)
     int v = 0;
     for (int i = 0; i < 4; i++) {
         int c = (unsigned char)p[i], d;
-        if (c >= '0' && c <= '9') d = c - '0';
-        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-        else return -1;
+        if (c >= '0' && c <= '9')
+            d = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            d = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            d = c - 'A' + 10;
+        else
+            return -1;
         v = v << 4 | d;
     }
     return v;
@@ -97,7 +102,8 @@ static char *unescape(parser *ps, const char *p, const char *end, char *o)
 {
     while (p < end) {
         const char *run = p;
-        while (p < end && *p != '\\') p++;
+        while (p < end && *p != '\\')
+            p++;
         memcpy(o, run, (size_t)(p - run));
         o += p - run;
         if (p == end) break;
@@ -105,16 +111,35 @@ static char *unescape(parser *ps, const char *p, const char *end, char *o)
         char c = p[1];
         p += 2;
         switch (c) {
-        case '"': *o++ = '"'; continue;
-        case '\\': *o++ = '\\'; continue;
-        case '/': *o++ = '/'; continue;
-        case 'b': *o++ = '\b'; continue;
-        case 'f': *o++ = '\f'; continue;
-        case 'n': *o++ = '\n'; continue;
-        case 'r': *o++ = '\r'; continue;
-        case 't': *o++ = '\t'; continue;
-        case 'u': break;
-        default: fail(ps, esc, "unknown escape in a string"); return NULL;
+        case '"':
+            *o++ = '"';
+            continue;
+        case '\\':
+            *o++ = '\\';
+            continue;
+        case '/':
+            *o++ = '/';
+            continue;
+        case 'b':
+            *o++ = '\b';
+            continue;
+        case 'f':
+            *o++ = '\f';
+            continue;
+        case 'n':
+            *o++ = '\n';
+            continue;
+        case 'r':
+            *o++ = '\r';
+            continue;
+        case 't':
+            *o++ = '\t';
+            continue;
+        case 'u':
+            break;
+        default:
+            fail(ps, esc, "unknown escape in a string");
+            return NULL;
         }
         int cp = end - p >= 4 ? hex4(p) : -1;
         if (cp < 0) {
@@ -160,10 +185,14 @@ static size_t utf8_prefix(const char *str, size_t n)
         }
         size_t len;
         unsigned min;
-        if (c >= 0xC2 && c <= 0xDF) len = 2, min = 0x80;
-        else if (c >= 0xE0 && c <= 0xEF) len = 3, min = 0x800;
-        else if (c >= 0xF0 && c <= 0xF4) len = 4, min = 0x10000;
-        else return i;
+        if (c >= 0xC2 && c <= 0xDF)
+            len = 2, min = 0x80;
+        else if (c >= 0xE0 && c <= 0xEF)
+            len = 3, min = 0x800;
+        else if (c >= 0xF0 && c <= 0xF4)
+            len = 4, min = 0x10000;
+        else
+            return i;
         if (i + len > n) return i;
         unsigned cp = c & (0xFF >> (len + 1));
         for (size_t k = 1; k < len; k++) {
@@ -176,7 +205,10 @@ static size_t utf8_prefix(const char *str, size_t n)
     return n;
 }
 
-bool json_utf8_valid(const char *s, size_t n) { return utf8_prefix(s, n) == n; }
+bool json_utf8_valid(const char *s, size_t n)
+{
+    return utf8_prefix(s, n) == n;
+}
 
 /* ps->p is at the opening quote. Returns the malloc'd body. */
 static char *parse_string(parser *ps)
@@ -197,8 +229,8 @@ static char *parse_string(parser *ps)
                 return NULL;
             }
         } else if (c < 0x20) {
-            fail(ps, p, c ? "a control character in a string (write it as an escape)"
-                          : "a NUL byte");
+            fail(ps, p,
+                 c ? "a control character in a string (write it as an escape)" : "a NUL byte");
             return NULL;
         } else if (c >= 0x80) {
             high = true;
@@ -229,7 +261,10 @@ static char *parse_string(parser *ps)
 
 static locale_t c_locale;
 static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
-static void c_locale_init(void) { c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0); }
+static void c_locale_init(void)
+{
+    c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+}
 
 static bool parse_number(parser *ps, cJSON *v)
 {
@@ -258,14 +293,16 @@ static bool parse_number(parser *ps, cJSON *v)
         plain = false;
         if (++p >= end) return fail(ps, end, NULL);
         if (*p < '0' || *p > '9') return fail(ps, p, "a '.' not followed by a digit");
-        while (p < end && *p >= '0' && *p <= '9') p++;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
         plain = false;
         if (++p < end && (*p == '+' || *p == '-')) p++;
         if (p >= end) return fail(ps, end, NULL);
         if (*p < '0' || *p > '9') return fail(ps, p, "an exponent without digits");
-        while (p < end && *p >= '0' && *p <= '9') p++;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
     }
     double d;
     if (plain && digits <= 15) {
@@ -387,8 +424,10 @@ static cJSON *parse_value(parser *ps, int depth)
     }
     cJSON *v;
     switch (*ps->p) {
-    case '{': return parse_container(ps, depth, true);
-    case '[': return parse_container(ps, depth, false);
+    case '{':
+        return parse_container(ps, depth, true);
+    case '[':
+        return parse_container(ps, depth, false);
     case '"': {
         char *s = parse_string(ps);
         if (!s) return NULL;

@@ -402,15 +402,20 @@ stm_code def_parse(const cJSON *dj, def **out, stm_err *err)
     const cJSON *trs_in = json_get(dj, "transitions");
     size_t nstates = count(json_get(dj, "states")), ntobj = count(trs_in), nentries = 0;
     if (nstates > DEF_MAX_STATES)
-        return bad(err, "too many states: %zu (at most %d)", nstates, DEF_MAX_STATES);
+        return bad(err, "%zu states, over limits.max_states (%d, the most it can be set to)",
+                   nstates, DEF_MAX_STATES);
     if (ntobj > DEF_MAX_TRANSITIONS)
-        return bad(err, "too many transitions: %zu (at most %d)", ntobj, DEF_MAX_TRANSITIONS);
+        return bad(err,
+                   "%zu transitions, over limits.max_transitions (%d, the most it can be set to)",
+                   ntobj, DEF_MAX_TRANSITIONS);
     for (const cJSON *t = trs_in->child; t; t = t->next) {
         const cJSON *from = json_get(t, "from");
         nentries += cJSON_IsString(from) ? 1 : count(from);
     }
     if (nentries > DEF_MAX_TRANSITIONS)
-        return bad(err, "too many transitions after expanding 'from' lists: %zu (at most %d)",
+        return bad(err,
+                   "%zu transitions after expanding 'from' lists, over "
+                   "limits.max_transitions (%d, the most it can be set to)",
                    nentries, DEF_MAX_TRANSITIONS);
 
     def *d = xcalloc(1, sizeof *d);

@@ -324,7 +324,10 @@ static bool too_deep(parser *p, int depth)
 {
     if (depth > p->deepest) p->deepest = depth;
     if (depth <= GUARD_MAX_DEPTH) return false;
-    return !fail_at(p, p->pos, "nested deeper than %d levels", GUARD_MAX_DEPTH);
+    return !fail_at(p, p->pos,
+                    "nested deeper than %d levels (limits.max_guard_depth, the most it can be "
+                    "set to)",
+                    GUARD_MAX_DEPTH);
 }
 
 /* unary := "!" unary | "(" or_expr ")" | comparison */

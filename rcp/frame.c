@@ -63,8 +63,8 @@ static uint16_t be16(const unsigned char *p)
     return (uint16_t)(p[0] << 8 | p[1]);
 }
 
-static rcp_dec_rc decode_binary(const rcp_decoder *d, const char *p, size_t n,
-                                const char **payload, size_t *len, size_t *consumed, stm_err *err)
+static rcp_dec_rc decode_binary(const rcp_decoder *d, const char *p, size_t n, const char **payload,
+                                size_t *len, size_t *consumed, stm_err *err)
 {
     const unsigned char *h = (const unsigned char *)p;
     if (n < RCP_HDR_LEN) return RCP_DEC_NEED;
@@ -186,7 +186,8 @@ rcp_env_rc rcp_request_parse(const char *p, size_t n, rcp_request *r, stm_err *e
          * not UTF-8 (the id would be echoed), still closes. */
         const char *end = NULL;
         cJSON *loose = json_utf8_valid(p, n) ? cJSON_ParseWithLengthOpts(p, n, &end, false) : NULL;
-        while (loose && end < p + n && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        while (loose && end < p + n &&
+               (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
             end++;
         const cJSON *id = loose && end == p + n ? json_get(loose, "id") : NULL;
         if (cJSON_IsString(id)) {

@@ -502,7 +502,7 @@ START_TEST(many_states)
     def_free(d);
     cJSON_AddItemToArray(json_get(j, "states"), cJSON_CreateString("extra"));
     ck_assert_int_eq(def_parse(j, &d, &err), STM_BAD_REQUEST);
-    ck_assert_str_eq(err.msg, D "too many states: 10001 (at most 10000)");
+    ck_assert_str_eq(err.msg, D "10001 states, over limits.max_states (10000, the most it can be set to)");
     cJSON_Delete(j);
     buf_free(&b);
 
@@ -521,7 +521,7 @@ START_TEST(many_states)
     j = json_parse(b.data, b.len, &err);
     ck_assert_int_eq(def_parse(j, &d, &err), STM_BAD_REQUEST);
     ck_assert_str_eq(err.msg, D
-                     "too many transitions after expanding 'from' lists: 101000 (at most 100000)");
+                     "101000 transitions after expanding 'from' lists, over limits.max_transitions (100000, the most it can be set to)");
     cJSON_Delete(j);
     buf_free(&b);
 }

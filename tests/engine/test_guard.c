@@ -369,7 +369,7 @@ START_TEST(limits)
         g[n++] = ')';
     g[n] = '\0';
     char want[128];
-    snprintf(want, sizeof want, E "nested deeper than %d levels at byte %d", GUARD_MAX_DEPTH,
+    snprintf(want, sizeof want, E "nested deeper than %d levels (limits.max_guard_depth, the most it can be set to) at byte %d", GUARD_MAX_DEPTH,
              GUARD_MAX_DEPTH);
     bad(g, want);
     /* The same for '!'. */
