@@ -318,20 +318,28 @@ START_TEST(envelopes)
 }
 END_TEST
 
+/* Nesting past 128 is refused; within what a lenient reading takes (cJSON
+ * stops at 1000) the id is read and answered, past it the connection closes. */
 START_TEST(deep_nesting_fatal)
 {
-    buf b = {0};
-    buf_puts(&b, "{\"type\":\"request\",\"id\":\"1\",\"op\":\"PING\",\"params\":");
-    for (int i = 0; i < 200; i++)
-        buf_putc(&b, '[');
-    for (int i = 0; i < 200; i++)
-        buf_putc(&b, ']');
-    buf_putc(&b, '}');
-    rcp_request r;
-    stm_err err;
-    ck_assert_int_eq(rcp_request_parse(b.data, b.len, &r, &err), RCP_ENV_FATAL);
-    rcp_request_free(&r);
-    buf_free(&b);
+    static const struct { int depth; rcp_env_rc want; } cases[] = {{200, RCP_ENV_BAD},
+                                                                  {2000, RCP_ENV_FATAL}};
+    for (int k = 0; k < 2; k++) {
+        buf b = {0};
+        buf_puts(&b, "{\"type\":\"request\",\"id\":\"1\",\"op\":\"PING\",\"params\":");
+        for (int i = 0; i < cases[k].depth; i++)
+            buf_putc(&b, '[');
+        for (int i = 0; i < cases[k].depth; i++)
+            buf_putc(&b, ']');
+        buf_putc(&b, '}');
+        rcp_request r;
+        stm_err err;
+        ck_assert_int_eq(rcp_request_parse(b.data, b.len, &r, &err), cases[k].want);
+        ck_assert_str_eq(err.msg, "invalid JSON: nested deeper than 128 levels");
+        if (cases[k].want == RCP_ENV_BAD) ck_assert_str_eq(r.id, "1");
+        rcp_request_free(&r);
+        buf_free(&b);
+    }
 }
 END_TEST
 
