@@ -318,18 +318,27 @@ int cmd_mount(int argc, char **argv)
     const char *log_path = cfg.log_file;
     buf deflog = {0};
     if (!log_path && !foreground) {
-        mkdir(cfg.data_dir, 0755);
+        /* A read-only mount changes nothing on disk: no data directory is
+         * made for it, and on read-only media it runs without a log file. */
+        if (cfg.fuse_read_only && access(cfg.data_dir, F_OK) != 0) {
+            fail("cannot mount %s read-only: %s (a read-only mount shows an existing database)",
+                 cfg.data_dir, strerror(errno));
+            goto out;
+        }
+        if (!cfg.fuse_read_only) mkdir(cfg.data_dir, 0755);
         buf_printf(&deflog, "%s/stmfs.log", cfg.data_dir);
         log_path = buf_cstr(&deflog);
     }
     if (log_path) {
         logf = fopen(log_path, "a");
-        if (!logf) {
+        if (!logf && cfg.fuse_read_only && !cfg.log_file && (errno == EROFS || errno == EACCES)) {
+            /* the default log of a read-only mount on read-only media */
+        } else if (!logf) {
             fail("cannot open log file %s: %s", log_path, strerror(errno));
             buf_free(&deflog);
             goto out;
         }
-        setvbuf(logf, NULL, _IOLBF, 0);
+        if (logf) setvbuf(logf, NULL, _IOLBF, 0);
     }
     buf_free(&deflog);
     log_setup(logf, cfg.log_level);

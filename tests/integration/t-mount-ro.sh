@@ -35,6 +35,14 @@ test_expect_success 'setup: some data, written through a normal mount' - <<\EOT
     stop_mount "$M"
 EOT
 
+test_expect_success 'a read-only mount of a directory that is not there fails and makes nothing' - <<\EOT
+    mkdir -p nowhere-mnt &&
+    test_must_fail "$STMFS" mount "$TEST_DIR/nowhere" "$TEST_DIR/nowhere-mnt" -o ro --bind none 2>err &&
+    cat err &&
+    grep "read-only mount shows an existing database" err &&
+    test ! -e nowhere
+EOT
+
 test_expect_success 'stmfs mount -o ro mounts read-only' - <<\EOT
     start_mount data mnt -o ro &&
     grep " $M fuse[^ ]* ro[, ]" /proc/mounts
