@@ -301,9 +301,15 @@ void rcp_watches_drain(rcp_conn *c)
                 if (w->f.from_offset <= w->skip_upto) w->f.from_offset = w->skip_upto + 1;
                 stm_err err;
                 if (watch_subscribe(c, w, &err) != STM_OK) {
-                    log_warn("rcp %s: watch %s lost: cannot resubscribe: %s", c->peer, w->id,
-                             err.msg);
+                    /* RCP has no frame to end one stream with an error, and
+                     * a watch that just stops looks like a quiet system. So
+                     * the connection closes after what it has been sent:
+                     * the client sees it, reconnects and reads the state. */
+                    log_warn("rcp %s: closing the connection: watch %s fell behind and cannot "
+                             "resume: %s",
+                             c->peer, w->id, err.msg);
                     w->sub = NULL;
+                    c->closing = true;
                     break;
                 }
                 log_info("rcp %s: watch %s fell behind; catching up from offset %llu", c->peer,

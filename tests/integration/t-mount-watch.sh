@@ -290,11 +290,38 @@ test_expect_success PYTHON,JQ 'a stopped reader whose lines compaction removed: 
     { cat "$GM/wal/watch" >gap.out 2>gap.err & } &&
     gap=$! &&
     BG_PIDS+=("$gap") &&
+    # and an RCP watcher that stops reading the same way
+    { PYTHONPATH="$TEST_SRC_DIR" python3 - "$RCP_ADDR" >rcp-gap.out 2>rcp-gap.err <<-\PY &
+	import os, sys, time
+	from rcp_lib import Conn, Closed
+	c = Conn(sys.argv[1])
+	c.hello()
+	c.ok("WATCH_ALL", {"include_ctx": False})
+	while not os.path.exists("rcp-gap.go"):
+	    time.sleep(0.05)
+	ns = []
+	try:
+	    while True:
+	        ns.append(c.next_event(timeout=30)["payload"]["n"])
+	except Closed:
+	    pass
+	print(len(ns))
+	assert ns == list(range(len(ns))), "not a gapless prefix"
+	assert 0 < len(ns) < 20000, len(ns)
+	PY
+    } &&
+    rgap=$! &&
+    BG_PIDS+=("$rgap") &&
     sleep 0.3 &&
     kill -STOP "$gap" &&
     big_ticks "$GM/instances/gap-1/events" 20000 &&
     rcp_call COMPACT >compact.json &&
     jq -e ".segments_deleted > 0" compact.json &&
+    touch rcp-gap.go &&
+    test_poll 60 "proc_gone $rgap" &&
+    { wait "$rgap" || { cat rcp-gap.err; false; }; } &&
+    echo "the RCP watcher got $(cat rcp-gap.out) events, then the connection closed" &&
+    grep "fell behind and cannot resume" gap-data/stmfs.log &&
     kill -CONT "$gap" &&
     test_poll 30 "proc_gone $gap" &&
     { wait "$gap"; test $? -ne 0; } &&
