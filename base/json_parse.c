@@ -27,7 +27,115 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Blocks of an arena: the first is kept for the next use of the arena,
+ * the rest (a tree bigger than one block) are freed on reset. */
+typedef struct ablock {
+    struct ablock *next;
+    size_t used, size;
+    _Alignas(16) char data[];
+} ablock;
+
+struct json_arena {
+    ablock *head; /* the block being filled; its next ones are full */
+};
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ARENA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ARENA_ASAN 1
+#endif
+#endif
+
+#define ABLOCK_SIZE (16u * 1024 - sizeof(ablock))
+
+static ablock *ablock_new(size_t size)
+{
+    ablock *b = malloc(sizeof *b + size);
+    if (!b) abort();
+    b->next = NULL;
+    b->used = 0;
+    b->size = size;
+    return b;
+}
+
+/* One arena per thread is kept for the next json_arena_new: a server
+ * thread parses one request at a time, so in steady state no parse calls
+ * malloc at all. (Not under ASan, which should see every block freed.) */
+static _Thread_local json_arena *spare;
+
+json_arena *json_arena_new(void)
+{
+    json_arena *a = spare;
+    if (a) {
+        spare = NULL;
+        return a;
+    }
+    a = malloc(sizeof *a);
+    if (!a) abort();
+    a->head = NULL;
+    return a;
+}
+
+void json_arena_reset(json_arena *a)
+{
+    if (!a) return;
+    ablock *keep = NULL;
+    for (ablock *b = a->head, *next; b; b = next) {
+        next = b->next;
+#ifndef ARENA_ASAN
+        /* Under ASan every block goes back to malloc, so that a pointer
+         * kept into a dropped tree is reported, not silently reused. */
+        if (!next && b->size == ABLOCK_SIZE) {
+            keep = b;
+            keep->used = 0;
+            break;
+        }
+#endif
+        free(b);
+    }
+    a->head = keep;
+}
+
+void json_arena_free(json_arena *a)
+{
+    if (!a) return;
+    json_arena_reset(a);
+#ifndef ARENA_ASAN
+    if (!spare) {
+        spare = a;
+        return;
+    }
+#endif
+    free(a->head);
+    free(a);
+}
+
+static void *arena_alloc(json_arena *a, size_t n, bool zero)
+{
+    n = (n + 15) & ~(size_t)15;
+    ablock *b = a->head;
+    if (!b || b->size - b->used < n) {
+        ablock *nb = ablock_new(n > ABLOCK_SIZE ? n : ABLOCK_SIZE);
+        if (b && n > ABLOCK_SIZE) {
+            /* an outsize block goes behind the current one, which still has room */
+            nb->next = b->next;
+            b->next = nb;
+            nb->used = n;
+            if (zero) memset(nb->data, 0, n);
+            return nb->data;
+        }
+        nb->next = b;
+        a->head = b = nb;
+    }
+    void *p = b->data + b->used;
+    b->used += n;
+    if (zero) memset(p, 0, n);
+    return p;
+}
+
 typedef struct {
+    json_arena *arena; /* NULL: nodes and strings from malloc */
     const char *start, *p, *end;
     int max_depth;
     const char *fail_at; /* where the first error is */
@@ -49,12 +157,25 @@ static void skip_ws(parser *ps)
     ps->p = p;
 }
 
-static cJSON *new_node(int type)
+static cJSON *new_node(parser *ps, int type)
 {
-    cJSON *n = calloc(1, sizeof *n);
+    cJSON *n = ps->arena ? arena_alloc(ps->arena, sizeof *n, true) : calloc(1, sizeof *n);
     if (!n) abort();
     n->type = type;
     return n;
+}
+
+static char *new_string(parser *ps, size_t n)
+{
+    char *s = ps->arena ? arena_alloc(ps->arena, n, false) : malloc(n);
+    if (!s) abort();
+    return s;
+}
+
+/* A tree that failed half way: an arena's goes with the arena. */
+static void drop(parser *ps, cJSON *v)
+{
+    if (!ps->arena) cJSON_Delete(v);
 }
 
 static int hex4(const char *p)
@@ -242,15 +363,14 @@ static char *parse_string(parser *ps)
         fail(ps, body + good, "text is not valid UTF-8");
         return NULL;
     }
-    char *s = malloc(n + 1);
-    if (!s) abort();
+    char *s = new_string(ps, n + 1);
     if (!escapes) {
         memcpy(s, body, n);
         s[n] = 0;
     } else {
         char *o = unescape(ps, body, p, s);
         if (!o) {
-            free(s);
+            if (!ps->arena) free(s);
             return NULL;
         }
         *o = 0;
@@ -355,7 +475,7 @@ static void link_child(cJSON *parent, cJSON **last, cJSON *child)
 
 static cJSON *parse_container(parser *ps, int depth, bool object)
 {
-    cJSON *v = new_node(object ? cJSON_Object : cJSON_Array), *last = NULL;
+    cJSON *v = new_node(ps, object ? cJSON_Object : cJSON_Array), *last = NULL;
     char close = object ? '}' : ']';
     ps->p++;
     skip_ws(ps);
@@ -374,11 +494,11 @@ static cJSON *parse_container(parser *ps, int depth, bool object)
             if (!(key = parse_string(ps))) goto fail;
             skip_ws(ps);
             if (ps->p >= ps->end) {
-                free(key);
+                if (!ps->arena) free(key);
                 goto fail_end;
             }
             if (*ps->p != ':') {
-                free(key);
+                if (!ps->arena) free(key);
                 fail(ps, ps->p, "expected ':' after a key");
                 goto fail;
             }
@@ -387,7 +507,7 @@ static cJSON *parse_container(parser *ps, int depth, bool object)
         }
         cJSON *item = parse_value(ps, depth + 1);
         if (!item) {
-            free(key);
+            if (!ps->arena) free(key);
             goto fail;
         }
         item->string = key;
@@ -408,7 +528,7 @@ static cJSON *parse_container(parser *ps, int depth, bool object)
 fail_end:
     fail(ps, ps->end, NULL);
 fail:
-    cJSON_Delete(v);
+    drop(ps, v);
     return NULL;
 }
 
@@ -431,24 +551,24 @@ static cJSON *parse_value(parser *ps, int depth)
     case '"': {
         char *s = parse_string(ps);
         if (!s) return NULL;
-        v = new_node(cJSON_String);
+        v = new_node(ps, cJSON_String);
         v->valuestring = s;
         return v;
     }
     case 't':
         if (!literal(ps, "true", 4)) return NULL;
-        return new_node(cJSON_True);
+        return new_node(ps, cJSON_True);
     case 'f':
         if (!literal(ps, "false", 5)) return NULL;
-        return new_node(cJSON_False);
+        return new_node(ps, cJSON_False);
     case 'n':
         if (!literal(ps, "null", 4)) return NULL;
-        return new_node(cJSON_NULL);
+        return new_node(ps, cJSON_NULL);
     default:
         if (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9')) {
-            v = new_node(cJSON_Number);
+            v = new_node(ps, cJSON_Number);
             if (!parse_number(ps, v)) {
-                cJSON_Delete(v);
+                drop(ps, v);
                 return NULL;
             }
             return v;
@@ -460,48 +580,61 @@ static cJSON *parse_value(parser *ps, int depth)
 
 /* Removes earlier duplicates so that the last occurrence of a key wins, as
  * in serde_json. */
-static void dedupe(cJSON *v)
+static void dedupe(parser *ps, cJSON *v)
 {
     for (cJSON *c = v->child; c; c = c->next) {
-        if (cJSON_IsObject(c) || cJSON_IsArray(c)) dedupe(c);
+        if (cJSON_IsObject(c) || cJSON_IsArray(c)) dedupe(ps, c);
     }
     if (!cJSON_IsObject(v)) return;
     for (cJSON *c = v->child; c;) {
         cJSON *next = c->next;
         for (cJSON *d = next; d; d = d->next)
             if (strcmp(c->string, d->string) == 0) {
-                cJSON_Delete(cJSON_DetachItemViaPointer(v, c));
+                drop(ps, cJSON_DetachItemViaPointer(v, c));
                 break;
             }
         c = next;
     }
 }
 
-cJSON *json_parse(const char *text, size_t len, stm_err *err)
+static cJSON *parse_text(parser *ps, stm_err *err)
 {
-    parser ps = {.start = text, .p = text, .end = text + len, .max_depth = JSON_MAX_DEPTH};
-    skip_ws(&ps);
-    cJSON *v = parse_value(&ps, 1);
+    const char *text = ps->start;
+    skip_ws(ps);
+    cJSON *v = parse_value(ps, 1);
     if (v) {
-        skip_ws(&ps);
-        if (ps.p < ps.end) {
-            cJSON_Delete(v);
+        skip_ws(ps);
+        if (ps->p < ps->end) {
+            drop(ps, v);
             stm_fail(err, STM_BAD_REQUEST, "invalid JSON: trailing characters at byte %zu",
-                     (size_t)(ps.p - text));
+                     (size_t)(ps->p - text));
             return NULL;
         }
-        dedupe(v);
+        dedupe(ps, v);
         return v;
     }
-    size_t pos = (size_t)(ps.fail_at - text);
-    if (!ps.why)
+    size_t pos = (size_t)(ps->fail_at - text);
+    if (!ps->why)
         stm_fail(err, STM_BAD_REQUEST, "invalid JSON: unexpected end of input");
-    else if (strcmp(ps.why, "nested too deep") == 0)
+    else if (strcmp(ps->why, "nested too deep") == 0)
         stm_fail(err, STM_BAD_REQUEST, "invalid JSON: nested deeper than %d levels",
                  JSON_MAX_DEPTH);
     else
-        stm_fail(err, STM_BAD_REQUEST, "invalid JSON at byte %zu: %s", pos, ps.why);
+        stm_fail(err, STM_BAD_REQUEST, "invalid JSON at byte %zu: %s", pos, ps->why);
     return NULL;
+}
+
+cJSON *json_parse(const char *text, size_t len, stm_err *err)
+{
+    parser ps = {.start = text, .p = text, .end = text + len, .max_depth = JSON_MAX_DEPTH};
+    return parse_text(&ps, err);
+}
+
+cJSON *json_parse_arena(json_arena *a, const char *text, size_t len, stm_err *err)
+{
+    parser ps = {.arena = a, .start = text, .p = text, .end = text + len,
+                 .max_depth = JSON_MAX_DEPTH};
+    return parse_text(&ps, err);
 }
 
 cJSON *json_parse_trusted(const char *text, size_t len)

@@ -167,7 +167,11 @@ rcp_dec_rc rcp_decode(rcp_decoder *d, const char *p, size_t n, const char **payl
 
 void rcp_request_free(rcp_request *r)
 {
-    cJSON_Delete(r->root);
+    if (r->arena)
+        json_arena_free(r->arena);
+    else
+        cJSON_Delete(r->root);
+    r->arena = NULL;
     r->root = NULL;
 }
 
@@ -176,8 +180,11 @@ rcp_env_rc rcp_request_parse(const char *p, size_t n, rcp_request *r, stm_err *e
     memset(r, 0, sizeof *r);
     r->op = -1;
     stm_err perr;
-    r->root = json_parse(p, n, &perr);
+    r->arena = json_arena_new();
+    r->root = json_parse_arena(r->arena, p, n, &perr);
     if (!r->root) {
+        json_arena_free(r->arena);
+        r->arena = NULL;
         stm_fail(err, STM_BAD_REQUEST, "%s", perr.msg);
         /* Text that is JSON to a lenient reading (a \u0000, a number past
          * a double, nesting past our limit; or '+1' and the like) still

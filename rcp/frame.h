@@ -37,6 +37,7 @@
 
 #include "base/buf.h"
 #include "base/err.h"
+#include "base/json.h"
 
 #define RCP_HDR_LEN 18
 #define RCP_MAX_PAYLOAD (16u * 1024 * 1024)
@@ -101,6 +102,7 @@ const char *rcp_op_name(int op);
 
 typedef struct {
     cJSON *root;         /* owned; free with rcp_request_free */
+    json_arena *arena;   /* where root lives; NULL: root is malloc's */
     const char *id;      /* points into root */
     int op;              /* enum rcp_op */
     const cJSON *params; /* NULL when absent or null (= {}) */

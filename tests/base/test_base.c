@@ -444,6 +444,46 @@ START_TEST(test_json_values)
 }
 END_TEST
 
+/* Trees built in an arena are the trees json_parse builds; several live in
+ * one arena at once, one may outgrow a block, a failed parse leaves the
+ * arena usable, and reset drops them all (ASan checks the blocks go). */
+START_TEST(test_json_arena)
+{
+    json_arena *a = json_arena_new();
+    buf big = {0};
+    buf_putc(&big, '[');
+    for (int i = 0; i < 5000; i++)
+        buf_printf(&big, "%s{\"k%d\":\"v\\u00e9%d\",\"k\":%d,\"k\":[true,null]}", i ? "," : "", i, i, i);
+    buf_putc(&big, ']');
+    const char *texts[] = {"{\"type\":\"request\",\"id\":\"7\",\"params\":{\"a\":1.5,\"a\":2}}",
+                           buf_cstr(&big), "\"just a string\"", "[]"};
+    for (int round = 0; round < 3; round++) {
+        cJSON *trees[4];
+        stm_err err;
+        for (int i = 0; i < 4; i++) {
+            trees[i] = json_parse_arena(a, texts[i], strlen(texts[i]), &err);
+            ck_assert_msg(trees[i] != NULL, "%s", err.msg);
+            ck_assert_ptr_null(json_parse_arena(a, "{\"x\":[1,2,", 10, &err));
+        }
+        for (int i = 0; i < 4; i++) {
+            cJSON *ref = json_parse(texts[i], strlen(texts[i]), &err);
+            buf x = {0}, y = {0};
+            json_write(&x, trees[i], false);
+            json_write(&y, ref, false);
+            ck_assert_str_eq(buf_cstr(&x), buf_cstr(&y));
+            buf_free(&x);
+            buf_free(&y);
+            cJSON *copy = cJSON_Duplicate(trees[i], true); /* a malloc'd copy outlives it */
+            cJSON_Delete(ref);
+            cJSON_Delete(copy);
+        }
+        json_arena_reset(a);
+    }
+    json_arena_free(a);
+    buf_free(&big);
+}
+END_TEST
+
 static bool has_dup_keys(const cJSON *v)
 {
     for (const cJSON *c = v->child; c; c = c->next) {
@@ -576,6 +616,7 @@ int main(void)
     tcase_add_test(t, test_json_strict);
     tcase_add_test(t, test_json_values);
     tcase_add_test(t, test_json_matches_cjson);
+    tcase_add_test(t, test_json_arena);
     tcase_add_test(t, test_json_canonical_len);
     tcase_add_test(t, test_json_num_len);
     tcase_add_test(t, test_json_str_len);

@@ -6,6 +6,7 @@
  *     accepts too, and (where cJSON's tree has no duplicate keys, which
  *     json_parse removes) both trees write the same canonical text;
  *   - a refusal is BAD_REQUEST with a message;
+ *   - json_parse_arena gives the same answer and the same tree;
  *   - an accepted value rewritten canonically parses again to the same
  *     text (the canonical form is a fixed point).
  *
@@ -35,8 +36,21 @@ static int has_dup_keys(const cJSON *v)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *text = (const char *)data;
-    stm_err err = {0};
+    stm_err err = {0}, aerr = {0};
     cJSON *ours = json_parse(text, size, &err);
+    /* the arena build of the same text: the same answer, the same tree */
+    json_arena *arena = json_arena_new();
+    cJSON *in_arena = json_parse_arena(arena, text, size, &aerr);
+    if (!ours != !in_arena || strcmp(err.msg, aerr.msg) != 0) abort();
+    if (in_arena) {
+        buf x = {0}, y = {0};
+        json_write(&x, ours, false);
+        json_write(&y, in_arena, false);
+        if (strcmp(buf_cstr(&x), buf_cstr(&y)) != 0) abort();
+        buf_free(&x);
+        buf_free(&y);
+    }
+    json_arena_free(arena);
     if (!ours) {
         if (err.code != STM_BAD_REQUEST || !err.msg[0]) abort();
         return 0;
