@@ -292,6 +292,14 @@ static char *unescape(parser *ps, const char *p, const char *end, char *o)
     return o;
 }
 
+/* 1 for the bytes a string body holds as they are: 0x20-0x7F but for '"'
+ * and '\\'. */
+static const unsigned char plain_byte[256] = {
+    [0x20 ... 0x21] = 1, /* '"' is 0x22 */
+    [0x23 ... 0x5B] = 1, /* '\\' is 0x5C */
+    [0x5D ... 0x7F] = 1,
+};
+
 /* The length of the longest well-formed UTF-8 prefix of [s, s+n): no
  * overlong forms, no surrogates, nothing past U+10FFFF. */
 static size_t utf8_prefix(const char *str, size_t n)
@@ -337,6 +345,9 @@ static char *parse_string(parser *ps)
     const char *body = ps->p + 1, *p = body, *end = ps->end;
     bool escapes = false, high = false;
     for (;; p++) {
+        /* the common bytes in one test: printable ASCII but '"' and '\\' */
+        while (p < end && plain_byte[(unsigned char)*p])
+            p++;
         if (p >= end) {
             fail(ps, end, NULL);
             return NULL;
