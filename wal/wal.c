@@ -317,17 +317,20 @@ static void put_record(wal *w, wal_seg *seg, uint8_t type, const void *p, uint32
         rec->payload = NULL;
         memcpy(rec->chain, w->chain, 32);
         rec->has_chain = true;
+        rec->ckpt_offset = 0;
+        rec->ckpt_len = 0;
     }
 }
 
-static void put_checkpoint(wal *w, wal_seg *seg)
+/* rec (may be NULL) receives where the checkpoint went. */
+static void put_checkpoint(wal *w, wal_seg *seg, wal_record *rec)
 {
     char p[WAL_CKPT_MAX];
     int n = wal_ckpt_format(p, sizeof p, util_now_ms(), w->chain, w->head_seq);
-    put_record(w, seg, WAL_T_CHECKPOINT, p, (uint32_t)n, crc32c(0, p, (size_t)n), NULL);
+    put_record(w, seg, WAL_T_CHECKPOINT, p, (uint32_t)n, crc32c(0, p, (size_t)n), rec);
 }
 
-static wal_seg *rotate(wal *w)
+static wal_seg *rotate(wal *w, wal_record *ckpt)
 {
     wal_seg *cur = w->segs[w->nsegs - 1];
     wal_seg *s = wal_seg_new(w->io, w->dir, cur->id + 1);
@@ -335,7 +338,7 @@ static wal_seg *rotate(wal *w)
     w->cur_has_data = false;
     /* Carrying the chain into the segment's first record keeps the log
      * verifiable from its oldest segment once older ones are compacted. */
-    put_checkpoint(w, s);
+    put_checkpoint(w, s, ckpt);
     return s;
 }
 
@@ -384,13 +387,23 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
      * rotation) still gets its leading checkpoint. */
     bool ckpt = w->since_ckpt >= WAL_CHECKPOINT_EVERY || (cur->size == 0 && cur->id > 1);
     uint64_t total = need + (ckpt ? WAL_HEADER_SIZE + WAL_CKPT_MAX : 0);
+    /* At most one checkpoint goes in before the record: a rotation's
+     * replaces the periodic one (it resets since_ckpt). */
+    wal_record ck = {0};
     if (w->cur_has_data && cur->size + total > w->segment_size) {
-        cur = rotate(w);
+        cur = rotate(w, &ck);
         ckpt = false;
     }
     bool was_empty = w->pend.len == 0;
-    if (ckpt) put_checkpoint(w, cur);
+    if (ckpt) put_checkpoint(w, cur, &ck);
     put_record(w, cur, type, payload, len, crc, rec);
+    if (rec && ck.seq) {
+        /* The caller never saw this record go in: tell it with its own, so
+         * that whoever counts every record of the log (the engine's
+         * wal/entries) counts this one too, in log order. */
+        rec->ckpt_offset = ck.offset;
+        rec->ckpt_len = ck.len;
+    }
     if (w->lazy) {
         /* Nobody waits for this record yet: the flusher takes it with the
          * next waiter, the next timeout or a full batch. The first pending
@@ -906,7 +919,7 @@ stm_code wal_close(wal *w, stm_err *err)
     if (w->flusher_running) {
         pthread_mutex_lock(&w->mu);
         if (!w->failed && w->head_seq > w->open_seq && w->since_ckpt > 0)
-            put_checkpoint(w, w->segs[w->nsegs - 1]);
+            put_checkpoint(w, w->segs[w->nsegs - 1], NULL);
         w->sync_target = w->next_seq - 1;
         w->stop = true;
         pthread_cond_broadcast(&w->work_cv);

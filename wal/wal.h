@@ -30,7 +30,9 @@
  *   last checkpoint. Segments written by rstmdb have no checkpoints; their
  *   chain starts at zero at the first record of the oldest segment.
  *   Checkpoints take sequence numbers like any record (rstmdb's replay skips
- *   type 6, and entry_count counts them).
+ *   type 6, and entry_count counts them). The ones a running log writes
+ *   come in through wal_append, right before the caller's record, and are
+ *   reported with it (wal_record.ckpt_offset, ckpt_len).
  *
  * WRITING AND DURABILITY
  *   wal_append never waits for the disk: it copies the record into the
@@ -158,6 +160,16 @@ typedef struct {
     const char *payload;
     uint8_t chain[32];          /* chain value ending with this record */
     bool has_chain;             /* false when the iterator was opened without chain */
+    /* Set by wal_append alone: the checkpoint the log wrote on its own just
+     * before this record (the first record of a new segment, or one every
+     * WAL_CHECKPOINT_EVERY bytes), ckpt_len = 0 when none. It has sequence
+     * seq - 1 and sits at ckpt_offset, right before this record in the same
+     * segment; wal_append writes at most one per call. An appender that
+     * keeps a figure per record of the log (the engine's wal/entries size)
+     * learns of it only here. Iterators and wal_read_at return checkpoints
+     * as records of their own and do not set these. */
+    uint64_t ckpt_offset;
+    uint32_t ckpt_len;
 } wal_record;
 
 typedef struct {
@@ -184,10 +196,11 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
  * read-only or failed), stops the flusher, frees. Returns the sync's result. */
 stm_code wal_close(wal *w, stm_err *err);
 
-/* Appends one record. On success fills rec (offset, seq, type, len, chain;
- * payload = NULL). Fails only when the payload is too large or the log has
- * failed; then nothing was appended. May block briefly when the pending group
- * is full (back-pressure), never on the disk otherwise. */
+/* Appends one record. On success fills rec (offset, seq, type, len, chain,
+ * and ckpt_offset/ckpt_len for a checkpoint written before it; payload =
+ * NULL). Fails only when the payload is too large or the log has failed;
+ * then nothing was appended, no checkpoint either. May block briefly when
+ * the pending group is full (back-pressure), never on the disk otherwise. */
 stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal_record *rec,
                     stm_err *err);
 

@@ -542,6 +542,52 @@ START_TEST(test_periodic_checkpoint)
 }
 END_TEST
 
+/* wal_append tells its caller about a checkpoint it wrote before the record
+ * (a rotation's, or a periodic one), since the caller never sees it go in
+ * otherwise: the engine's wal/entries counts every record of the log. Each
+ * reported checkpoint is the log's record seq - 1, right before the
+ * record; every other checkpoint is the closing one. */
+START_TEST(test_append_reports_checkpoints)
+{
+    char *dir = path_in("wal");
+    const uint64_t segsize = 2u << 20;
+    wal *w = open_wal(dir, segsize, "never");
+    enum { N = 5000 };
+    static wal_record recs[N];
+    char pl[1000];
+    memset(pl, 'k', sizeof pl);
+    for (int i = 0; i < N; i++) recs[i] = append_ok(w, 3, pl, sizeof pl);
+    close_wal(w);
+    w = open_wal(dir, segsize, "never");
+    static kept got[N + 16];
+    size_t n = read_all(w, got, N + 16, false);
+    close_wal(w);
+    size_t k = 0, reported = 0, rotations = 0;
+    for (int i = 0; i < N; i++) {
+        while (k < n && got[k].seq < recs[i].seq) k++;
+        ck_assert_uint_lt(k, n);
+        ck_assert_uint_eq(got[k].offset, recs[i].offset);
+        bool before = k > 0 && got[k - 1].type == WAL_T_CHECKPOINT &&
+                      (i == 0 || got[k - 1].seq > recs[i - 1].seq);
+        if (!before) {
+            ck_assert_uint_eq(recs[i].ckpt_len, 0);
+            continue;
+        }
+        reported++;
+        rotations += WAL_OFF_POS(got[k - 1].offset) == 0;
+        ck_assert_uint_eq(recs[i].ckpt_offset, got[k - 1].offset);
+        ck_assert_uint_eq(recs[i].ckpt_len, got[k - 1].len);
+        ck_assert_uint_eq(got[k - 1].seq, recs[i].seq - 1);
+        ck_assert_uint_eq(recs[i].ckpt_offset + 24 + recs[i].ckpt_len, recs[i].offset);
+    }
+    size_t all = 0;
+    for (size_t j = 0; j < n; j++) all += got[j].type == WAL_T_CHECKPOINT;
+    ck_assert_uint_eq(reported + 1, all); /* and the closing one */
+    ck_assert_uint_ge(rotations, 2);            /* ~5 MB in 2 MiB segments */
+    ck_assert_uint_ge(reported - rotations, 2); /* 1 MiB into a segment */
+}
+END_TEST
+
 /* ---- recovery ----------------------------------------------------------- */
 
 /* Writes n records and closes; returns the offsets of the last user record
@@ -912,6 +958,8 @@ START_TEST(test_empty_segment_gets_checkpoint)
     r = append_ok(w, 3, "{}", 2);
     ck_assert_uint_eq(WAL_OFF_SEG(r.offset), 2);
     ck_assert_uint_gt(WAL_OFF_POS(r.offset), 0);
+    ck_assert_uint_eq(r.ckpt_offset, WAL_OFFSET(2, 0)); /* reported to the appender */
+    ck_assert_uint_eq(r.ckpt_offset + 24 + r.ckpt_len, r.offset);
     wait_ok(w, r.seq);
     buf b = {0};
     stm_err err;
@@ -1774,6 +1822,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_read_ahead);
     tcase_add_test(t, test_rotation);
     tcase_add_test(t, test_periodic_checkpoint);
+    tcase_add_test(t, test_append_reports_checkpoints);
     tcase_add_test(t, test_torn_every_byte);
     tcase_add_test(t, test_zero_tail);
     tcase_add_test(t, test_preallocated_tail);
