@@ -452,7 +452,16 @@ static char *text_or_null(const char *text, size_t len)
     return text ? xstrndup(text, len) : xstrdup("null");
 }
 
-static void entries_account(eng *e, const wal_record *rec)
+/* The entries file (eng_entries_read) has one line for every record of the
+ * log, checkpoints included, and its size and sparse index must follow the
+ * log record by record, in log order, or a read at an offset starts at the
+ * wrong byte. So they are counted where records enter the log, not where
+ * the model changes (eng_apply_record): replay counts every record it reads,
+ * whatever becomes of it (applied, skipped, held for an atomic batch or
+ * dropped with a torn one), and eng_write every record it appends, with the
+ * checkpoint the WAL wrote on its own just before it. Caller holds e->lock
+ * (or is the opening thread). */
+static void entries_add(eng *e, uint64_t offset, uint32_t len, uint64_t seq)
 {
     if (e->entries_count % ENTRY_INDEX_STEP == 0) {
         if (e->n_eidx == e->cap_eidx) {
@@ -461,16 +470,16 @@ static void entries_account(eng *e, const wal_record *rec)
             e->eidx_off = xrealloc(e->eidx_off, e->cap_eidx * sizeof *e->eidx_off);
         }
         e->eidx_pos[e->n_eidx] = e->entries_bytes;
-        e->eidx_off[e->n_eidx] = rec->offset;
+        e->eidx_off[e->n_eidx] = offset;
         e->n_eidx++;
     }
-    e->entries_bytes += eng_entry_len(rec->len, rec->offset, rec->seq);
+    e->entries_bytes += eng_entry_len(len, offset, seq);
     e->entries_count++;
+    e->entries_seq = seq;
 }
 
 stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp, stm_err *err)
 {
-    if (!e->dry_run) entries_account(e, rec);
     const entry_fields f = *fp;
     const char *key = f.idempotency_key;
     int64_t ts = f.ts;
@@ -635,6 +644,12 @@ stm_code eng_write(eng *e, uint8_t type, buf *entry_text, wal_record *rec, stm_e
     }
     stm_code rc = wal_append(e->w, type, entry_text->data, (uint32_t)entry_text->len, rec, err);
     if (rc != STM_OK) return rc;
+    /* A checkpoint the WAL put before the record (at a rotation, or every
+     * WAL_CHECKPOINT_EVERY bytes) is a line of the entries file too, and
+     * only this call learns of it: left out, the file's size fell short of
+     * what it renders by one line per checkpoint until a restart. */
+    if (rec->ckpt_len) entries_add(e, rec->ckpt_offset, rec->ckpt_len, rec->seq - 1);
+    entries_add(e, rec->offset, rec->len, rec->seq);
     return STM_OK;
 }
 
@@ -739,13 +754,12 @@ static stm_code replay(eng *e, uint64_t stop_at, stm_err *err)
     e->replaying = true;
     while ((r = wal_ahead_next(it, &rec, err)) == 1) {
         if (rec.offset > stop_at) break;
+        /* Every record is a line of the entries file, in log order, also one
+         * held for a batch below or dropped with a torn one. */
+        entries_add(e, rec.offset, rec.len, rec.seq);
         if (rec.type == WAL_T_CHECKPOINT || rec.type == WAL_T_NOOP || rec.type == WAL_T_SNAPSHOT ||
-            (e->snap_seq && rec.seq <= e->snap_seq)) {
-            /* Not a change, or already in the loaded snapshot: it only counts
-             * toward the entries file. */
-            entries_account(e, &rec);
-            continue;
-        }
+            (e->snap_seq && rec.seq <= e->snap_seq))
+            continue; /* not a change, or already in the loaded snapshot */
         entry_fields f;
         if (!entry_scan(rec.payload, rec.len, &store, &f)) {
             /* CRC-checked bytes that are not JSON: only this failure pays for

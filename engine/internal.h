@@ -116,8 +116,10 @@ struct eng {
     idem_entry *fifo_head, *fifo_tail;
 
     /* entries file: total bytes and a sparse index (every ENTRY_INDEX_STEP
-     * records: byte position -> WAL offset) */
-    uint64_t entries_bytes, entries_count;
+     * records: byte position -> WAL offset), counted record by record as
+     * records enter the log (engine.c, entries_add), checkpoints included;
+     * entries_seq is the sequence of the last record counted */
+    uint64_t entries_bytes, entries_count, entries_seq;
     uint64_t *eidx_pos, *eidx_off;
     size_t n_eidx, cap_eidx;
 
@@ -197,9 +199,12 @@ machine *machine_find(eng *e, const char *name);
 mversion *mversion_find(machine *m, uint32_t version);
 /* Adds mv to m's versions, keeping them ascending. */
 void mversion_insert(machine *m, mversion *mv);
-/* Applies one decoded WAL record to memory (live writes and replay share it). */
+/* Applies one decoded WAL record to memory (live writes and replay share it).
+ * The entries file is not its business: see eng_write and replay. */
 stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *f, stm_err *err);
-/* Appends an entry (JSON text) to the WAL and applies it; rec receives where. */
+/* Appends an entry (JSON text) to the WAL and counts it in the entries file,
+ * with any checkpoint the WAL wrote before it; rec receives where. Under
+ * dry_run nothing is written or counted. The caller then applies it. */
 stm_code eng_write(eng *e, uint8_t type, buf *entry, wal_record *rec, stm_err *err);
 /* Renders the history line of one record of an instance. */
 void eng_render_history(buf *out, uint8_t type, const entry_fields *f, uint64_t offset,

@@ -301,7 +301,7 @@ stm_code eng_entries_read(eng *e, uint64_t from, size_t max, buf *out, uint64_t 
         if (e->eidx_pos[mid] <= from) lo = mid + 1;
         else hi = mid;
     }
-    uint64_t pos = 0, start_off = 0;
+    uint64_t pos = 0, start_off = 0, last_seq = e->entries_seq;
     if (lo > 0) {
         pos = e->eidx_pos[lo - 1];
         start_off = e->eidx_off[lo - 1];
@@ -315,8 +315,22 @@ stm_code eng_entries_read(eng *e, uint64_t from, size_t max, buf *out, uint64_t 
     if (rc != STM_OK) return rc;
     buf line = {0};
     wal_record rec;
-    int r;
-    while (pos < from + max && pos < total && (r = wal_iter_next(it, &rec, err)) == 1) {
+    bool waited = false;
+    while (pos < from + max && pos < total) {
+        int r = wal_iter_next(it, &rec, err);
+        if (r == 0 && !waited) {
+            /* total counts records as they are appended, and the WAL writes
+             * them to the file in groups: the iterator ends at what is
+             * written. Every byte below total is readable once the last
+             * record counted is durable, so wait for it and go on, rather
+             * than return a short read (an early end of file) below the
+             * size the file has. */
+            waited = true;
+            if ((rc = eng_wait(e, last_seq, err)) != STM_OK) break;
+            continue;
+        }
+        if (r < 0) rc = err ? err->code : STM_WAL_IO_ERROR;
+        if (r != 1) break;
         if (rec.seq > eng_acked_seq(e) && (rc = eng_wait(e, rec.seq, err)) != STM_OK) break;
         buf_reset(&line);
         eng_render_entry(&line, rec.payload, rec.len, rec.offset, rec.seq);

@@ -907,6 +907,263 @@ START_TEST(subscription_from_compacted_offset)
 }
 END_TEST
 
+/* The whole entries file as one read, with its size. */
+static void entries_text(eng *e, buf *out, uint64_t *total)
+{
+    stm_err err;
+    buf_reset(out);
+    stm_code rc = eng_entries_read(e, 0, SIZE_MAX / 2, out, total, &err);
+    ck_assert_msg(rc == STM_OK, "eng_entries_read: %s", err.msg);
+}
+
+/* What wal/entries must hold: one line per record of the log, checkpoints
+ * included, read by a separate read-only WAL iteration. Counts the
+ * checkpoints at a segment's start (rotation) and the others (periodic). */
+static void entries_from_wal(const char *dir, buf *out, int *rotation_ckpts, int *periodic_ckpts)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/wal", dir);
+    wal_opts o = {.dir = path, .segment_size = 64u << 20, .read_only = true};
+    wal *w;
+    stm_err err;
+    ck_assert_msg(wal_open(&o, &w, NULL, &err) == STM_OK, "%s", err.msg);
+    wal_iter *it;
+    ck_assert_int_eq(wal_iter_open(w, 0, false, &it, &err), STM_OK);
+    wal_record r;
+    int k;
+    buf_reset(out);
+    *rotation_ckpts = *periodic_ckpts = 0;
+    while ((k = wal_iter_next(it, &r, &err)) == 1) {
+        buf_puts(out, "{\"entry\":");
+        buf_add(out, r.payload, r.len);
+        buf_printf(out, ",\"offset\":%llu,\"sequence\":%llu}\n", (unsigned long long)r.offset,
+                   (unsigned long long)r.seq);
+        if (r.type == WAL_T_CHECKPOINT) {
+            if (WAL_OFF_POS(r.offset) == 0) (*rotation_ckpts)++;
+            else (*periodic_ckpts)++;
+        }
+    }
+    ck_assert_msg(k == 0, "%s", err.msg);
+    wal_iter_close(it);
+    wal_close(w, NULL);
+}
+
+/* Reads the file in pieces of step bytes, as cat and tail do (each a read
+ * at an offset, found through the sparse index); they must join into the
+ * whole. */
+static void check_piecewise(eng *e, const buf *whole, size_t step)
+{
+    buf got = {0}, piece = {0};
+    uint64_t total = 0;
+    stm_err err;
+    for (uint64_t off = 0; off < whole->len; off += step) {
+        buf_reset(&piece);
+        ck_assert_int_eq(eng_entries_read(e, off, step, &piece, &total, &err), STM_OK);
+        ck_assert_uint_eq(total, whole->len);
+        ck_assert_uint_eq(piece.len, off + step < whole->len ? step : whole->len - off);
+        buf_add(&got, piece.data, piece.len);
+    }
+    ck_assert_uint_eq(got.len, whole->len);
+    ck_assert_msg(memcmp(got.data, whole->data, whole->len) == 0, "pieces of %zu differ", step);
+    buf_free(&got);
+    buf_free(&piece);
+}
+
+/* Appends the entries line of every event ready for s (ring or catch-up). */
+static void drain_lines(eng_sub *s, buf *out)
+{
+    eng_event ev;
+    int r;
+    while ((r = eng_sub_next(s, &ev, NULL)) == 1) buf_puts(out, ev.entry_line);
+    ck_assert_int_eq(r, 0);
+}
+
+/* wal/entries is every record of the log, checkpoints included. A running
+ * log writes checkpoints on its own, first in every new segment and every
+ * WAL_CHECKPOINT_EVERY bytes; each one used to be left out of the file's
+ * size and index (only a restart counted it): the file ended mid-record
+ * and reads at an offset started at the wrong byte. Live, after a reopen
+ * and through a watch of every record, the lines must be the log's. */
+START_TEST(entries_count_runtime_checkpoints)
+{
+    char *dir = tmpdir();
+    eng_opts o;
+    eng_opts_defaults(&o);
+    o.data_dir = dir;
+    o.segment_size = 3u << 20; /* a rotation every few big events, 1 MiB checkpoints between */
+    o.compact_enabled = false;
+    stm_err err;
+    ck_assert_int_eq(wal_sync_policy_parse("never", &o.sync, &err), STM_OK);
+    eng *e;
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    eng_sub *s;
+    eng_filter all = {0}; /* what wal/watch subscribes with */
+    ck_assert_int_eq(eng_subscribe(e, &all, wake_noop, NULL, &s, &err), STM_OK);
+    buf watched = {0}, changes = {0};
+    cJSON_Delete(ok(e, "PUT_MACHINE",
+                    "{\"machine\":\"loop\",\"version\":1,\"definition\":{\"states\":[\"on\"],"
+                    "\"initial\":\"on\",\"transitions\":[{\"from\":\"on\",\"event\":\"TICK\","
+                    "\"to\":\"on\"}]}}"));
+    cJSON_Delete(ok(e, "CREATE_INSTANCE", "{\"machine\":\"loop\",\"version\":1,\"instance_id\":\"big\"}"));
+    cJSON_Delete(ok(e, "CREATE_INSTANCE", "{\"machine\":\"loop\",\"version\":1,\"instance_id\":\"sm\"}"));
+    /* 12 records of about 600 KB (the payload and the context it makes) */
+    size_t pad = 300000;
+    char *p = malloc(pad + 128);
+    for (int i = 0; i < 12; i++) {
+        int n = snprintf(p, 128, "{\"instance_id\":\"big\",\"event\":\"TICK\",\"payload\":{\"p\":\"%d", i);
+        memset(p + n, 'x', pad);
+        strcpy(p + n + pad, "\"}}");
+        cJSON_Delete(ok(e, "APPLY_EVENT", p));
+        drain_lines(s, &watched); /* as a reader of wal/watch keeps up */
+    }
+    free(p);
+    /* then enough small ones for the sparse index (a point every 256 lines) */
+    char q[128];
+    for (int i = 0; i < 600; i++) {
+        snprintf(q, sizeof q, "{\"instance_id\":\"sm\",\"event\":\"TICK\",\"payload\":{\"i\":%d}}", i);
+        cJSON_Delete(ok(e, "APPLY_EVENT", q));
+    }
+    drain_lines(s, &watched);
+
+    buf want = {0}, have = {0};
+    int rot, per;
+    entries_from_wal(dir, &want, &rot, &per);
+    ck_assert_int_ge(rot, 2);
+    ck_assert_int_ge(per, 2);
+    uint64_t total;
+    entries_text(e, &have, &total);
+    ck_assert_uint_eq(total, want.len);
+    ck_assert_uint_eq(have.len, want.len);
+    ck_assert_msg(memcmp(have.data, want.data, want.len) == 0, "live entries differ from the log");
+    check_piecewise(e, &want, 128u << 10);
+    check_piecewise(e, &want, 4093);
+
+    /* wal/watch: the entries line of every record that is a change, the
+     * same bytes as in the file; checkpoints, the log's own bookkeeping,
+     * are in the file only */
+    for (const char *l = want.data, *end = want.data + want.len; l < end;) {
+        const char *nl = memchr(l, '\n', (size_t)(end - l));
+        static const char ckpt[] = "{\"entry\":{\"type\":\"checkpoint\","; /* verbatim payload */
+        if (strncmp(l, ckpt, sizeof ckpt - 1) != 0) buf_add(&changes, l, (size_t)(nl + 1 - l));
+        l = nl + 1;
+    }
+    ck_assert_uint_eq(watched.len, changes.len);
+    ck_assert_msg(memcmp(watched.data, changes.data, changes.len) == 0, "wal/watch lines differ");
+    eng_unsubscribe(s);
+
+    /* a reopen counts from the log: the same lines, and the checkpoint the
+     * close wrote after them */
+    eng_close(e);
+    size_t live_len = want.len;
+    entries_from_wal(dir, &want, &rot, &per);
+    ck_assert_uint_gt(want.len, live_len);
+    ck_assert_int_eq(memcmp(have.data, want.data, live_len), 0);
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    entries_text(e, &have, &total);
+    ck_assert_uint_eq(total, want.len);
+    ck_assert_uint_eq(have.len, want.len);
+    ck_assert_msg(memcmp(have.data, want.data, want.len) == 0, "reopened entries differ");
+    check_piecewise(e, &want, 128u << 10);
+    eng_close(e);
+    buf_free(&want);
+    buf_free(&have);
+    buf_free(&watched);
+    buf_free(&changes);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+/* The entries file's size counts records as they are appended; the WAL
+ * writes them to the file a little later. A read below that size must
+ * still return every byte up to it (waiting for the records to be
+ * durable), never end early: a short read is an end of file to the reader. */
+START_TEST(entries_read_below_size_is_whole)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, "never"); /* unwaited records are written within 1 ms */
+    cJSON_Delete(ok(e, "PUT_MACHINE",
+                    "{\"machine\":\"loop\",\"version\":1,\"definition\":{\"states\":[\"on\"],"
+                    "\"initial\":\"on\",\"transitions\":[{\"from\":\"on\",\"event\":\"TICK\","
+                    "\"to\":\"on\"}]}}"));
+    cJSON_Delete(ok(e, "CREATE_INSTANCE", "{\"machine\":\"loop\",\"version\":1,\"instance_id\":\"t\"}"));
+    cJSON *p = cJSON_Parse("{\"instance_id\":\"t\",\"event\":\"TICK\",\"payload\":{\"n\":0}}");
+    buf text = {0}, tail = {0};
+    stm_err err;
+    for (int i = 0; i < 20; i++) {
+        cJSON_SetNumberValue(cJSON_GetObjectItem(cJSON_GetObjectItem(p, "payload"), "n"), i);
+        cJSON *r = NULL;
+        uint64_t seq;
+        ck_assert_int_eq(eng_call(e, "APPLY_EVENT", p, &r, &seq, &err), STM_OK); /* no wait */
+        cJSON_Delete(r);
+        uint64_t total;
+        entries_text(e, &text, &total);
+        ck_assert_uint_eq(text.len, total);
+        buf_reset(&tail);
+        ck_assert_int_eq(eng_entries_read(e, total - 10, 10, &tail, &total, &err), STM_OK);
+        ck_assert_uint_eq(tail.len, 10);
+        ck_assert_int_eq(memcmp(tail.data, text.data + total - 10, 10), 0);
+    }
+    cJSON_Delete(p);
+    buf_free(&text);
+    buf_free(&tail);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+/* An atomic batch torn by a crash stays in the log (and in wal/entries,
+ * which shows the log) though replay drops it: its lines count toward the
+ * file's size like any other. */
+START_TEST(entries_count_torn_batch)
+{
+    char *dir = tmpdir();
+    char path[4200];
+    snprintf(path, sizeof path, "%s/wal", dir);
+    ck_assert_int_eq(mkdir(path, 0755), 0);
+    static const char *recs[] = {
+        "{\"definition\":{\"initial\":\"on\",\"states\":[\"on\"],\"transitions\":[{\"event\":"
+        "\"TICK\",\"from\":\"on\",\"to\":\"on\"}]},\"machine\":\"loop\",\"ts\":1,\"type\":"
+        "\"put_machine\",\"version\":1}",
+        /* the first record of a batch of two whose last never came */
+        "{\"initial_ctx\":{},\"initial_state\":\"on\",\"instance_id\":\"a\",\"machine\":\"loop\","
+        "\"ts\":2,\"txn\":2,\"type\":\"create_instance\",\"version\":1}",
+        "{\"initial_ctx\":{},\"initial_state\":\"on\",\"instance_id\":\"b\",\"machine\":\"loop\","
+        "\"ts\":3,\"type\":\"create_instance\",\"version\":1}",
+    };
+    wal_opts wo = {.dir = path, .segment_size = 64u << 20};
+    wal *w;
+    stm_err err;
+    ck_assert_int_eq(wal_open(&wo, &w, NULL, &err), STM_OK);
+    for (size_t i = 0; i < sizeof recs / sizeof recs[0]; i++) {
+        wal_record r;
+        ck_assert_int_eq(wal_append(w, i ? WAL_T_CREATE_INSTANCE : WAL_T_PUT_MACHINE, recs[i],
+                                    (uint32_t)strlen(recs[i]), &r, &err), STM_OK);
+    }
+    ck_assert_int_eq(wal_close(w, &err), STM_OK);
+
+    eng *e = open_dir(dir, "never");
+    fails(e, "GET_INSTANCE", "{\"instance_id\":\"a\"}", STM_INSTANCE_NOT_FOUND, NULL);
+    cJSON_Delete(ok(e, "GET_INSTANCE", "{\"instance_id\":\"b\"}"));
+    eng_close(e); /* its closing checkpoint is in the log too */
+    buf want = {0}, have = {0};
+    int rot, per;
+    entries_from_wal(dir, &want, &rot, &per);
+    e = open_dir(dir, "never");
+    uint64_t total;
+    entries_text(e, &have, &total);
+    ck_assert_uint_eq(total, want.len);
+    ck_assert_uint_eq(have.len, want.len);
+    ck_assert_int_eq(memcmp(have.data, want.data, want.len), 0);
+    eng_close(e);
+    buf_free(&want);
+    buf_free(&have);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     testdata = getenv("STMFS_TESTDATA");
@@ -926,6 +1183,9 @@ int main(void)
     tcase_add_test(tc, replay_at_offset);
     tcase_add_test(tc, compaction_keeps_everything);
     tcase_add_test(tc, subscription_from_compacted_offset);
+    tcase_add_test(tc, entries_count_runtime_checkpoints);
+    tcase_add_test(tc, entries_read_below_size_is_whole);
+    tcase_add_test(tc, entries_count_torn_batch);
     tcase_add_test(tc, limits_refuse_and_name_the_key);
     tcase_add_test(tc, rstmdb_fixture);
     tcase_add_test(tc, rstmdb_fixture_torn);

@@ -117,4 +117,77 @@ test_expect_success PYTHON 'RCP agrees on the count' - <<\EOT
     stop_mount "$M"
 EOT
 
+# big_then_small MNT: three events of 400 KB to one instance (records of
+# 0.8 to 1.6 MB with the context they make), then 600 small ones to
+# another, in one write: the running log writes checkpoints of its own
+# between them (every 1 MiB of records, and first in every new segment).
+big_then_small() {
+    local m=$1 i
+    mkdir "$m/machines/t" &&
+    echo '{"states":["s"],"initial":"s","transitions":[{"from":"s","event":"E","to":"s"}]}' \
+        >"$m/machines/t/definition.json" &&
+    echo big >"$m/machines/t/new" &&
+    echo sm >"$m/machines/t/new" || return 1
+    for i in 1 2 3; do
+        python3 -c "import json; print('E ' + json.dumps({'p$i': 'x' * 400000}))" \
+            >"$m/instances/big/events" || return 1
+    done
+    for i in $(seq 600); do echo "E {\"i\":$i}"; done >"$m/instances/sm/events"
+}
+
+# Those checkpoints are lines of wal/entries like every record. They used
+# to be left out of its size until a restart: the file ended in the middle
+# of a record, the newest records never showed, and a read at an offset
+# (cat after its first 128 KiB) started at the wrong byte.
+test_expect_success PYTHON 'wal/entries is `stmfs wal dump`, with the checkpoints the running log wrote' - <<\EOT
+    start_mount ent-data ent-mnt &&
+    big_then_small ent-mnt &&
+    cat ent-mnt/wal/entries >entries.txt &&
+    "$STMFS" wal dump ent-data >dump.txt &&
+    jq -c "select(.entry.type == \"checkpoint\") | .sequence" dump.txt >ckpts &&
+    test_line_count -ge 2 ckpts &&
+    : "as JSON: the dump sorts the keys of a checkpoint, the file shows its bytes" &&
+    jq -cS . dump.txt >dump.norm &&
+    jq -cS . entries.txt >entries.norm &&
+    test_cmp dump.norm entries.norm &&
+    test "$(stat -c %s ent-mnt/wal/entries)" = "$(wc -c <entries.txt)" &&
+    : "the file ends with the newest record, whole" &&
+    tail -n 1 dump.txt >last.want &&
+    tail -c "$(wc -c <last.want)" ent-mnt/wal/entries >last.got &&
+    test_cmp last.want last.got &&
+    stop_mount ent-mnt
+EOT
+
+test_expect_success PYTHON 'tail -f wal/entries and cat wal/watch follow across checkpoints and new segments' - <<\EOT
+    printf "storage:\n  wal_segment_size_mb: 1\n" >small-seg.yaml &&
+    start_mount rot-data rot-mnt -c small-seg.yaml &&
+    bg_run tailer tail -n +1 -s 0.2 -f rot-mnt/wal/entries >tailed.txt &&
+    bg_run watcher cat rot-mnt/wal/watch >watched.txt &&
+    : "wait until cat sits in read(2) or copy_file_range(2) (syscall 0 or 326)" &&
+    test_poll 10 "grep -qE \"^(0|326) \" /proc/$watcher/syscall" &&
+    big_then_small rot-mnt &&
+    "$STMFS" wal dump rot-data >rot-dump.txt &&
+    ls rot-data/wal/*.wal >segments &&
+    test_line_count -ge 3 segments &&
+    n=$(wc -l <rot-dump.txt) &&
+    test_poll 30 "[ \$(wc -l <tailed.txt) -ge $n ]" &&
+    k=$(jq -c "select(.entry.type != \"checkpoint\")" rot-dump.txt | wc -l) &&
+    test_poll 30 "[ \$(wc -l <watched.txt) -ge $k ]" &&
+    bg_stop "$tailer" &&
+    bg_stop "$watcher" &&
+    python3 - rot-dump.txt tailed.txt watched.txt <<-\PY &&
+	import json, sys
+	dump, tailed, watched = ([json.loads(l) for l in open(f)] for f in sys.argv[1:])
+	ckpts = [d for d in dump if d["entry"]["type"] == "checkpoint"]
+	assert len(ckpts) >= 3, "%d checkpoints" % len(ckpts)
+	assert tailed == dump, "tail -f: %d lines, the log %d" % (len(tailed), len(dump))
+	# wal/watch streams the changes: every record but the log's own
+	# checkpoints, each as the same line as in wal/entries
+	changes = [d for d in dump if d["entry"]["type"] != "checkpoint"]
+	assert watched == changes, "wal/watch: %d lines, %d changes" % (len(watched), len(changes))
+	print("%d lines followed, %d checkpoints among them" % (len(tailed), len(ckpts)))
+	PY
+    stop_mount rot-mnt
+EOT
+
 test_done
