@@ -470,7 +470,8 @@ static void cut_group(wal *w, const wal_chunk *gc, size_t ncs)
     for (size_t i = 0; i < ncs; i++) {
         wal_seg *s = gc[i].seg;
         bool seen = false;
-        for (size_t j = 0; j < i && !seen; j++) seen = gc[j].seg == s;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = gc[j].seg == s;
         if (seen || s->fd < 0) continue;
         if (w->io->ftruncate(s->fd, (off_t)gc[i].pos) == 0) {
             w->io->fdatasync(s->fd);
@@ -875,7 +876,8 @@ stm_code wal_open(const wal_opts *opts, wal **out, wal_recovery *rep, stm_err *e
                     ? stm_fail(err, STM_WAL_IO_ERROR,
                                "the write-ahead log in %s is in use by another process (a "
                                "running `stmfs mount` or `stmfs serve` on the same data "
-                               "directory?); stop it first (a read-only mount, -o ro, may run beside it)",
+                               "directory?); stop it first (a read-only mount, -o ro, may run "
+                               "beside it)",
                                w->dir)
                     : stm_fail(err, STM_WAL_IO_ERROR, "cannot lock the directory %s: %s", w->dir,
                                strerror(e));
