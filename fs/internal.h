@@ -40,14 +40,20 @@
  * refuses anything fs_name_encode could not have produced (returns false). */
 void fs_name_encode(const char *raw, buf *out);
 bool fs_name_decode(const char *name, buf *out);
+/* The same; when it refuses, *why says what is wrong with the name, in
+ * words for a log line (a static string). */
+bool fs_name_decode_why(const char *name, buf *out, const char **why);
 bool fs_name_needs_escape(const char *raw);
 
 /* One line written to events: "EVENT [PAYLOAD-JSON]" or an APPLY_EVENT params
  * object. Builds the params object (instance_id from the path). Returns NULL
- * for an empty line (*err code STM_OK) or on a malformed one (err set). */
+ * for an empty line (*err code STM_OK) or on a malformed one (err set). A
+ * params object may name the path's instance_id, never another one
+ * (BAD_REQUEST). */
 cJSON *fs_event_line(const char *id, const char *line, size_t len, stm_err *err);
 /* One line written to new: "ID [CTX-JSON]" or a CREATE_INSTANCE params
- * object; machine and version (newest) from the path. */
+ * object; machine and version (newest) from the path. A params object may
+ * name the path's machine, never another one (BAD_REQUEST). */
 cJSON *fs_new_line(const char *machine, uint32_t version, const char *line, size_t len,
                    stm_err *err);
 /* "7.json" -> 7; false for anything else. */

@@ -53,8 +53,11 @@ static int hexval(char c)
     return -1;
 }
 
-bool fs_name_decode(const char *name, buf *out)
+bool fs_name_decode_why(const char *name, buf *out, const char **why)
 {
+    const char *dummy;
+    if (!why) why = &dummy;
+    *why = NULL;
     if (strcmp(name, "%00") == 0) return true; /* the empty id */
     if (strcmp(name, "%2E") == 0) {
         buf_putc(out, '.');
@@ -71,18 +74,36 @@ bool fs_name_decode(const char *name, buf *out)
             continue;
         }
         int h = hexval(p[1]), l = h < 0 ? -1 : hexval(p[2]);
-        if (h < 0 || l < 0) return false;
+        if (h < 0 || l < 0) {
+            *why = "a '%' that is not followed by two hex digits";
+            return false;
+        }
         char c = (char)(h * 16 + l);
         /* only the two escapes encoding makes, upper-case, are names */
-        if ((c != '%' && c != '/') || p[1] != '2' || (p[2] != '5' && p[2] != 'F')) return false;
+        if ((c != '%' && c != '/') || p[1] != '2' || (p[2] != '5' && p[2] != 'F')) {
+            *why = "an escape other than %25 (for %) and %2F (for /)";
+            return false;
+        }
         buf_putc(out, c);
         p += 2;
     }
     /* "." or ".." can only be spelled with escapes, and "" only as %00 */
     const char *d = out->data ? out->data + start : "";
     size_t n = out->len - start;
-    if (n == 0 || (n == 1 && d[0] == '.') || (n == 2 && d[0] == '.' && d[1] == '.')) return false;
+    if (n == 0) {
+        *why = "an empty name (the empty id is written %00)";
+        return false;
+    }
+    if ((n == 1 && d[0] == '.') || (n == 2 && d[0] == '.' && d[1] == '.')) {
+        *why = "a name that decodes to . or .. (written %2E and %2E%2E)";
+        return false;
+    }
     return true;
+}
+
+bool fs_name_decode(const char *name, buf *out)
+{
+    return fs_name_decode_why(name, out, NULL);
 }
 
 bool fs_version_name(const char *name, uint32_t *v)
@@ -129,6 +150,38 @@ static bool text_ok(const char *line, size_t len, stm_err *err)
     return true;
 }
 
+/* A params object may name its instance (machine), but only the one of its
+ * path: a line naming another would otherwise be applied where the writer
+ * did not write. Checks every occurrence of key (JSON may repeat a key),
+ * then removes them; the caller adds the path's own. what is how the
+ * message calls the key; the path is dir/<want, encoded>/file. */
+static bool own_name(cJSON *p, const char *key, const char *what, const char *want,
+                     const char *dir, const char *file, stm_err *err)
+{
+    for (cJSON *c = p->child; c; c = c->next) {
+        if (!c->string || strcmp(c->string, key) != 0) continue;
+        if (cJSON_IsString(c) && strcmp(c->valuestring, want) == 0) continue;
+        buf where = {0};
+        buf_printf(&where, "%s/", dir);
+        fs_name_encode(want, &where);
+        buf_printf(&where, "/%s", file);
+        if (!cJSON_IsString(c)) {
+            stm_fail(err, STM_BAD_REQUEST, "the line's %s is not a string; this is %s", key,
+                     buf_cstr(&where));
+        } else {
+            size_t n = strlen(c->valuestring);
+            stm_fail(err, STM_BAD_REQUEST, "the line names %s '%.*s%s' but this is %s", what,
+                     (int)(n > 128 ? 128 : n), c->valuestring, n > 128 ? "..." : "",
+                     buf_cstr(&where));
+        }
+        buf_free(&where);
+        return false;
+    }
+    while (cJSON_GetObjectItemCaseSensitive(p, key))
+        cJSON_DeleteItemFromObjectCaseSensitive(p, key);
+    return true;
+}
+
 cJSON *fs_event_line(const char *id, const char *line, size_t len, stm_err *err)
 {
     err->code = STM_OK;
@@ -139,7 +192,10 @@ cJSON *fs_event_line(const char *id, const char *line, size_t len, stm_err *err)
     if (line[0] == '{') {
         p = json_parse(line, len, err);
         if (!p) return NULL;
-        cJSON_DeleteItemFromObjectCaseSensitive(p, "instance_id");
+        if (!own_name(p, "instance_id", "instance", id, "instances", "events", err)) {
+            cJSON_Delete(p);
+            return NULL;
+        }
     } else {
         size_t wl, rl;
         const char *rest;
@@ -178,7 +234,10 @@ cJSON *fs_new_line(const char *machine, uint32_t version, const char *line, size
     if (line[0] == '{') {
         p = json_parse(line, len, err);
         if (!p) return NULL;
-        cJSON_DeleteItemFromObjectCaseSensitive(p, "machine");
+        if (!own_name(p, "machine", "machine", machine, "machines", "new", err)) {
+            cJSON_Delete(p);
+            return NULL;
+        }
         if (!json_get(p, "version")) cJSON_AddNumberToObject(p, "version", version);
     } else {
         size_t wl, rl;

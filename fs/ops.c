@@ -13,7 +13,12 @@
  * returns only once the records are durable (eng_wait) and the notifier has
  * invalidated what they changed, so the writer's next read sees them. A
  * definition is collected in the handle and put at flush (close(2)), so it
- * may come in any chunks; a rejected one fails close. Handlers never call
+ * may come in any chunks; a rejected one fails close. The kernel sends a
+ * FLUSH at every close(2) of any descriptor of the open file, also when a
+ * child that inherited one exits: only a FLUSH from the process that opened
+ * the file ends its input (a trailing partial line, a definition); the last
+ * close (RELEASE) ends whatever is left, with its error in the error file
+ * and the log, since RELEASE has nobody to return it to. Handlers never call
  * the kernel's notify functions themselves (a notification inside a request
  * can deadlock): they queue it for the notifier thread.
  */
@@ -48,6 +53,8 @@ typedef struct fh {
                                    the lines after it were meant to follow it,
                                    so every later write on this handle fails
                                    the same way */
+    pid_t opener;               /* writing: the thread that opened it (the
+                                   FUSE request's pid is a thread id) */
     fs_blob *blob;              /* read snapshot */
     buf w;                      /* events/new: partial line; definitions: content */
     fs_watchfh *watch;
@@ -752,6 +759,7 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
     }
     fh *h = fh_new(f, n);
     h->writing = wr;
+    if (wr) h->opener = fuse_req_ctx(req)->pid;
     if (k == K_VERSION && wr) {
         char tn[32];
         version_temp_name(n->ver, tn);
@@ -985,8 +993,9 @@ static stm_code apply_line(fs *f, fh *h, const char *line, size_t len, uint64_t 
 }
 
 /* Makes the records up to seq durable and visible; queues the error file's
- * invalidation if one was written. ferr is the error of the failed line. */
-static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, const stm_err *ferr)
+ * invalidation if one was written. ferr is the error of the failed line; if
+ * the log fails instead, it becomes that error. */
+static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, stm_err *ferr)
 {
     stm_err err;
     int r = 0;
@@ -999,6 +1008,7 @@ static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, const stm_err *fe
             r = fs_errno_of_err(&err);
             fs_set_error(f, h->kind != K_EVENTS, h->a, &err, NULL, NULL, 0);
             failed = err.code;
+            *ferr = err;
         }
     }
     if (failed != STM_OK) {
@@ -1018,8 +1028,9 @@ static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, const stm_err *fe
  * were applied, the write is cut short there (*consumed = the bytes of the
  * current write that were applied), like a pipe that takes part of a
  * buffer: the caller sends the rest again and then gets the errno, so
- * nothing after a failing line is ever applied. */
-static int apply_lines(fs *f, fh *h, bool all, size_t prev, size_t *consumed)
+ * nothing after a failing line is ever applied. why (may be NULL) gets the
+ * error when the result is one. */
+static int apply_lines(fs *f, fh *h, bool all, size_t prev, size_t *consumed, stm_err *why)
 {
     uint64_t seq = 0;
     stm_code failed = STM_OK;
@@ -1045,16 +1056,20 @@ static int apply_lines(fs *f, fh *h, bool all, size_t prev, size_t *consumed)
     memmove(h->w.data, h->w.data + start, h->w.len - start);
     h->w.len -= start;
     if (h->w.data) h->w.data[h->w.len] = 0;
-    return settle(f, h, seq, failed, &err);
+    int r = settle(f, h, seq, failed, &err);
+    if (r && why) *why = err;
+    return r;
 }
 
 /* ---- definitions ---------------------------------------------------------- */
 
 /* Puts text as a definition of machine m: exactly version `ver` when
  * explicit, else the newest version if identical (nothing new) or the next
- * one. yaml says how to read the text. */
+ * one. yaml says how to read the text. *no_number is set when the newest
+ * is the highest number there is, so there is no next one. */
 static stm_code put_definition(fs *f, const char *m, const char *text, size_t len, bool yaml,
-                               uint32_t ver, bool explicit_ver, uint64_t *seq, stm_err *err)
+                               uint32_t ver, bool explicit_ver, uint64_t *seq, bool *no_number,
+                               stm_err *err)
 {
     cJSON *def = yaml ? def_yaml_to_json(text, len, err) : json_parse(text, len, err);
     if (!def) return err->code ? err->code : STM_BAD_REQUEST;
@@ -1074,6 +1089,15 @@ static stm_code put_definition(fs *f, const char *m, const char *text, size_t le
         cJSON_Delete(res);
         /* different from the newest: it becomes the next version */
         if (c == STM_MACHINE_VERSION_EXISTS && !explicit_ver && attempt == 0 && has) {
+            if (latest == UINT32_MAX) {
+                /* latest + 1 would wrap to 0 */
+                *no_number = true;
+                c = stm_fail(err, STM_MACHINE_VERSION_LIMIT_EXCEEDED,
+                             "machine '%s' already has version %u, the highest there can be, "
+                             "so no version number is left for a new definition",
+                             m, UINT32_MAX);
+                break;
+            }
             try_ver = latest + 1;
             continue;
         }
@@ -1095,13 +1119,15 @@ static void forget_empty_machine(fs *f, const char *m)
     pthread_mutex_unlock(&f->lock);
 }
 
-/* Defines from text and waits until it is durable and visible. */
+/* Defines from text and waits until it is durable and visible. why (may
+ * be NULL) gets the error when the result is one. */
 static int define(fs *f, const char *m, const char *text, size_t len, bool yaml, uint32_t ver,
-                  bool explicit_ver)
+                  bool explicit_ver, stm_err *why)
 {
     stm_err err = {0};
     uint64_t seq = 0;
-    stm_code c = put_definition(f, m, text, len, yaml, ver, explicit_ver, &seq, &err);
+    bool no_number = false;
+    stm_code c = put_definition(f, m, text, len, yaml, ver, explicit_ver, &seq, &no_number, &err);
     if (c != STM_OK) {
         fs_set_error(f, true, m, &err, NULL, NULL, 0);
         pthread_mutex_lock(&f->lock);
@@ -1109,10 +1135,13 @@ static int define(fs *f, const char *m, const char *text, size_t len, bool yaml,
         uint64_t ino = en ? en->ino : 0;
         pthread_mutex_unlock(&f->lock);
         if (ino) fs_notify_inval(f, ino, 0, NULL, false);
+        if (why) *why = err;
+        if (no_number) return EOVERFLOW;
         return c == STM_WAL_IO_ERROR ? fs_errno_of_err(&err) : fs_errno_of(c);
     }
     if (eng_wait(f->e, seq, &err) != STM_OK) {
         fs_set_error(f, true, m, &err, NULL, NULL, 0);
+        if (why) *why = err;
         return fs_errno_of_err(&err);
     }
     forget_empty_machine(f, m);
@@ -1156,7 +1185,7 @@ static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t
         }
         size_t prev = h->w.len;
         buf_add(&h->w, data, size);
-        r = apply_lines(f, h, false, prev, &size);
+        r = apply_lines(f, h, false, prev, &size, NULL);
         if (!r && h->w.len > f->max_line) {
             /* refuse before it eats memory */
             stm_err err;
@@ -1198,8 +1227,11 @@ static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t
         fuse_reply_write(req, size);
 }
 
-/* What close(2) reports: the last partial line, or the whole definition. */
-static int finish(fs *f, fh *h)
+/* Ends the input of a handle: applies the last partial line, or puts the
+ * whole definition. Returns what close(2) reports; why (may be NULL) gets
+ * the error. A rejected line fails the handle as a rejected write does:
+ * nothing written after it is applied. */
+static int finish(fs *f, fh *h, stm_err *why)
 {
     int r = 0;
     pthread_mutex_lock(&h->lock);
@@ -1208,12 +1240,14 @@ static int finish(fs *f, fh *h)
     case K_NEW:
         if (h->w.len && !h->failed) {
             size_t consumed;
-            r = apply_lines(f, h, true, 0, &consumed);
+            r = apply_lines(f, h, true, 0, &consumed, why);
+            if (r) h->failed = r;
         }
         break;
     case K_DEF_JSON:
     case K_DEF_YAML:
-        if (h->dirty && h->w.len) r = define(f, h->a, h->w.data, h->w.len, h->kind == K_DEF_YAML, 0, false);
+        if (h->dirty && h->w.len)
+            r = define(f, h->a, h->w.data, h->w.len, h->kind == K_DEF_YAML, 0, false, why);
         h->dirty = false;
         break;
     case K_VERSION:
@@ -1226,7 +1260,7 @@ static int finish(fs *f, fh *h)
             size_t len = t ? t->data.len : 0;
             pthread_mutex_unlock(&f->lock);
             if (text) {
-                r = define(f, h->a, text, len, false, h->ver, true);
+                r = define(f, h->a, text, len, false, h->ver, true, why);
                 free(text);
                 /* defined or refused, the pending file goes: the versions
                  * dir shows what the engine holds */
@@ -1295,6 +1329,37 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
     fh_put(h);
 }
 
+/* The thread group (process) of a thread, from /proc; -1 if unknown. */
+static pid_t tgid_of(pid_t tid)
+{
+    char path[64], b[512];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, b, sizeof b - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    b[n] = 0;
+    const char *t = strstr(b, "\nTgid:");
+    return t ? (pid_t)strtol(t + 6, NULL, 10) : -1;
+}
+
+/* Is the thread that sent a FLUSH part of the process that opened the
+ * file? Requests carry thread ids, and a multithreaded program (Go, Java,
+ * Python with threads) may close on another thread than it opened on. When
+ * the opening thread is gone and was not the main thread, the answer is
+ * no, and the handle is finished at RELEASE. */
+static bool same_process(pid_t opener, pid_t flusher)
+{
+    if (opener == flusher) return true;
+    if (opener <= 0 || flusher <= 0) return false;
+    pid_t t = tgid_of(flusher);
+    if (t < 0) return false;
+    if (t == opener) return true; /* opened on the main thread */
+    return tgid_of(opener) == t;
+}
+
+/* Every close(2) of a descriptor of the file, in any process. */
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     (void)ino;
@@ -1306,10 +1371,32 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, f->no_open ? ENOSYS : 0);
         return;
     }
-    fuse_reply_err(req, h->self || !h->writing ? 0 : finish(f, h));
+    int r = 0;
+    /* A child exiting with an inherited stdout closes the file too, in the
+     * middle of its parent's output: only the opener's close ends it. */
+    if (h->writing && !h->self && same_process(h->opener, fuse_req_ctx(req)->pid))
+        r = finish(f, h, NULL);
+    fuse_reply_err(req, r);
     fh_put(h);
 }
 
+/* The path of a writable handle's file, for a log line. */
+static void handle_path(const fh *h, buf *out)
+{
+    buf_puts(out, h->kind == K_EVENTS ? "instances/" : "machines/");
+    fs_name_encode(h->a, out);
+    switch (h->kind) {
+    case K_EVENTS: buf_puts(out, "/events"); break;
+    case K_NEW: buf_puts(out, "/new"); break;
+    case K_DEF_JSON: buf_puts(out, "/definition.json"); break;
+    case K_DEF_YAML: buf_puts(out, "/definition.yaml"); break;
+    case K_VERSION: buf_printf(out, "/versions/%u.json", h->ver); break;
+    default: break;
+    }
+}
+
+/* The last close: the kernel waits for no answer, so an error of what is
+ * finished here goes to the error file (finish wrote it) and the log. */
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     (void)ino;
@@ -1319,7 +1406,24 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fuse_reply_err(req, 0);
         return;
     }
-    if (h->writing && !h->self) finish(f, h);
+    if (h->writing && !h->self) {
+        stm_err why = {0};
+        int r = finish(f, h, &why);
+        if (r) {
+            buf path = {0}, shown = {0};
+            handle_path(h, &path);
+            buf_add_shown(&shown, path.data ? path.data : "", path.len, 4096);
+            buf_puts(&shown, ": rejected at the last close (");
+            buf_puts(&shown, strerror(r));
+            buf_puts(&shown, "): ");
+            buf_puts(&shown, stm_code_name(why.code));
+            buf_puts(&shown, ": ");
+            buf_add_shown(&shown, why.msg, strlen(why.msg), sizeof why.msg);
+            log_warn("mount: %s", buf_cstr(&shown));
+            buf_free(&path);
+            buf_free(&shown);
+        }
+    }
     fh_free(h);  /* the table's reference */
     fh_put(h);   /* ours; the last user frees it */
     fuse_reply_err(req, 0);
@@ -1454,7 +1558,22 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
     } else if (f->ro) {
         fuse_reply_err(req, EROFS);
     } else if (kind_of(p) == K_MACHINES) {
-        if (!fs_name_decode(name, &raw) || strlen(buf_cstr(&raw)) > ENG_MAX_ID_LEN) {
+        const char *why = NULL;
+        if (!fs_name_decode_why(name, &raw, &why) || strlen(buf_cstr(&raw)) > ENG_MAX_ID_LEN) {
+            /* nothing else can say why: there is no machine, so no error file */
+            if (why) {
+                buf lit = {0}, shown = {0}, shown_lit = {0};
+                fs_name_encode(name, &lit);
+                buf_add_shown(&shown, name, strlen(name), 4096);
+                buf_add_shown(&shown_lit, buf_cstr(&lit), lit.len, 4096);
+                log_warn("mount: mkdir machines/%s: Invalid argument: not a valid escaped name "
+                         "(%s); in the mount %%25 stands for %% and %%2F for /, so a literal "
+                         "%% is written %%25: machines/%s",
+                         buf_cstr(&shown), why, buf_cstr(&shown_lit));
+                buf_free(&lit);
+                buf_free(&shown);
+                buf_free(&shown_lit);
+            }
             fuse_reply_err(req, EINVAL);
         } else if (machine_known(f, buf_cstr(&raw))) {
             fuse_reply_err(req, EEXIST);
@@ -1594,7 +1713,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
         char *text = xstrndup(st->data.data ? st->data.data : "", st->data.len);
         size_t len = st->data.len;
         pthread_mutex_unlock(&f->lock);
-        int r = define(f, m, text, len, dst == K_DEF_YAML, 0, false);
+        int r = define(f, m, text, len, dst == K_DEF_YAML, 0, false, NULL);
         free(text);
         if (r) {
             fuse_reply_err(req, r);
@@ -1659,6 +1778,28 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     const char *sname;
     bool self = fs_self_op(f, req, &sname) != SELF_NONE;
     enum fs_kind k = kind_of(n);
+    if (!self && (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
+        /* Modes and owners are fixed by the layout: a change is refused
+         * (saying yes and changing nothing would lie). Asking for what the
+         * file has already is no change, and succeeds: sed -i, install -m
+         * 644 and Python's shutil.copy set the mode they copied. */
+        if (f->ro) {
+            fuse_reply_err(req, EROFS);
+            return;
+        }
+        struct stat cur;
+        int r = fs_stat_node(f, n, &cur);
+        if (r < 0) {
+            fuse_reply_err(req, -r);
+            return;
+        }
+        if (((to_set & FUSE_SET_ATTR_MODE) && (attr->st_mode & 07777) != (cur.st_mode & 07777)) ||
+            ((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != cur.st_uid) ||
+            ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != cur.st_gid)) {
+            fuse_reply_err(req, EPERM);
+            return;
+        }
+    }
     if (!self && (to_set & FUSE_SET_ATTR_SIZE)) {
         if (f->ro) {
             fuse_reply_err(req, EROFS);
@@ -1691,8 +1832,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
         if (h) fh_put(h);
         /* events and new are streams: truncating them means nothing */
     }
-    /* modes, owners and times are fixed by the layout; accepted so that
-     * cp -p, editors and touch do not fail */
+    /* times are fixed by the layout too; accepted so that touch, cp -p
+     * and editors do not fail */
     struct stat st;
     if (!self) mark_cached(f, n, false);
     int r = fs_stat_node(f, n, &st);

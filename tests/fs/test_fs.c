@@ -76,6 +76,26 @@ START_TEST(names_decode_refuses_other_spellings)
 }
 END_TEST
 
+START_TEST(names_decode_says_why)
+{
+    const char *why = "unset";
+    buf b = {0};
+    ck_assert(fs_name_decode_why("o-1", &b, &why));
+    ck_assert_ptr_null(why);
+    buf_reset(&b);
+    ck_assert(!fs_name_decode_why("50%off", &b, &why));
+    ck_assert_ptr_nonnull(why);
+    ck_assert(strstr(why, "two hex digits") != NULL);
+    buf_reset(&b);
+    ck_assert(!fs_name_decode_why("%41", &b, &why));
+    ck_assert(strstr(why, "%25") != NULL);
+    buf_reset(&b);
+    ck_assert(!fs_name_decode_why("..", &b, &why));
+    ck_assert(strstr(why, "%2E%2E") != NULL);
+    buf_free(&b);
+}
+END_TEST
+
 START_TEST(version_names)
 {
     uint32_t v;
@@ -112,12 +132,30 @@ START_TEST(event_lines)
     free(c);
     cJSON_Delete(p);
 
-    l = "{\"event\": \"SHIP\", \"instance_id\": \"other\", \"expected_state\": \"paid\"}";
+    /* a params object may name its own instance, as often as it likes */
+    l = "{\"event\": \"SHIP\", \"instance_id\": \"o-1\", \"expected_state\": \"paid\", "
+        "\"instance_id\": \"o-1\"}";
     p = fs_event_line("o-1", l, strlen(l), &err);
     c = canon(p);
     ck_assert_str_eq(c, "{\"event\":\"SHIP\",\"expected_state\":\"paid\",\"instance_id\":\"o-1\"}");
     free(c);
     cJSON_Delete(p);
+
+    /* but never another one: it is refused, not redirected to the path's */
+    l = "{\"event\": \"SHIP\", \"instance_id\": \"other\", \"expected_state\": \"paid\"}";
+    p = fs_event_line("o-1", l, strlen(l), &err);
+    ck_assert_ptr_null(p);
+    ck_assert_int_eq(err.code, STM_BAD_REQUEST);
+    ck_assert_str_eq(err.msg, "the line names instance 'other' but this is instances/o-1/events");
+    l = "{\"event\": \"SHIP\", \"instance_id\": \"a/b\", \"instance_id\": \"x\"}";
+    p = fs_event_line("a/b", l, strlen(l), &err);
+    ck_assert_ptr_null(p);
+    ck_assert_str_eq(err.msg, "the line names instance 'x' but this is instances/a%2Fb/events");
+    l = "{\"event\": \"SHIP\", \"instance_id\": 7}";
+    p = fs_event_line("o-1", l, strlen(l), &err);
+    ck_assert_ptr_null(p);
+    ck_assert_int_eq(err.code, STM_BAD_REQUEST);
+    ck_assert(strstr(err.msg, "not a string") != NULL);
 
     p = fs_event_line("o-1", "   ", 3, &err);
     ck_assert_ptr_null(p);
@@ -164,13 +202,30 @@ START_TEST(new_lines)
     cJSON_Delete(p);
 
     /* an object keeps its own version, takes the machine from the path */
-    l = "{\"instance_id\": \"n-c\", \"machine\": \"x\", \"version\": 1, \"initial_ctx\": {\"k\": 1}}";
+    l = "{\"instance_id\": \"n-c\", \"version\": 1, \"initial_ctx\": {\"k\": 1}}";
     p = fs_new_line("order", 2, l, strlen(l), &err);
     c = canon(p);
     ck_assert_str_eq(c, "{\"initial_ctx\":{\"k\":1},\"instance_id\":\"n-c\",\"machine\":\"order\","
                         "\"version\":1}");
     free(c);
     cJSON_Delete(p);
+
+    /* it may name the path's machine, but no other */
+    l = "{\"instance_id\": \"n-d\", \"machine\": \"order\"}";
+    p = fs_new_line("order", 2, l, strlen(l), &err);
+    c = canon(p);
+    ck_assert_str_eq(c, "{\"instance_id\":\"n-d\",\"machine\":\"order\",\"version\":2}");
+    free(c);
+    cJSON_Delete(p);
+    l = "{\"instance_id\": \"n-c\", \"machine\": \"order\", \"version\": 1}";
+    p = fs_new_line("g", 2, l, strlen(l), &err);
+    ck_assert_ptr_null(p);
+    ck_assert_int_eq(err.code, STM_BAD_REQUEST);
+    ck_assert_str_eq(err.msg, "the line names machine 'order' but this is machines/g/new");
+    l = "{\"machine\": null}";
+    p = fs_new_line("g", 2, l, strlen(l), &err);
+    ck_assert_ptr_null(p);
+    ck_assert_int_eq(err.code, STM_BAD_REQUEST);
 
     l = "{}";
     p = fs_new_line("order", 2, l, strlen(l), &err);
@@ -258,6 +313,7 @@ int main(void)
     tcase_add_test(tc, names_plain_stay);
     tcase_add_test(tc, names_escaped_round_trip);
     tcase_add_test(tc, names_decode_refuses_other_spellings);
+    tcase_add_test(tc, names_decode_says_why);
     tcase_add_test(tc, version_names);
     tcase_add_test(tc, event_lines);
     tcase_add_test(tc, new_lines);

@@ -7,8 +7,10 @@
  * CREATE_INSTANCE params object), and, up to its first NUL, a path
  * component for fs_name_decode and an id for fs_name_encode, and a file
  * name for fs_version_name. Checked beyond "no crash, no sanitizer report":
- *   - a params object always carries the id (or machine) of the path,
- *     exactly once, whatever the line said;
+ *   - a params object that comes back carries the id (or machine) of the
+ *     path exactly once;
+ *   - a line naming another id (machine), or one that is not a string, is
+ *     refused with BAD_REQUEST: never redirected to the path's;
  *   - a line is refused with BAD_REQUEST, or is blank (NULL, STM_OK);
  *   - decode(encode(id)) == id, and encode(decode(name)) == name for every
  *     name decode accepts (one name per id, one id per name);
@@ -47,10 +49,33 @@ static void check_refusal(const stm_err *err)
     if (err->code != STM_OK && err->code != STM_BAD_REQUEST) abort();
 }
 
+/* Does the line, read as JSON as the parser reads it (blanks and a CR
+ * around it trimmed, the last of repeated keys wins), name key as anything
+ * but want? Such a line must be refused. */
+static bool names_other(const char *p, size_t n, const char *key, const char *want)
+{
+    while (n && (*p == ' ' || *p == '\t')) p++, n--;
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t' || p[n - 1] == '\r')) n--;
+    if (!n || *p != '{') return false;
+    stm_err err;
+    cJSON *j = json_parse(p, n, &err);
+    if (!j) return false;
+    bool other = false;
+    for (const cJSON *c = j->child; c; c = c->next)
+        if (c->string && strcmp(c->string, key) == 0 &&
+            (!cJSON_IsString(c) || strcmp(c->valuestring, want) != 0))
+            other = true;
+    cJSON_Delete(j);
+    return other;
+}
+
 static void lines(const char *p, size_t n)
 {
     stm_err err;
+    bool other_id = names_other(p, n, "instance_id", "order-1");
+    bool other_machine = names_other(p, n, "machine", "orders");
     cJSON *ev = fs_event_line("order-1", p, n, &err);
+    if (ev && other_id) abort();
     if (ev) {
         has_once(ev, "instance_id", "order-1");
         buf b = {0};
@@ -61,6 +86,7 @@ static void lines(const char *p, size_t n)
         check_refusal(&err);
     }
     cJSON *nw = fs_new_line("orders", 3, p, n, &err);
+    if (nw && other_machine) abort();
     if (nw) {
         has_once(nw, "machine", "orders");
         if (!json_get(nw, "version")) abort();

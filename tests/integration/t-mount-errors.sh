@@ -336,6 +336,196 @@ test_expect_success 'truncating events applies nothing' - <<\EOT
     snapshot o-1 >now && test_cmp o-1.before now
 EOT
 
+# close(2) of any descriptor of an open file sends FUSE FLUSH, also the
+# exit of a child that inherited it. Only the opener's close ends the input.
+test_expect_success 'a child closing an inherited descriptor does not end the line' - <<\EOT
+    echo o-split >"$O/new" &&
+    { printf 'CANCEL'; /bin/true; printf ' {"reason":"dup"}\n'; } >"$I/o-split/events" &&
+    echo cancelled >expect &&
+    test_cmp expect "$I/o-split/state" &&
+    grep -F '"reason": "dup"' "$I/o-split/ctx.json" &&
+    test_line_count = 2 "$I/o-split/history"
+EOT
+
+test_expect_success 'a definition written by two cats in a subshell is one version' - <<\EOT
+    mkdir "$M/machines/split2" &&
+    printf 'states: [a, b]\ninitial: a\ntransitions:\n  - {from: a, event: GO, to: b}\n' >q1.yaml &&
+    printf '  - {from: b, event: BACK, to: a}\n' >q2.yaml &&
+    (cat q1.yaml; cat q2.yaml) >"$M/machines/split2/definition.yaml" &&
+    echo 1.json >expect &&
+    ls "$M/machines/split2/versions" >actual &&
+    test_cmp expect actual &&
+    grep -F "BACK" "$M/machines/split2/definition.yaml"
+EOT
+
+test_expect_success 'a definition invalid in its first half: no error, one version' - <<\EOT
+    mkdir "$M/machines/split3" &&
+    printf 'states: [a, b]\n' >h1.yaml &&
+    printf 'initial: a\ntransitions:\n  - {from: a, event: GO, to: b}\n' >h2.yaml &&
+    (cat h1.yaml; cat h2.yaml) >"$M/machines/split3/definition.yaml" 2>msg &&
+    test_must_be_empty msg &&
+    test_must_be_empty "$M/machines/split3/error" &&
+    echo 1.json >expect &&
+    ls "$M/machines/split3/versions" >actual &&
+    test_cmp expect actual
+EOT
+
+test_expect_success PYTHON 'a line rejected when a dup is closed: nothing after it is applied' - <<\EOT
+    echo o-dup >"$O/new" &&
+    snapshot o-dup >o-dup.before &&
+    python3 - "$I/o-dup/events" <<-\PY &&
+	import os, sys
+	fd = os.open(sys.argv[1], os.O_WRONLY)
+	os.write(fd, b"PA")
+	try:
+	    os.close(os.dup(fd))
+	    raise SystemExit("closing a dup did not report the rejected line PA")
+	except OSError as e:
+	    first = e.errno
+	    print("close of the dup:", e)
+	try:
+	    os.write(fd, b'PAY {"amount":3}\n')
+	    raise SystemExit("a line written after the rejected PA was applied")
+	except OSError as e:
+	    print("the next write:", e)
+	    assert e.errno == first, (e.errno, first)
+	os.close(fd)
+	PY
+    grep -x "event PA" "$I/o-dup/error" &&
+    snapshot o-dup >now && test_cmp o-dup.before now
+EOT
+
+test_expect_success 'a line left by another process is applied at the last close, its error logged' - <<\EOT
+    echo o-rel >"$O/new" &&
+    snapshot o-rel >o-rel.before &&
+    (
+        exec 3>"$I/o-rel/events" || exit 1
+        sh -c 'sleep 0.3; printf SHIP >&3' &
+        exec 3>&-
+        wait
+    ) &&
+    test_poll 10 'grep -qx "event SHIP" "$I/o-rel/error"' &&
+    cat "$I/o-rel/error" &&
+    grep INVALID_TRANSITION "$I/o-rel/error" &&
+    grep "instances/o-rel/events" data/stmfs.log | grep INVALID_TRANSITION &&
+    snapshot o-rel >now && test_cmp o-rel.before now
+EOT
+
+# The FUSE request names a thread, not a process: a program that closes
+# on another thread than it opened on (Go does) is still the opener.
+test_expect_success PYTHON 'a close on another thread of the opener still fails with the error' - <<\EOT
+    ls "$O/versions" >before &&
+    python3 - "$O/definition.json" <<-\PY &&
+	import os, sys, threading
+	bad = b'{"states": ["a"], "initial": "nowhere", "transitions": []}\n'
+	missed = []
+	def must_fail(fd, how):
+	    try:
+	        os.close(fd)
+	    except OSError as e:
+	        print(how, "->", e)
+	        return
+	    missed.append(how)
+	# opened on the main thread, closed on another
+	fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)
+	os.write(fd, bad)
+	t = threading.Thread(target=must_fail, args=(fd, "open on main, close on a thread"))
+	t.start(); t.join()
+	# opened on a thread that is still there, closed on the main thread
+	opened, done, box = threading.Event(), threading.Event(), {}
+	def opener():
+	    box["fd"] = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)
+	    opened.set()
+	    done.wait()
+	t = threading.Thread(target=opener)
+	t.start(); opened.wait()
+	os.write(box["fd"], bad)
+	must_fail(box["fd"], "open on a thread, close on main")
+	done.set(); t.join()
+	if missed:
+	    raise SystemExit("close did not report the rejected definition: " + "; ".join(missed))
+	PY
+    grep nowhere "$O/error" &&
+    ls "$O/versions" >after &&
+    test_cmp before after
+EOT
+
+test_expect_success 'a machine at version 4294967295 takes no new definition: EOVERFLOW' - <<\EOT
+    mkdir "$M/machines/ed" &&
+    cp order.json "$M/machines/ed/definition.json" &&
+    cp "$M/machines/ed/versions/1.json" "$M/machines/ed/versions/4294967295.json" &&
+    ls "$M/machines/ed/versions" >before &&
+    printf 'states: [x, y]\ninitial: x\ntransitions:\n  - {from: x, event: GO, to: y}\n' >ed.yaml &&
+    test_must_fail cp ed.yaml "$M/machines/ed/definition.yaml" 2>msg &&
+    cat msg "$M/machines/ed/error" &&
+    grep "Value too large for defined data type" msg &&
+    grep "already has version 4294967295, the highest there can be" "$M/machines/ed/error" &&
+    ls "$M/machines/ed/versions" >after &&
+    test_cmp before after &&
+    test_must_fail cp ed.yaml "$M/machines/ed/definition.yaml" 2>msg &&
+    grep "Value too large for defined data type" msg &&
+    cp order.json "$M/machines/ed/definition.json" &&
+    ls "$M/machines/ed/versions" >after &&
+    test_cmp before after
+EOT
+
+test_expect_success 'a params line naming another machine or instance: EINVAL' - <<\EOT
+    mkdir "$M/machines/g" &&
+    cp order.json "$M/machines/g/definition.json" &&
+    ls "$I" >before &&
+    test_must_fail write_line "$M/machines/g/new" '{"instance_id": "g-1", "machine": "order"}' 2>msg &&
+    cat msg "$M/machines/g/error" &&
+    grep "Invalid argument" msg &&
+    grep -F "the line names machine 'order' but this is machines/g/new" "$M/machines/g/error" &&
+    ls "$I" >after &&
+    test_cmp before after &&
+    echo '{"instance_id": "g-2", "machine": "g"}' >"$M/machines/g/new" &&
+    echo created >expect &&
+    test_cmp expect "$I/g-2/state" &&
+    test_must_fail write_line "$I/g-2/events" '{"event": "PAY", "instance_id": "o-1"}' 2>msg &&
+    cat msg "$I/g-2/error" &&
+    grep "Invalid argument" msg &&
+    grep -F "the line names instance 'o-1' but this is instances/g-2/events" "$I/g-2/error" &&
+    test_cmp expect "$I/g-2/state" &&
+    snapshot o-1 >now && test_cmp o-1.before now &&
+    echo '{"event": "PAY", "instance_id": "g-2"}' >"$I/g-2/events" &&
+    echo paid >expect &&
+    test_cmp expect "$I/g-2/state"
+EOT
+
+# Asking for the mode or owner a file has already is no change: it succeeds.
+test_expect_success 'chmod and chown are refused: Operation not permitted' - <<\EOT
+    stat -c "%a %u %g" "$I/o-1/state" "$I/o-1" "$O/definition.json" "$O/new" >attrs.before &&
+    test_must_fail chmod 600 "$I/o-1/state" 2>msg &&
+    test_must_fail chmod 700 "$I/o-1" 2>>msg &&
+    test_must_fail chmod 600 "$O/definition.json" 2>>msg &&
+    test_must_fail chown nobody "$O/new" 2>>msg &&
+    test_must_fail chgrp nogroup "$I/o-1/events" 2>>msg &&
+    cat msg &&
+    test "$(grep -c "Operation not permitted" msg)" = 5 &&
+    stat -c "%a %u %g" "$I/o-1/state" "$I/o-1" "$O/definition.json" "$O/new" >attrs.after &&
+    test_cmp attrs.before attrs.after &&
+    chmod 444 "$I/o-1/state" &&
+    chmod 644 "$O/definition.json" &&
+    chown "$(stat -c %u:%g "$O/new")" "$O/new" &&
+    touch "$I/o-1/state" "$O/definition.json" &&
+    touch -d "2020-01-01" "$I/o-1/events" &&
+    truncate -s 0 "$I/o-1/events" &&
+    : >"$I/o-1/events" &&
+    snapshot o-1 >now && test_cmp o-1.before now
+EOT
+
+test_expect_success 'mkdir of a name with a stray %: EINVAL, and the log says to write %25' - <<\EOT
+    test_must_fail mkdir "$M/machines/50%off" 2>msg &&
+    cat msg &&
+    grep "Invalid argument" msg &&
+    grep -F "machines/50%off" data/stmfs.log >logged &&
+    cat logged &&
+    grep -F "%25" logged &&
+    grep -F "50%25off" logged &&
+    ! test -e "$M/machines/50%off"
+EOT
+
 test_expect_success 'after all of that the mount and RCP still answer' - <<\EOT
     echo created >expect &&
     test_cmp expect "$I/o-1/state" &&
@@ -344,6 +534,15 @@ test_expect_success 'after all of that the mount and RCP still answer' - <<\EOT
     test_cmp expect "$I/o-1/state" &&
     rcp_call PING &&
     stop_mount "$M"
+EOT
+
+test_expect_success 'chmod and chown on a read-only mount: Read-only file system' - <<\EOT
+    start_mount data romnt -o ro &&
+    test_must_fail chmod 600 romnt/instances/o-1/state 2>msg &&
+    test_must_fail chown nobody romnt/machines/order/definition.json 2>>msg &&
+    cat msg &&
+    test "$(grep -c "Read-only file system" msg)" = 2 &&
+    stop_mount romnt
 EOT
 
 test_expect_success 'configured limits: each refuses with a clear message, changes nothing' - <<\EOT
