@@ -585,6 +585,7 @@ stm_code snap_load(eng *e, stm_err *err)
         if (!body) {
             log_warn("snapshot %s is damaged (its checksum does not hold); trying an older one",
                      path);
+            if (!e->snap_damaged) e->snap_damaged = xstrdup(path);
             free(data);
             continue;
         }

@@ -862,6 +862,19 @@ static stm_code load_snapshot(eng *e, uint64_t stop_at, stm_err *err)
                         "%llu: records between them are missing (a newer snapshot may be "
                         "damaged); restore the snapshots/ directory from a backup",
                         (unsigned long long)st.first_offset, (unsigned long long)e->snap_offset);
+    /* A log that starts late with no snapshot at all is what rstmdb's
+     * compaction leaves (a warning); with a damaged one, the records before
+     * it were in that file, and starting without them would lose them for
+     * good at the next compaction, which rewrites the snapshot. */
+    if (e->snap_fd < 0 && !log_complete && e->snap_damaged)
+        return stm_fail(err, STM_WAL_IO_ERROR,
+                        "the log starts at segment %llu and the database snapshot that holds "
+                        "what came before it, %s, is damaged (its checksum does not hold): "
+                        "restore that file from a backup; or, to start with only what the log "
+                        "holds (losing everything before segment %llu), move it out of "
+                        "snapshots/",
+                        (unsigned long long)WAL_OFF_SEG(st.first_offset), e->snap_damaged,
+                        (unsigned long long)WAL_OFF_SEG(st.first_offset));
     if (e->snap_fd < 0 && !log_complete)
         log_warn("the log starts at segment %llu and no database snapshot covers the segments "
                  "before it: what they held is lost (rstmdb's compaction does this)",
@@ -987,5 +1000,6 @@ void eng_close(eng *e)
     pthread_cond_destroy(&e->stop_cond);
     pthread_mutex_destroy(&e->compact_lock);
     free(e->data_dir);
+    free(e->snap_damaged);
     free(e);
 }

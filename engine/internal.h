@@ -149,6 +149,7 @@ struct eng {
 
     /* compaction (compact.c): the newest database snapshot */
     int snap_fd;                /* open on it for history lines, -1 if none */
+    char *snap_damaged;         /* the newest snapshot file found damaged at open, or NULL */
     uint64_t snap_offset, snap_seq; /* the last record it covers */
     uint64_t applied_offset, applied_seq; /* the last record applied */
     pthread_mutex_t compact_lock; /* one compaction at a time */

@@ -5,6 +5,8 @@
  * time travel, and rstmdb's own data directories (clean and torn).
  */
 #include <check.h>
+#include <fcntl.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1164,6 +1166,58 @@ START_TEST(entries_count_torn_batch)
 }
 END_TEST
 
+/* The only snapshot, damaged, under a log that compaction has cut: opening
+ * refuses (it used to start empty, and the next compaction overwrote the
+ * snapshot); with the file moved away it opens, as on a log rstmdb cut. */
+START_TEST(damaged_only_snapshot_refuses)
+{
+    char *dir = tmpdir();
+    eng_opts o;
+    eng_opts_defaults(&o);
+    o.data_dir = dir;
+    o.segment_size = 4096;
+    stm_err err;
+    eng *e;
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    char p[256];
+    for (int i = 0; i < 40; i++) {
+        snprintf(p, sizeof p, "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"c-%02d\"}", i);
+        cJSON_Delete(ok(e, "CREATE_INSTANCE", p));
+    }
+    cJSON *c = ok(e, "COMPACT", "{\"force_snapshot\":true}");
+    ck_assert_int_gt((int)num(c, "segments_deleted"), 0);
+    cJSON_Delete(c);
+    eng_close(e);
+
+    char snaps[600], path[1200] = "";
+    snprintf(snaps, sizeof snaps, "%s/snapshots", dir);
+    DIR *d = opendir(snaps);
+    ck_assert_ptr_nonnull(d);
+    for (struct dirent *de; (de = readdir(d));)
+        if (strstr(de->d_name, ".snap") && !strstr(de->d_name, ".tmp"))
+            snprintf(path, sizeof path, "%s/%s", snaps, de->d_name);
+    closedir(d);
+    ck_assert(path[0]);
+    int fd = open(path, O_WRONLY);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, "Z", 1, 100), 1);
+    close(fd);
+
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_WAL_IO_ERROR);
+    ck_assert_ptr_nonnull(strstr(err.msg, "is damaged (its checksum does not hold): restore"));
+    ck_assert_ptr_nonnull(strstr(err.msg, path));
+
+    char away[1300];
+    snprintf(away, sizeof away, "%s/damaged.snap.bak", dir);
+    ck_assert_int_eq(rename(path, away), 0);
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     testdata = getenv("STMFS_TESTDATA");
@@ -1183,6 +1237,7 @@ int main(void)
     tcase_add_test(tc, replay_at_offset);
     tcase_add_test(tc, compaction_keeps_everything);
     tcase_add_test(tc, subscription_from_compacted_offset);
+    tcase_add_test(tc, damaged_only_snapshot_refuses);
     tcase_add_test(tc, entries_count_runtime_checkpoints);
     tcase_add_test(tc, entries_read_below_size_is_whole);
     tcase_add_test(tc, entries_count_torn_batch);
