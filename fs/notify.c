@@ -183,6 +183,18 @@ static void self_unmark(int kind, const char *name)
         }
 }
 
+/* Whether (kind, id) is waiting in the queue (caller holds nlock). */
+static bool self_queued(int kind, const char *id)
+{
+    buf nm = {0};
+    fs_name_encode(id, &nm);
+    bool found = false;
+    for (struct selfkey *k = self_set[self_hash(kind, buf_cstr(&nm))]; k && !found; k = k->next)
+        found = k->kind == kind && strcmp(k->name, buf_cstr(&nm)) == 0;
+    buf_free(&nm);
+    return found;
+}
+
 /* Queues a self-op unless the same one is already waiting, which then also
  * covers files (caller holds nlock). */
 static void self_push(fs *f, int kind, const char *id, unsigned files)
@@ -579,7 +591,10 @@ static void on_event(fs *f, const eng_event *ev, inoset *data, inoset *attrs)
             files |= TOUCH_CTX;
         self_push(f, SELF_TOUCH, id, files);
     } else if (ev->type == WAL_T_DELETE_INSTANCE) {
-        if (!take_skip(id)) self_push(f, SELF_DELETE, id, 0);
+        /* An rmdir in the mount fired its DELETE itself; but if the CREATE
+         * the helper makes for the instance is still queued, it will come
+         * after that DELETE, so the helper deletes again to end with one. */
+        if (!take_skip(id) || self_queued(SELF_CREATE, id)) self_push(f, SELF_DELETE, id, 0);
     }
     pthread_mutex_unlock(&f->nlock);
 }

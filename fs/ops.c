@@ -1553,8 +1553,13 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
     if (kind_of(p) == K_INSTANCES && fs_self_op(f, req, &sname) == SELF_CREATE &&
         fs_name_decode(name, &raw)) {
         /* the helper's mkdir: the instance exists already; this only makes
-         * inotify report the CREATE */
-        reply_node(req, K_INST, buf_cstr(&raw), NULL, 0);
+         * inotify report the CREATE. It may be deleted again by now (its
+         * DELETE is queued to follow): the CREATE is still reported, with
+         * an entry the kernel does not keep. */
+        if (instance_known(f, buf_cstr(&raw), NULL))
+            reply_node(req, K_INST, buf_cstr(&raw), NULL, 0);
+        else
+            reply_gone_dir(req, buf_cstr(&raw));
     } else if (f->ro) {
         fuse_reply_err(req, EROFS);
     } else if (kind_of(p) == K_MACHINES) {

@@ -181,6 +181,24 @@ test_expect_success INOTIFY 'deleting an instance fires in instances/, by rmdir 
     bg_stop "$inw"
 EOT
 
+# The CREATE comes from the daemon a few ms after the instance is made;
+# one removed before that must still show it, and end with its DELETE (made
+# and removed by the mount, and made and removed over RCP).
+test_expect_success INOTIFY 'an instance made and removed at once: CREATE is seen, DELETE last' - <<\EOT
+    start_inotify "$I" &&
+    echo q-1 >"$O/new" && rmdir "$I/q-1" &&
+    rcp_call CREATE_INSTANCE '{"machine":"order","version":1,"instance_id":"q-2"}' &&
+    rcp_call DELETE_INSTANCE '{"instance_id":"q-2"}' &&
+    test_poll 10 "grep -q '^CREATE.* $I/q-1\$' inotify.out" &&
+    test_poll 10 "grep -q '^CREATE.* $I/q-2\$' inotify.out" &&
+    sleep 0.5 &&
+    bg_stop "$inw" &&
+    cat inotify.out &&
+    grep " $I/q-1\$" inotify.out | tail -n 1 | grep -q '^DELETE' &&
+    grep " $I/q-2\$" inotify.out | tail -n 1 | grep -q '^DELETE' &&
+    test ! -e "$I/q-1" && test ! -e "$I/q-2"
+EOT
+
 # entr_idle PID: entr has no command running and sits in a blocking wait
 # for the next event. entr may miss a change that comes while it is still
 # busy with the previous one (seen here with inotifywait beside it showing
