@@ -78,8 +78,10 @@ static const key_desc keys[] = {
      UINT64_MAX / 1000}, /* kept in ms somewhere: must not overflow */
     {"network", "max_connections", "MAX_CONNECTIONS", false, K_U64, F(max_connections), 1, 1000000},
     {"storage", "data_dir", "DATA", false, K_STR, F(data_dir), 0, 0},
+    /* 0 would put every record in a segment of its own (a file, an fsync
+     * and a directory fsync each) */
     {"storage", "wal_segment_size_mb", "WAL_SEGMENT_SIZE_MB", false, K_U64, F(wal_segment_size_mb),
-     0, MAX_SEGMENT_MB},
+     1, MAX_SEGMENT_MB},
     {"storage", "fsync_policy", "FSYNC_POLICY", false, K_FSYNC, F(fsync_policy), 0, 0},
     {"storage", "max_machine_versions", "MAX_MACHINE_VERSIONS", false, K_U64,
      F(max_machine_versions), 0, UINT32_MAX},

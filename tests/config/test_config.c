@@ -183,7 +183,7 @@ START_TEST(every_key)
                        "  max_connections: 7\n"
                        "storage:\n"
                        "  data_dir: /srv/stm\n"
-                       "  wal_segment_size_mb: 0\n"
+                       "  wal_segment_size_mb: 3\n"
                        "  fsync_policy: never\n"
                        "  max_machine_versions: 4294967295\n"
                        "  idempotency_max_keys: 0\n"
@@ -224,7 +224,7 @@ START_TEST(every_key)
     ck_assert_uint_eq(c.idle_timeout_secs, 42);
     ck_assert_uint_eq(c.max_connections, 7);
     ck_assert_str_eq(c.data_dir, "/srv/stm");
-    ck_assert_uint_eq(c.wal_segment_size_mb, 0);
+    ck_assert_uint_eq(c.wal_segment_size_mb, 3);
     ck_assert_int_eq(c.fsync_policy.mode, WAL_SYNC_NEVER);
     ck_assert_uint_eq(c.max_machine_versions, 4294967295u);
     ck_assert_uint_eq(c.idempotency_max_keys, 0);
@@ -421,6 +421,8 @@ START_TEST(value_errors)
                       "(at most 18446744073709551615)");
     expect_yaml_error("network:\n  max_connections: 0\n",
                       "config network.max_connections: '0' is too small (at least 1)");
+    expect_yaml_error("storage:\n  wal_segment_size_mb: 0\n",
+                      "config storage.wal_segment_size_mb: '0' is too small (at least 1)");
     expect_yaml_error("network:\n  idle_timeout_secs: soon\n",
                       "config network.idle_timeout_secs: 'soon' is not a whole number");
     expect_yaml_error("network:\n  bind_addr: localhost:7401\n",
