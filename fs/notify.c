@@ -74,6 +74,7 @@ struct fs_watchfh {
     buf pending;
     bool capped;                /* stopped taking lines at WATCH_PENDING_MAX */
     bool ended;                 /* fell behind what the WAL still holds */
+    bool finished;              /* its instance was deleted: end of file after its lines */
     fuse_req_t parked;
     size_t parked_size;
     struct fuse_pollhandle *ph;
@@ -620,10 +621,10 @@ static void watch_service(fs_watchfh *w)
     buf add = {0};
     pthread_mutex_lock(&w->lock);
     size_t have = w->pending.len;
-    bool ended = w->ended;
+    bool ended = w->ended, finished = w->finished;
     pthread_mutex_unlock(&w->lock);
     bool capped = false;
-    while (!ended) {
+    while (!ended && !finished) {
         if (have + add.len >= WATCH_PENDING_MAX) {
             capped = true;
             break;
@@ -631,6 +632,9 @@ static void watch_service(fs_watchfh *w)
         if ((r = eng_sub_next(w->sub, &ev, &resume)) != 1) break;
         const char *line = w->all ? ev.entry_line : ev.history_line;
         if (line) buf_puts(&add, line);
+        /* A deleted instance never changes again (its id is never reused):
+         * its stream ends, after the delete line, like a file's. */
+        if (w->id && ev.type == WAL_T_DELETE_INSTANCE) finished = true;
     }
     if (r < 0) {
         /* Behind the ring: take up the same stream from the WAL, where the
@@ -665,6 +669,7 @@ static void watch_service(fs_watchfh *w)
     if (add.len) buf_add(&w->pending, add.data, add.len);
     w->capped = capped;
     if (ended) w->ended = true;
+    if (finished) w->finished = true;
     fuse_req_t req = NULL;
     int req_err = 0;
     buf out = {0};
@@ -679,9 +684,12 @@ static void watch_service(fs_watchfh *w)
         req = w->parked;
         w->parked = NULL;
         req_err = ENOBUFS;
+    } else if (w->parked && w->finished) {
+        req = w->parked; /* end of file: an empty answer */
+        w->parked = NULL;
     }
     struct fuse_pollhandle *ph = NULL;
-    if (w->ph && (w->pending.len || w->ended)) {
+    if (w->ph && (w->pending.len || w->ended || w->finished)) {
         ph = w->ph;
         w->ph = NULL;
     }
@@ -764,6 +772,11 @@ void fs_watch_read(fs *f, fs_watchfh *w, fuse_req_t req, size_t size)
         fuse_reply_err(req, ENOBUFS);
         return;
     }
+    if (w->finished) {
+        pthread_mutex_unlock(&w->lock);
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
     pthread_mutex_unlock(&w->lock);
     /* registered before the request is published, so that an interrupt
      * can never find it half-parked; checked again after */
@@ -798,7 +811,7 @@ void fs_watch_poll(fs *f, fs_watchfh *w, fuse_req_t req, struct fuse_pollhandle 
         if (w->ph) fuse_pollhandle_destroy(w->ph);
         w->ph = ph;
     }
-    unsigned rev = w->pending.len || w->ended ? POLLIN : 0;
+    unsigned rev = w->pending.len || w->ended || w->finished ? POLLIN : 0;
     pthread_mutex_unlock(&w->lock);
     fuse_reply_poll(req, rev);
     atomic_store(&w->woke, true);

@@ -181,6 +181,24 @@ test_expect_success INOTIFY 'deleting an instance fires in instances/, by rmdir 
     bg_stop "$inw"
 EOT
 
+# A deleted instance never changes again: its watch ends like a file,
+# after the delete line (rmdir in the mount, or DELETE_INSTANCE over RCP).
+test_expect_success 'cat instances/<id>/watch ends after the instance is deleted' - <<\EOT
+    echo wz-1 >"$O/new" && echo wz-2 >"$O/new" &&
+    { timeout 20 cat "$I/wz-1/watch" >wz1.out & } && w1=$! &&
+    { timeout 20 cat "$I/wz-2/watch" >wz2.out & } && w2=$! &&
+    BG_PIDS+=("$w1" "$w2") &&
+    sleep 0.3 &&
+    echo 'PAY {"amount": 3}' >"$I/wz-1/events" &&
+    rmdir "$I/wz-1" &&
+    rcp_call DELETE_INSTANCE '{"instance_id":"wz-2"}' &&
+    wait "$w1" && wait "$w2" &&
+    test_line_count = 2 wz1.out &&
+    jq -e -s '.[0].event == "PAY" and .[1].type == "delete_instance"' wz1.out &&
+    test_line_count = 1 wz2.out &&
+    jq -e '.type == "delete_instance"' wz2.out
+EOT
+
 # The CREATE comes from the daemon a few ms after the instance is made;
 # one removed before that must still show it, and end with its DELETE (made
 # and removed by the mount, and made and removed over RCP).
