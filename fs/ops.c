@@ -819,7 +819,12 @@ static void open_node(fuse_req_t req, fs_node *n, struct fuse_file_info *fi, boo
             fuse_reply_err(req, e ? e : EIO);
             return;
         }
-        fi->keep_cache = 1;
+        if (k == K_WAL_STATS)
+            /* its figures also move without a record (an fsync(2), a
+             * compaction), which no invalidation follows: read it fresh */
+            fi->direct_io = 1;
+        else
+            fi->keep_cache = 1;
         fi->noflush = 1; /* nothing to report at close: spare the round trip */
     } else {
         mark_cached(f, n, true);

@@ -397,4 +397,20 @@ test_expect_success 'stmfs mount -f stays in front, and exits 0 on SIGTERM' - <<
     ! mountpoint -q "$M"
 EOT
 
+# fsync(2) under `never` syncs the log without appending a record: the
+# figures in wal/stats.json move all the same, and a reader sees them.
+test_expect_success JQ 'wal/stats.json is current after an fsync that appends nothing' - <<\EOT
+    printf "storage:\n  fsync_policy: never\n" >never.yaml &&
+    start_mount nd nm -c "$TEST_DIR/never.yaml" &&
+    mkdir nm/machines/o &&
+    order_definition >nm/machines/o/definition.json &&
+    echo n-1 >nm/machines/o/new &&
+    before=$(jq .io_stats.fsyncs nm/wal/stats.json) &&
+    sync nm/instances/n-1/state &&
+    after=$(jq .io_stats.fsyncs nm/wal/stats.json) &&
+    echo "fsyncs $before -> $after" &&
+    [ "$after" -gt "$before" ] &&
+    stop_mount nm
+EOT
+
 test_done
