@@ -278,8 +278,12 @@ static void http_accept(rcp_loop *l, int fd, void *arg, unsigned ev)
 stm_code rcp_metrics_start(rcp_server *s, stm_err *err)
 {
     const char *addr = s->cfg->metrics_bind_addr ? s->cfg->metrics_bind_addr : "127.0.0.1:9090";
-    s->metrics_fd = rcp_listen_addr(addr, s->metrics_bound, sizeof s->metrics_bound, err);
-    if (s->metrics_fd < 0) return err ? err->code : STM_INTERNAL_ERROR;
+    stm_err why = {0};
+    s->metrics_fd = rcp_listen_addr(addr, s->metrics_bound, sizeof s->metrics_bound, &why);
+    if (s->metrics_fd < 0)
+        return stm_fail(err, why.code ? why.code : STM_INTERNAL_ERROR,
+                        "cannot start the metrics listener on %s (metrics.bind_addr): %s", addr,
+                        why.msg);
     rcp_loop_add(s->loop, s->metrics_fd, RCP_EV_READ, http_accept, s);
     log_info("metrics on http://%s/metrics", s->metrics_bound);
     return STM_OK;

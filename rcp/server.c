@@ -544,7 +544,8 @@ int rcp_listen_addr(const char *addr, char *bound, size_t bound_len, stm_err *er
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
-        stm_fail(err, STM_INTERNAL_ERROR, "cannot listen on %s: %s", addr, strerror(errno));
+        /* Only why: the caller names which listener and which address. */
+        stm_fail(err, STM_INTERNAL_ERROR, "%s", strerror(errno));
         freeaddrinfo(ai);
         close(fd);
         return -1;
@@ -586,6 +587,7 @@ stm_code rcp_start(eng *e, const stm_config *c, rcp_server **out, stm_err *err)
     s->idle_ms = c->idle_timeout_secs * 1000;
     s->start_ms = util_now_ms();
     stm_code rc;
+    bool metrics_failed = false;
 
     s->auth_required = c->auth_required;
     if (c->n_token_hashes) {
@@ -641,7 +643,10 @@ stm_code rcp_start(eng *e, const stm_config *c, rcp_server **out, stm_err *err)
     } else {
         snprintf(s->bound, sizeof s->bound, "none");
     }
-    if (c->metrics_enabled && (rc = rcp_metrics_start(s, err)) != STM_OK) goto fail;
+    if (c->metrics_enabled && (rc = rcp_metrics_start(s, err)) != STM_OK) {
+        metrics_failed = true; /* its message names the metrics listener */
+        goto fail;
+    }
     rcp_loop_set_tick(s->loop, 1000, on_tick, s);
     rcp_loop_set_before_sleep(s->loop, before_sleep, s);
 
@@ -659,6 +664,9 @@ stm_code rcp_start(eng *e, const stm_config *c, rcp_server **out, stm_err *err)
     *out = s;
     return STM_OK;
 fail:
+    if (err && !metrics_failed)
+        stm_fail(err, rc, "cannot start the RCP listener on %s: %s",
+                 c->bind_addr && *c->bind_addr ? c->bind_addr : "none", err->msg);
     server_free(s);
     *out = NULL;
     return rc;

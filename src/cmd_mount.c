@@ -393,7 +393,7 @@ int cmd_mount(int argc, char **argv)
 
     if (cfg.bind_addr && strcmp(cfg.bind_addr, "none") != 0 && cfg.bind_addr[0]) {
         if (rcp_start(e, &cfg, &srv, &err) != STM_OK) {
-            fail("cannot start the RCP listener on %s: %s", cfg.bind_addr, err.msg);
+            fail("%s", err.msg); /* names the listener that failed */
             goto out;
         }
         log_info("RCP listening on %s", rcp_bound_addr(srv));

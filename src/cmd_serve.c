@@ -134,7 +134,7 @@ int cmd_serve(int argc, char **argv)
 
     rcp_server *srv = NULL;
     if (rcp_start(e, &cfg, &srv, &err) != STM_OK) {
-        log_error("cannot start the RCP listener: %s", err.msg);
+        log_error("%s", err.msg);
         fprintf(stderr, "stmfs serve: %s\n", err.msg);
         eng_close(e);
         fault_ctl_stop();

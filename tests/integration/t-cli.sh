@@ -77,6 +77,23 @@ wait "$WATCHER" 2>/dev/null
 WATCHER=
 expect "watch --from-offset replays earlier events" grep -q '"event":"PAY"' "$T/replay.out"
 
+# A busy port, metrics or RCP: the message names the listener that failed.
+# The running server's port is the busy one.
+STMFS_METRICS_ENABLED=true STMFS_METRICS_BIND=$ADDR timeout 20 "$STMFS" serve "$T/data2" \
+    --bind 127.0.0.1:0 >/dev/null 2>"$T/err"
+expect "serve with a busy metrics port exits 1" test $? -eq 1
+expect "and names the metrics listener and its address" grep -qx \
+    "stmfs serve: cannot start the metrics listener on $ADDR (metrics.bind_addr): Address already in use" "$T/err"
+mkdir -p "$T/mnt"
+STMFS_METRICS_ENABLED=true STMFS_METRICS_BIND=$ADDR timeout 20 "$STMFS" mount "$T/data2" "$T/mnt" \
+    --bind 127.0.0.1:0 >/dev/null 2>"$T/err"
+expect "mount with a busy metrics port exits 1" test $? -eq 1
+expect "and names the metrics listener and its address" grep -qx \
+    "stmfs mount: cannot start the metrics listener on $ADDR (metrics.bind_addr): Address already in use" "$T/err"
+timeout 20 "$STMFS" serve "$T/data2" --bind "$ADDR" >/dev/null 2>"$T/err"
+expect "a busy RCP port names the RCP listener" grep -qx \
+    "stmfs serve: cannot start the RCP listener on $ADDR: Address already in use" "$T/err"
+
 kill "$SERVER"
 wait "$SERVER"
 rc=$?
