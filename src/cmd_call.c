@@ -1,7 +1,8 @@
 /*
  * cmd_call.c - `stmfs call` and `stmfs watch`: a small RCP client.
  *
- *   stmfs call [--addr HOST:PORT] [--token T] [--tls] [--ca FILE] OP [PARAMS-JSON]
+ *   stmfs call [--addr HOST:PORT] [--token T] [--tls] [--ca FILE] [--cert FILE --key FILE]
+ *              OP [PARAMS-JSON]
  *   stmfs watch [--addr ...] [--instance ID | filters] [--no-ctx] [--from-offset N]
  *
  * call sends HELLO (and AUTH when a token is given), then one request, and
@@ -15,7 +16,8 @@
  * CRC-32C, requests shaped as rstmdb's own clients shape them. The frame
  * code is local to this file on purpose: a client written apart from the
  * server's codec is a second opinion on the wire format, not a copy of it.
- * TLS goes through OpenSSL when --tls or --ca is given.
+ * TLS goes through OpenSSL when --tls, --ca or --cert is given; --cert and
+ * --key present a client certificate (mutual TLS).
  */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -78,6 +80,7 @@ static const char *const op_names[] = {
 typedef struct {
     const char *cmd; /* "call" or "watch", for messages */
     const char *addr, *token, *ca;
+    const char *cert, *key; /* the client certificate and its key (mTLS) */
     bool tls;
 } conn_opts;
 
@@ -90,6 +93,12 @@ typedef struct {
     int wake_fd; /* readable when a signal asks to stop; -1 = none */
     const char *addr;
     char why[256]; /* the last read failure, for FILL_IO */
+    /* Why a TLS connection may have been refused: the server asked for a
+     * client certificate; the alert it sent (an SSL_R_ reason, 0 = none). */
+    bool cert_requested;
+    int alert;
+    const char *cert; /* the client certificate presented, or NULL */
+    bool answered;    /* a frame came: the TLS handshake was accepted */
 } link_t;
 
 /* What link_fill reports besides bytes. */
@@ -161,7 +170,139 @@ static void tls_error(const char *cmd, const char *what)
     say(cmd, "%s%s%s", what, e ? ": " : "", detail);
 }
 
-/* Returns 0, or 1 after printing why (connection problems exit 1). */
+/* Called by OpenSSL when the server sends a CertificateRequest. */
+static int on_cert_request(SSL *ssl, void *arg)
+{
+    (void)ssl;
+    ((link_t *)arg)->cert_requested = true;
+    return 1;
+}
+
+/* Keeps an alert the server sent (the reason of an SSL error), for
+ * tls_refusal. */
+static void note_alert(link_t *l, unsigned long e)
+{
+    int r = ERR_GET_REASON(e);
+    if (ERR_GET_LIB(e) == ERR_LIB_SSL && r >= SSL_AD_REASON_OFFSET &&
+        r < SSL_AD_REASON_OFFSET + 256)
+        l->alert = r;
+}
+
+/* When a TLS connection ended before the server answered: what the server
+ * refused, as one clause for "TLS handshake with ADDR failed: ...", or
+ * NULL when nothing says the handshake was refused. */
+static const char *tls_refusal(const link_t *l, char *out, size_t n)
+{
+    if (!l->ssl) return NULL;
+    const char *alert =
+        l->alert ? ERR_reason_error_string(ERR_PACK(ERR_LIB_SSL, 0, l->alert)) : NULL;
+    bool cert_alert = false;
+    switch (l->alert) {
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+    case SSL_R_TLSV1_ALERT_DECRYPT_ERROR:
+    case SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE:
+        cert_alert = true;
+        break;
+    default:
+        break;
+    }
+    if (!l->cert && (l->alert == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED ||
+                     (l->cert_requested && (cert_alert || !l->alert)))) {
+        snprintf(out, n,
+                 "the server requires a client certificate%s%s%s: add --cert FILE and "
+                 "--key FILE",
+                 alert ? " (" : "", alert ? alert : "", alert ? ")" : "");
+        return out;
+    }
+    if (l->cert && cert_alert && l->alert != SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE) {
+        snprintf(out, n,
+                 "the server refused the client certificate %s (%s): is it signed by a "
+                 "CA the server trusts (its tls.client_ca_path), and still valid?",
+                 l->cert, alert ? alert : "alert");
+        return out;
+    }
+    if (alert) {
+        snprintf(out, n, "the server sent the alert '%s'", alert);
+        return out;
+    }
+    return NULL;
+}
+
+/* Reads the client certificate and key into ctx. 0, or 2 after printing
+ * why (the files are the user's input, as a bad @FILE is). */
+static int load_client_cert(SSL_CTX *ctx, const conn_opts *o)
+{
+    const char *files[2] = {o->cert, o->key}, *flags[2] = {"--cert", "--key"};
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(files[i], "r");
+        if (!f) {
+            say(o->cmd, "%s: cannot read '%s': %s", flags[i], files[i], strerror(errno));
+            return 2;
+        }
+        fclose(f);
+    }
+    ERR_clear_error();
+    if (SSL_CTX_use_certificate_chain_file(ctx, o->cert) != 1) {
+        char what[600];
+        snprintf(what, sizeof what, "--cert: '%s' holds no usable certificate (PEM)", o->cert);
+        tls_error(o->cmd, what);
+        return 2;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, o->key, SSL_FILETYPE_PEM) != 1) {
+        unsigned long e = ERR_peek_last_error();
+        if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+            ERR_clear_error();
+            say(o->cmd, "--key: '%s' is not the private key of the certificate in '%s'", o->key,
+                o->cert);
+            return 2;
+        }
+        char what[600];
+        snprintf(what, sizeof what, "--key: '%s' holds no usable private key (PEM, unencrypted)",
+                 o->key);
+        tls_error(o->cmd, what);
+        return 2;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        ERR_clear_error();
+        say(o->cmd, "--key: '%s' is not the private key of the certificate in '%s'", o->key,
+            o->cert);
+        return 2;
+    }
+    return 0;
+}
+
+/* The TLS context: CA certificates to check the server with, and the
+ * client certificate when given. 0, or the exit status after printing why. */
+static int tls_setup(link_t *l, const conn_opts *o)
+{
+    l->ctx = SSL_CTX_new(TLS_client_method());
+    if (!l->ctx) return tls_error(o->cmd, "TLS setup failed"), 1;
+    SSL_CTX_set_verify(l->ctx, SSL_VERIFY_PEER, NULL);
+    if (o->ca ? SSL_CTX_load_verify_locations(l->ctx, o->ca, NULL) != 1
+              : SSL_CTX_set_default_verify_paths(l->ctx) != 1) {
+        char what[600];
+        snprintf(what, sizeof what, "cannot load CA certificates from %s",
+                 o->ca ? o->ca : "the system store");
+        tls_error(o->cmd, what);
+        return 1;
+    }
+    if (o->cert) {
+        int rc = load_client_cert(l->ctx, o);
+        if (rc) return rc;
+        l->cert = o->cert;
+    }
+    return 0;
+}
+
+/* Returns 0, or 1 after printing why (connection problems exit 1; 2 for
+ * bad usage or unreadable certificate files). */
 static int link_open(link_t *l, const conn_opts *o)
 {
     memset(l, 0, sizeof *l);
@@ -172,6 +313,12 @@ static int link_open(link_t *l, const conn_opts *o)
     if (!split_addr(o->addr, host, sizeof host, port, sizeof port)) {
         say(o->cmd, "--addr: '%s' is not HOST:PORT (e.g. 127.0.0.1:7401)", o->addr);
         return 2;
+    }
+    /* Before connecting: a bad certificate file is the user's to fix,
+     * whether or not the server is up. */
+    if (o->tls) {
+        int rc = tls_setup(l, o);
+        if (rc) return rc;
     }
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
     int gai = getaddrinfo(host, port, &hints, &res);
@@ -202,19 +349,9 @@ static int link_open(link_t *l, const conn_opts *o)
     setsockopt(l->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (!o->tls) return 0;
 
-    l->ctx = SSL_CTX_new(TLS_client_method());
-    if (!l->ctx) return tls_error(o->cmd, "TLS setup failed"), 1;
-    SSL_CTX_set_verify(l->ctx, SSL_VERIFY_PEER, NULL);
-    if (o->ca ? SSL_CTX_load_verify_locations(l->ctx, o->ca, NULL) != 1
-              : SSL_CTX_set_default_verify_paths(l->ctx) != 1) {
-        char what[600];
-        snprintf(what, sizeof what, "cannot load CA certificates from %s",
-                 o->ca ? o->ca : "the system store");
-        tls_error(o->cmd, what);
-        return 1;
-    }
     l->ssl = SSL_new(l->ctx);
     SSL_set_fd(l->ssl, l->fd);
+    SSL_set_cert_cb(l->ssl, on_cert_request, l);
     /* The certificate must name what we dialled: an IP address is checked
      * against the certificate's IP entries, a name against its DNS names
      * (and sent as SNI). */
@@ -232,6 +369,14 @@ static int link_open(link_t *l, const conn_opts *o)
         if (v != X509_V_OK) {
             say(o->cmd, "TLS handshake with %s failed: certificate not trusted: %s", o->addr,
                 X509_verify_cert_error_string(v));
+            return 1;
+        }
+        unsigned long e = ERR_peek_error();
+        note_alert(l, e);
+        char why[400];
+        if (tls_refusal(l, why, sizeof why)) {
+            ERR_clear_error();
+            say(o->cmd, "TLS handshake with %s failed: %s", o->addr, why);
             return 1;
         }
         char what[300];
@@ -306,6 +451,7 @@ static int link_fill(link_t *l, int timeout_ms)
             int e = SSL_get_error(l->ssl, r);
             if (e == SSL_ERROR_ZERO_RETURN) return FILL_CLOSED;
             unsigned long q = ERR_get_error();
+            note_alert(l, q);
             if (q)
                 ERR_error_string_n(q, l->why, sizeof l->why);
             else if (e == SSL_ERROR_SYSCALL && errno)
@@ -430,10 +576,19 @@ static cJSON *wait_response(link_t *l, const char *cmd, const char *id, int time
         size_t n;
         int r = link_frame(l, cmd, timeout_ms, &p, &n);
         *fill_rc = r;
+        char why[400];
+        if ((r == FILL_IO || r == FILL_CLOSED) && !l->answered && tls_refusal(l, why, sizeof why)) {
+            /* TLS 1.3 settles the client certificate after the handshake:
+             * a refusal shows on the first read. */
+            say(cmd, "TLS handshake with %s failed: %s", l->addr, why);
+            *fill_rc = FILL_ERROR;
+            return NULL;
+        }
         if (r != FILL_OK) {
             if (r != FILL_ERROR && r != FILL_WOKEN) say(cmd, "%s: %s", l->addr, fill_reason(l, r));
             return NULL;
         }
+        l->answered = true;
         stm_err err = {0};
         cJSON *v = json_parse(p, n, &err);
         if (!v) {
@@ -475,7 +630,20 @@ static int handshake(link_t *l, const conn_opts *o)
     bool sent = send_request(l, "1", "HELLO", hello);
     cJSON_Delete(hello);
     if (!sent) {
-        say(o->cmd, "cannot send to %s: %s", o->addr, strerror(errno));
+        char why[400];
+        int e = errno;
+        if (l->ssl) {
+            /* A server that refused the handshake may have reset the
+             * connection under the write; its alert can still be read. */
+            note_alert(l, ERR_peek_error());
+            ERR_clear_error();
+            if (!l->alert) link_fill(l, 1000);
+        }
+        errno = e;
+        if (tls_refusal(l, why, sizeof why))
+            say(o->cmd, "TLS handshake with %s failed: %s", o->addr, why);
+        else
+            say(o->cmd, "cannot send to %s: %s", o->addr, strerror(errno));
         return 1;
     }
     int rc;
@@ -554,6 +722,8 @@ enum {
     OPT_TOKEN,
     OPT_TLS,
     OPT_CA,
+    OPT_CERT,
+    OPT_KEY,
     OPT_INSTANCE,
     OPT_MACHINES,
     OPT_FROM_STATES,
@@ -573,6 +743,27 @@ static void conn_defaults(conn_opts *o, const char *cmd)
     const char *t = getenv("STMFS_TOKEN");
     if (!t || !*t) t = getenv("RSTMDB_TOKEN");
     if (t && *t) o->token = t;
+    /* The client certificate, read like the token, so a script's
+     * environment can carry it. */
+    const char *c = getenv("STMFS_CLIENT_CERT"), *k = getenv("STMFS_CLIENT_KEY");
+    if (c && *c) o->cert = c;
+    if (k && *k) o->key = k;
+}
+
+/* After the flags: --cert and --key go together, and imply TLS. 0, or 2
+ * after printing why. */
+static int conn_check(conn_opts *o)
+{
+    if (!o->cert != !o->key) {
+        say(o->cmd,
+            "%s without %s: a client certificate needs both the certificate and its "
+            "private key (--cert FILE --key FILE, or $STMFS_CLIENT_CERT and "
+            "$STMFS_CLIENT_KEY)",
+            o->cert ? "--cert" : "--key", o->cert ? "--key" : "--cert");
+        return 2;
+    }
+    if (o->cert) o->tls = true;
+    return 0;
 }
 
 /* Handles the connection flags; false when opt is not one of them. */
@@ -590,6 +781,12 @@ static bool conn_flag(conn_opts *o, int opt)
         return true;
     case OPT_CA:
         o->ca = optarg, o->tls = true;
+        return true;
+    case OPT_CERT:
+        o->cert = optarg;
+        return true;
+    case OPT_KEY:
+        o->key = optarg;
         return true;
     default:
         return false;
@@ -612,6 +809,7 @@ static int bad_flag(const char *cmd, char **argv, int ch)
 #define CONN_OPTIONS                                                                               \
     {"addr", required_argument, 0, OPT_ADDR}, {"token", required_argument, 0, OPT_TOKEN},          \
         {"tls", no_argument, 0, OPT_TLS}, {"ca", required_argument, 0, OPT_CA},                    \
+        {"cert", required_argument, 0, OPT_CERT}, {"key", required_argument, 0, OPT_KEY},          \
     {                                                                                              \
         "help", no_argument, 0, OPT_HELP                                                           \
     }
@@ -623,6 +821,11 @@ static int bad_flag(const char *cmd, char **argv, int ch)
     "  --tls               connect with TLS, checking the server's certificate against\n"          \
     "                      the system CA store (default: plain TCP)\n"                             \
     "  --ca FILE           trust the CA certificates in FILE (PEM); implies --tls\n"               \
+    "  --cert FILE         present this client certificate (PEM), for a server that\n"             \
+    "                      requires one (mutual TLS); implies --tls; needs --key\n"                \
+    "                      (default: $STMFS_CLIENT_CERT, else none)\n"                             \
+    "  --key FILE          the private key of --cert (PEM, unencrypted)\n"                         \
+    "                      (default: $STMFS_CLIENT_KEY, else none)\n"                              \
     "  --help              this text\n"
 
 /* ---- call ----------------------------------------------------------------------- */
@@ -731,6 +934,7 @@ int cmd_call(int argc, char **argv)
         }
         return bad_flag("call", argv, ch);
     }
+    if (conn_check(&o)) return 2;
     int nargs = argc - optind;
     if (nargs < 1 || nargs > 2) {
         say("call", nargs < 1 ? "missing OP (see stmfs call --help)"
@@ -922,6 +1126,7 @@ int cmd_watch(int argc, char **argv)
         say("watch", "unexpected argument '%s' (see stmfs watch --help)", argv[optind]);
         rc = 2;
     }
+    if (!rc && conn_check(&o)) rc = 2;
     if (!rc && instance && filter_flag) {
         say("watch", "%s filters watching all instances; it cannot be combined with --instance",
             filter_flag);

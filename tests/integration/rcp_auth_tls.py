@@ -12,11 +12,16 @@ with certificates this test makes with the openssl command.
             plain-text client is dropped and others are not disturbed.
   mTLS:     without a client certificate the handshake fails; with one
             signed by the CA it works.
+  mTLS CLI: `stmfs call` and `stmfs watch` present one with --cert/--key
+            (or STMFS_CLIENT_CERT/STMFS_CLIENT_KEY); without one, or with
+            one the server refuses, they say the TLS handshake failed and
+            why, in one line; unreadable or mismatched files are bad usage.
 """
 
 import hashlib
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -224,6 +229,71 @@ def t_mtls():
         s.cleanup()
 
 
+def cli(s, cmd, *args, env=None):
+    """`stmfs call|watch --addr ... --ca ca.pem ARGS`: (rc, stdout, stderr)."""
+    e = {k: v for k, v in os.environ.items()
+         if not (k.startswith("STMFS_") or k.startswith("RSTMDB_"))}
+    e.update(env or {})
+    r = subprocess.run([STMFS, cmd, "--addr", s.addr, "--ca", p("ca.pem")] + list(args),
+                       capture_output=True, text=True, timeout=30, env=e)
+    return r.returncode, r.stdout, r.stderr
+
+
+def refused_once(err, s, cmd, why):
+    """One line: the handshake failed, and why; no max_connections guess."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("stmfs %s: TLS handshake with %s failed: %s" % (cmd, s.addr, why)), err
+    assert "max_connections" not in err, err
+
+
+def t_mtls_cli():
+    s = Server(STMFS)
+    s.write_config(tls_config(mtls=True))
+    s.start()
+    cert = ["--cert", p("client.pem"), "--key", p("client.key")]
+    try:
+        for cmd in ("call", "watch"):
+            args = ["ping"] if cmd == "call" else []
+            rc, out, err = cli(s, cmd, *args)
+            assert rc == 1, (cmd, rc, err)
+            refused_once(err, s, cmd, "the server requires a client certificate")
+            assert "add --cert FILE and --key FILE" in err, err
+            rc, out, err = cli(s, cmd, "--cert", p("rogue.pem"), "--key", p("rogue.key"), *args)
+            assert rc == 1, (cmd, rc, err)
+            refused_once(err, s, cmd, "the server refused the client certificate " + p("rogue.pem"))
+        rc, out, err = cli(s, "call", *cert, "ping")
+        assert rc == 0 and '"pong": true' in out, (rc, out, err)
+        env = {"STMFS_CLIENT_CERT": p("client.pem"), "STMFS_CLIENT_KEY": p("client.key")}
+        rc, out, err = cli(s, "call", "ping", env=env)
+        assert rc == 0 and '"pong": true' in out, (rc, out, err)
+        # watch subscribes with the certificate and stops cleanly on SIGINT
+        w = subprocess.Popen([STMFS, "watch", "--addr", s.addr, "--ca", p("ca.pem")] + cert,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            line = w.stderr.readline()
+            assert line.startswith("stmfs watch: subscribed"), line
+            w.send_signal(signal.SIGINT)
+            assert w.wait(10) == 0
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+            w.stderr.close()
+        # the files: a missing one, a key of another certificate, one alone
+        rc, out, err = cli(s, "call", "--cert", p("nope.pem"), "--key", p("client.key"), "ping")
+        assert rc == 2 and "--cert: cannot read '%s'" % p("nope.pem") in err, (rc, err)
+        rc, out, err = cli(s, "call", "--cert", p("client.pem"), "--key", p("rogue.key"), "ping")
+        assert rc == 2 and "is not the private key of the certificate" in err, (rc, err)
+        rc, out, err = cli(s, "call", "--cert", p("client.key"), "--key", p("client.key"), "ping")
+        assert rc == 2 and "holds no usable certificate" in err, (rc, err)
+        rc, out, err = cli(s, "watch", "--cert", p("client.pem"))
+        assert rc == 2 and "--cert without --key" in err, (rc, err)
+    finally:
+        assert s.stop() == 0, s.stderr()
+        s.cleanup()
+
+
 try:
     R.run("auth on: gate, AUTH, per connection", t_auth_on)
     R.run("auth from the environment", t_auth_env_hash)
@@ -233,6 +303,7 @@ try:
         make_certs()
         R.run("TLS", t_tls)
         R.run("mutual TLS", t_mtls)
+        R.run("mutual TLS from stmfs call and watch", t_mtls_cli)
     else:
         print("# openssl command not found: TLS checks skipped")
 finally:
