@@ -178,6 +178,7 @@ static void undo_all(eng *e)
             if (prev) prev->fifo_next = NULL;
             else e->fifo_head = NULL;
             e->fifo_tail = prev;
+            free(k->result);
             free(k->scope);
             free(k->key);
             free(k);

@@ -199,6 +199,25 @@ static cJSON *read_entry(eng *e, uint64_t offset, uint64_t seq, stm_err *err)
     return entry;
 }
 
+/* An atomic batch may carry one idempotency key on two ops. The second is
+ * a replay of the first, which is only staged: in the rehearsal its record
+ * was never written, and in the real run it is not durable before the
+ * batch ends. So its result is kept with the key (as compaction keeps the
+ * results of keys whose records it removes) for the replay to answer
+ * from, instead of reading the record back from the log. */
+static void keep_batch_result(eng *e, const char *scope, const char *key, const cJSON *r)
+{
+    if (!key || !(e->dry_run || e->txn_total)) return;
+    idem_entry *k = idem_find(e, scope, key);
+    if (!k || k->result) return;
+    cJSON *c = cJSON_Duplicate(r, true);
+    cJSON_DeleteItemFromObjectCaseSensitive(c, "applied");
+    buf b = {0};
+    json_write(&b, c, true);
+    cJSON_Delete(c);
+    k->result = buf_detach(&b, NULL);
+}
+
 /* ---- machines ----------------------------------------------------------- */
 
 static stm_code op_put_machine(eng *e, const cJSON *p, cJSON **res, uint64_t *seq, stm_err *err)
@@ -507,6 +526,7 @@ static stm_code op_create_instance(eng *e, const cJSON *p, cJSON **res, uint64_t
     if (rc != STM_OK) return rc;
     *res = create_result(id ? id : uuid, def_initial(mv->d), rec.offset);
     *seq = rec.seq;
+    keep_batch_result(e, scope, key, *res);
     return STM_OK;
 }
 
@@ -808,6 +828,7 @@ static stm_code op_apply_event(eng *e, const cJSON *p, cJSON **res, uint64_t *se
          * lives as long as the engine */
         *res = apply_result(true, in->ctx, NULL, event_id, from, to, rec.offset);
         *seq = rec.seq;
+        keep_batch_result(e, id, key, *res);
     }
     return rc;
 }

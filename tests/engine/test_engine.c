@@ -366,6 +366,179 @@ START_TEST(atomic_batch_all_or_nothing)
 }
 END_TEST
 
+/* Runs an atomic batch of n ops given as JSON text. Returns the code; on
+ * success the results as JSON in res[] (caller deletes), else *failed. */
+static stm_code batch(eng *e, size_t n, const char *const *ops, const char *const *params,
+                      cJSON **res, size_t *failed, stm_err *err)
+{
+    cJSON *p[8];
+    ck_assert_uint_le(n, 8);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = cJSON_Parse(params[i]);
+        ck_assert_msg(p[i] != NULL, "bad test JSON: %s", params[i]);
+    }
+    uint64_t seq = 0;
+    stm_code rc = eng_call_atomic(e, n, ops, (const cJSON *const *)p, res, &seq, failed, err);
+    if (rc == STM_OK) ck_assert_int_eq(eng_wait(e, seq, err), STM_OK);
+    for (size_t i = 0; i < n; i++)
+        cJSON_Delete(p[i]);
+    return rc;
+}
+
+static void free_all(cJSON **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cJSON_Delete(v[i]);
+}
+
+static char *text_of(const cJSON *v)
+{
+    buf b = {0};
+    json_write(&b, v, true);
+    return buf_detach(&b, NULL);
+}
+
+/* Two ops of one atomic batch with the same idempotency key: the second is a
+ * replay of the first, staged one (its result, applied false), as in a
+ * best-effort batch, and after a restart the key answers the same. The same
+ * key for a different request is CONFLICT, as in best effort, and fails the
+ * batch. (The replay read the staged op's record back from the log at
+ * offset 0: "no record at offset 0".) */
+START_TEST(atomic_batch_repeated_key)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, NULL);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    cJSON_Delete(
+        ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"bk1\"}"));
+    cJSON_Delete(
+        ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"bk2\"}"));
+    eng_stats es;
+    eng_get_stats(e, &es);
+    uint64_t records = es.wal.entry_count;
+    stm_err err = {0};
+    size_t failed = 99;
+    cJSON *r[8] = {0};
+
+    static const char *const apply2[] = {"APPLY_EVENT", "APPLY_EVENT"};
+    const char *pay[] = {"{\"instance_id\":\"bk1\",\"event\":\"PAY\",\"payload\":{\"amount\":5},"
+                         "\"idempotency_key\":\"pay-bk1\"}",
+                         "{\"instance_id\":\"bk1\",\"event\":\"PAY\",\"payload\":{\"amount\":5},"
+                         "\"idempotency_key\":\"pay-bk1\"}"};
+    stm_code rc = batch(e, 2, apply2, pay, r, &failed, &err);
+    ck_assert_msg(rc == STM_OK, "%s at op %zu: %s", stm_code_name(rc), failed, err.msg);
+    ck_assert(cJSON_IsTrue(json_get(r[0], "applied")));
+    ck_assert(cJSON_IsFalse(json_get(r[1], "applied")));
+    cJSON_DeleteItemFromObject(r[0], "applied");
+    cJSON_DeleteItemFromObject(r[1], "applied");
+    char *first = text_of(r[0]), *second = text_of(r[1]);
+    ck_assert_str_eq(second, first); /* the same ctx, states, offset */
+    free(second);
+    uint64_t pay_off = (uint64_t)num(r[0], "wal_offset");
+    free_all(r, 2);
+    eng_get_stats(e, &es);
+    ck_assert_uint_eq(es.wal.entry_count, records + 1); /* one record */
+    records = es.wal.entry_count;
+
+    /* the replay answers what the staged op did, even once a later op of
+     * the batch moved the instance on */
+    static const char *const apply3[] = {"APPLY_EVENT", "APPLY_EVENT", "APPLY_EVENT"};
+    const char *moved[] = {"{\"instance_id\":\"bk2\",\"event\":\"PAY\",\"payload\":{\"amount\":2},"
+                           "\"idempotency_key\":\"pay-bk2\"}",
+                           "{\"instance_id\":\"bk2\",\"event\":\"SHIP\"}",
+                           "{\"instance_id\":\"bk2\",\"event\":\"PAY\",\"payload\":{\"amount\":2},"
+                           "\"idempotency_key\":\"pay-bk2\"}"};
+    rc = batch(e, 3, apply3, moved, r, &failed, &err);
+    ck_assert_msg(rc == STM_OK, "%s at op %zu: %s", stm_code_name(rc), failed, err.msg);
+    ck_assert(cJSON_IsFalse(json_get(r[2], "applied")));
+    ck_assert_str_eq(str(r[2], "to_state"), "paid");
+    ck_assert_uint_eq((uint64_t)num(r[2], "wal_offset"), (uint64_t)num(r[0], "wal_offset"));
+    free_all(r, 3);
+
+    /* creates, with and without an instance id */
+    static const char *const create2[] = {"CREATE_INSTANCE", "CREATE_INSTANCE"};
+    const char *named[] = {
+        "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"c-1\",\"idempotency_key\":\"ck1\"}",
+        "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"c-1\",\"idempotency_key\":"
+        "\"ck1\"}"};
+    rc = batch(e, 2, create2, named, r, &failed, &err);
+    ck_assert_msg(rc == STM_OK, "%s at op %zu: %s", stm_code_name(rc), failed, err.msg);
+    ck_assert(cJSON_IsFalse(json_get(r[1], "applied")));
+    ck_assert_str_eq(str(r[1], "instance_id"), "c-1");
+    ck_assert_str_eq(str(r[1], "state"), "created");
+    ck_assert_uint_eq((uint64_t)num(r[1], "wal_offset"), (uint64_t)num(r[0], "wal_offset"));
+    free_all(r, 2);
+    const char *anon[] = {"{\"machine\":\"order\",\"version\":1,\"idempotency_key\":\"ck2\"}",
+                          "{\"machine\":\"order\",\"version\":1,\"idempotency_key\":\"ck2\"}"};
+    rc = batch(e, 2, create2, anon, r, &failed, &err);
+    ck_assert_msg(rc == STM_OK, "%s at op %zu: %s", stm_code_name(rc), failed, err.msg);
+    ck_assert(cJSON_IsFalse(json_get(r[1], "applied")));
+    char *anon_id = strdup(str(r[0], "instance_id"));
+    ck_assert_str_eq(str(r[1], "instance_id"), anon_id);
+    free_all(r, 2);
+    cJSON *l = ok(e, "LIST_INSTANCES", NULL);
+    ck_assert_int_eq((int)num(l, "total"), 4); /* bk1, bk2, c-1 and one more */
+    cJSON_Delete(l);
+    eng_get_stats(e, &es);
+    records = es.wal.entry_count;
+
+    /* the same key for a different request: CONFLICT, as best effort
+     * answers that op; the batch fails and nothing is applied */
+    cJSON_Delete(
+        ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"bk3\"}"));
+    eng_get_stats(e, &es);
+    records = es.wal.entry_count;
+    const char *differ[] = {"{\"instance_id\":\"bk3\",\"event\":\"PAY\",\"payload\":{\"amount\":5},"
+                            "\"idempotency_key\":\"pay-bk3\"}",
+                            "{\"instance_id\":\"bk3\",\"event\":\"PAY\",\"payload\":{\"amount\":6},"
+                            "\"idempotency_key\":\"pay-bk3\"}"};
+    rc = batch(e, 2, apply2, differ, r, &failed, &err);
+    ck_assert_msg(rc == STM_CONFLICT, "%s: %s", stm_code_name(rc), err.msg);
+    ck_assert_uint_eq(failed, 1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "pay-bk3"));
+    const char *cdiffer[] = {"{\"machine\":\"order\",\"version\":1,\"idempotency_key\":\"ck3\"}",
+                             "{\"machine\":\"order\",\"version\":1,\"idempotency_key\":\"ck3\","
+                             "\"initial_ctx\":{\"a\":1}}"};
+    rc = batch(e, 2, create2, cdiffer, r, &failed, &err);
+    ck_assert_msg(rc == STM_CONFLICT, "%s: %s", stm_code_name(rc), err.msg);
+    ck_assert_uint_eq(failed, 1);
+    eng_get_stats(e, &es);
+    ck_assert_uint_eq(es.wal.entry_count, records); /* nothing written */
+    cJSON *g = ok(e, "GET_INSTANCE", "{\"instance_id\":\"bk3\"}");
+    ck_assert_str_eq(str(g, "state"), "created");
+    cJSON_Delete(g);
+    /* best effort, op by op: the second is the conflict */
+    cJSON_Delete(ok(e, "APPLY_EVENT", differ[0]));
+    fails(e, "APPLY_EVENT", differ[1], STM_CONFLICT, "pay-bk3");
+
+    /* the keys answer the same later, and after a restart */
+    for (int round = 0; round < 2; round++) {
+        cJSON *a = ok(e, "APPLY_EVENT", pay[0]);
+        ck_assert(cJSON_IsFalse(json_get(a, "applied")));
+        cJSON_DeleteItemFromObject(a, "applied");
+        char *t = text_of(a);
+        ck_assert_str_eq(t, first);
+        free(t);
+        ck_assert_uint_eq((uint64_t)num(a, "wal_offset"), pay_off);
+        cJSON_Delete(a);
+        cJSON *c = ok(e, "CREATE_INSTANCE", anon[0]);
+        ck_assert(cJSON_IsFalse(json_get(c, "applied")));
+        ck_assert_str_eq(str(c, "instance_id"), anon_id);
+        cJSON_Delete(c);
+        c = ok(e, "CREATE_INSTANCE", named[0]);
+        ck_assert(cJSON_IsFalse(json_get(c, "applied")));
+        cJSON_Delete(c);
+        eng_close(e);
+        e = open_dir(dir, NULL);
+    }
+    free(first);
+    free(anon_id);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 static void wake_noop(void *arg)
 {
     (void)arg;
@@ -1231,6 +1404,7 @@ int main(void)
     tcase_add_test(tc, restart_keeps_everything);
     tcase_add_test(tc, idempotency_survives_restart);
     tcase_add_test(tc, atomic_batch_all_or_nothing);
+    tcase_add_test(tc, atomic_batch_repeated_key);
     tcase_add_test(tc, subscription_catch_up_then_live);
     tcase_add_test(tc, subscription_after_unwatched_burst);
     tcase_add_test(tc, history_sizes_are_exact);

@@ -26,6 +26,7 @@ srv.write_config("storage:\n  fsync_policy: every_write\nmetrics:\n  enabled: tr
 srv.start()
 c = srv.connect()
 acked = {}  # instance id -> state the server acknowledged
+replays = []  # (op, params, result without "applied"): a retry must answer it
 
 
 def t_session():
@@ -261,6 +262,44 @@ def t_batch():
     c.err("BATCH", {}, "BAD_REQUEST")
 
 
+def t_batch_repeated_key():
+    """Two ops of one atomic batch with one idempotency key: the second is a
+    replay of the first, staged one, as in best_effort; a different request
+    under the key is CONFLICT in both modes."""
+    c.ok("CREATE_INSTANCE", {"machine": "order", "version": 1, "instance_id": "bk1"})
+    pay = {"instance_id": "bk1", "event": "PAY", "payload": {"amount": 5},
+           "idempotency_key": "pay-bk1"}
+    ok = c.ok("BATCH", {"mode": "atomic", "ops": [{"op": "APPLY_EVENT", "params": pay}] * 2})
+    first, second = [x["result"] for x in ok["results"]]
+    assert first["applied"] is True and second["applied"] is False, ok
+    first.pop("applied"), second.pop("applied")
+    assert first == second and first["to_state"] == "paid", ok
+    acked["bk1"] = "paid"
+    replays.append(("APPLY_EVENT", pay, first))
+    assert c.ok("APPLY_EVENT", pay)["applied"] is False
+    for cp in ({"machine": "order", "version": 1, "instance_id": "bk2",
+                "idempotency_key": "mk-bk2"},
+               {"machine": "order", "version": 1, "idempotency_key": "mk-anon"}):
+        ok = c.ok("BATCH", {"mode": "atomic", "ops": [{"op": "CREATE_INSTANCE", "params": cp}] * 2})
+        first, second = [x["result"] for x in ok["results"]]
+        assert "applied" not in first and second.pop("applied") is False, ok
+        assert first == second, ok
+        acked[first["instance_id"]] = "created"
+        replays.append(("CREATE_INSTANCE", cp, first))
+    # the same key for a different request
+    c.ok("CREATE_INSTANCE", {"machine": "order", "version": 1, "instance_id": "bk3"})
+    other = dict(pay, instance_id="bk3", idempotency_key="pay-bk3")
+    ops = [{"op": "APPLY_EVENT", "params": other},
+           {"op": "APPLY_EVENT", "params": dict(other, payload={"amount": 6})}]
+    e = c.err("BATCH", {"mode": "atomic", "ops": ops}, "BAD_REQUEST")
+    assert "failed at op 1 (APPLY_EVENT): CONFLICT" in e["message"], e
+    assert c.ok("GET_INSTANCE", {"instance_id": "bk3"})["state"] == "created"
+    be = c.ok("BATCH", {"mode": "best_effort", "ops": ops})
+    assert [x["status"] for x in be["results"]] == ["ok", "error"], be
+    assert be["results"][1]["error"]["code"] == "CONFLICT", be
+    acked["bk3"] = "paid"
+
+
 def t_jsonl():
     j = srv.connect()
     m = j.request_msg("HELLO", {"protocol_version": 1, "wire_modes": ["jsonl"]})
@@ -318,6 +357,9 @@ def t_restart():
     for iid, state in sorted(acked.items()):
         g = r.ok("GET_INSTANCE", {"instance_id": iid})
         assert g["state"] == state, (iid, g, state)
+    for op, params, want in replays:
+        got = r.ok(op, params)
+        assert got.pop("applied") is False and got == want, (op, params, got, want)
     r.close()
 
 
@@ -390,6 +432,7 @@ try:
     R.run("WATCH_INSTANCE WATCH_ALL UNWATCH", t_watch)
     R.run("WATCH from_offset: catch-up then live", t_watch_from_offset)
     R.run("BATCH atomic and best_effort", t_batch)
+    R.run("BATCH atomic: one idempotency key on two ops", t_batch_repeated_key)
     R.run("jsonl both ways", t_jsonl)
     R.run("metrics endpoint", t_metrics)
     R.run("restart keeps every acknowledged write", t_restart)
