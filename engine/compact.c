@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/crc32c.h"
@@ -557,6 +558,39 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
     e->applied_offset = e->snap_offset;
     e->applied_seq = e->snap_seq;
     return STM_OK;
+}
+
+/* A snapshot is written to NAME.snap.tmp and renamed into place; a crash
+ * (kill -9, power loss) before the rename leaves the temp file behind, as
+ * big as a snapshot, and nothing else would ever remove it. Only the
+ * process that holds the log's lock writes snapshots, and it has written
+ * none yet when it opens, so every such file is stale. Database snapshots
+ * (db-*.snap.tmp) and SNAPSHOT_INSTANCE's (.snap-*.snap.tmp) alike. */
+void snap_remove_stale_tmp(eng *e)
+{
+    if (e->opts.read_only) return;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/snapshots", e->data_dir);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    static const char suffix[] = ".snap.tmp";
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (n <= sizeof suffix - 1 || strcmp(de->d_name + n - (sizeof suffix - 1), suffix) != 0)
+            continue;
+        char path[4600];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        struct stat st;
+        long long size = stat(path, &st) == 0 ? (long long)st.st_size : -1;
+        if (io_of(e)->unlink(path) == 0)
+            log_warn("removed %s (%lld bytes): a snapshot that a crash interrupted before it "
+                     "was complete",
+                     path, size);
+        else
+            log_warn("cannot remove the unfinished snapshot %s: %s", path, strerror(errno));
+    }
+    closedir(d);
 }
 
 stm_code snap_load(eng *e, stm_err *err)

@@ -918,6 +918,7 @@ stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recover
         .io = o->io,
     };
     if ((rc = wal_open(&wo, &e->w, rep, err)) != STM_OK) goto fail;
+    snap_remove_stale_tmp(e); /* the log's lock is ours: no other writer */
     if ((rc = load_snapshot(e, stop_at, err)) != STM_OK) goto fail;
     if ((rc = replay(e, stop_at, err)) != STM_OK) goto fail;
     __atomic_store_n(&e->acked, wal_acked_seq(e->w), __ATOMIC_RELEASE);

@@ -238,6 +238,8 @@ typedef stm_code (*op_fn)(eng *, const cJSON *, cJSON **, uint64_t *, stm_err *)
 op_fn ops_lookup(const char *op, bool *locked);
 
 /* compact.c */
+/* Removes snapshot temp files a crash left behind (at open, writers only). */
+void snap_remove_stale_tmp(eng *e);
 /* Loads the newest valid database snapshot, if any (before WAL replay). */
 stm_code snap_load(eng *e, stm_err *err);
 /* Takes a database snapshot and deletes the WAL segments it covers. */

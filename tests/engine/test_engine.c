@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "base/json.h"
+#include "base/log.h"
 #include "engine/engine.h"
 
 static const char *testdata; /* ../shared/testdata, from the environment */
@@ -1391,6 +1392,86 @@ START_TEST(damaged_only_snapshot_refuses)
 }
 END_TEST
 
+static bool exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* A kill -9 while a snapshot is written leaves NAME.snap.tmp behind, as big
+ * as the snapshot: opening the database removes such files (a read-only
+ * open leaves them alone) and says so in the log; finished snapshots stay.
+ * (Nothing ever removed them: repeated crashes filled the disk.) */
+START_TEST(stale_snapshot_tmp_removed)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, NULL);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    cJSON_Delete(
+        ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"s-1\"}"));
+    cJSON_Delete(ok(e, "COMPACT", NULL));
+    eng_close(e);
+    char snaps[4200], tmp1[4300], tmp2[4300], other[4300];
+    snprintf(snaps, sizeof snaps, "%s/snapshots", dir);
+    snprintf(tmp1, sizeof tmp1, "%s/db-0000010000000400.snap.tmp", snaps);
+    snprintf(tmp2, sizeof tmp2, "%s/.snap-5b1e.snap.tmp", snaps);
+    snprintf(other, sizeof other, "%s/notes.tmp", snaps);
+    const char *made[] = {tmp1, tmp2, other};
+    for (int i = 0; i < 3; i++) {
+        FILE *f = fopen(made[i], "w");
+        ck_assert_ptr_nonnull(f);
+        for (int k = 0; k < 1000; k++)
+            fputs("half a snapshot\n", f);
+        fclose(f);
+    }
+    size_t snaps_before = 0;
+    DIR *d = opendir(snaps);
+    for (struct dirent *de; (de = readdir(d));)
+        snaps_before += strstr(de->d_name, ".snap") && !strstr(de->d_name, ".tmp");
+    closedir(d);
+    ck_assert_uint_eq(snaps_before, 1);
+
+    /* a read-only open is no writer: another process may be writing them */
+    eng_opts o;
+    eng_opts_defaults(&o);
+    o.data_dir = dir;
+    o.read_only = true;
+    stm_err err;
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    eng_close(e);
+    ck_assert(exists(tmp1) && exists(tmp2));
+
+    char logpath[4300];
+    snprintf(logpath, sizeof logpath, "%s/test.log", dir);
+    FILE *log = fopen(logpath, "w+");
+    ck_assert_ptr_nonnull(log);
+    log_setup(log, LOG_INFO);
+    e = open_dir(dir, NULL);
+    log_setup(NULL, LOG_WARN);
+    ck_assert(!exists(tmp1));
+    ck_assert(!exists(tmp2));
+    ck_assert(exists(other)); /* not a snapshot's */
+    size_t snaps_after = 0;
+    d = opendir(snaps);
+    for (struct dirent *de; (de = readdir(d));)
+        snaps_after += strstr(de->d_name, ".snap") && !strstr(de->d_name, ".tmp");
+    closedir(d);
+    ck_assert_uint_eq(snaps_after, 1);
+    char text[8192] = {0};
+    rewind(log);
+    ck_assert_uint_gt(fread(text, 1, sizeof text - 1, log), 0);
+    fclose(log);
+    ck_assert_msg(strstr(text, "db-0000010000000400.snap.tmp (16000 bytes)"), "log: %s", text);
+    ck_assert_msg(strstr(text, ".snap-5b1e.snap.tmp"), "log: %s", text);
+    cJSON *g = ok(e, "GET_INSTANCE", "{\"instance_id\":\"s-1\"}");
+    ck_assert_str_eq(str(g, "state"), "created");
+    cJSON_Delete(g);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     testdata = getenv("STMFS_TESTDATA");
@@ -1412,6 +1493,7 @@ int main(void)
     tcase_add_test(tc, compaction_keeps_everything);
     tcase_add_test(tc, subscription_from_compacted_offset);
     tcase_add_test(tc, damaged_only_snapshot_refuses);
+    tcase_add_test(tc, stale_snapshot_tmp_removed);
     tcase_add_test(tc, entries_count_runtime_checkpoints);
     tcase_add_test(tc, entries_read_below_size_is_whole);
     tcase_add_test(tc, entries_count_torn_batch);
