@@ -171,321 +171,53 @@ static bool dump_line(buf *line, uint64_t offset, uint64_t seq, const char *payl
     return fwrite(line->data, 1, line->len, stdout) == line->len;
 }
 
-/* ---- reading a damaged log ------------------------------------------------
- * Opening refuses a log with damage inside it, so dump then reads the
- * segment files itself, read-only, with the rules recovery applies: the
- * same record checks, the same sequence rule, the same resynchronisation
- * on the "WLOG" magic to tell damage from a torn tail. */
-
-typedef struct {
-    uint64_t id;
-    char *path;
-    int fd;
-    uint64_t size;
-} dseg;
-
-typedef struct {
-    dseg *seg;
-    unsigned char *buf;
-    size_t cap;
-    uint64_t boff; /* buf holds the segment's bytes [boff, boff + blen) */
-    size_t blen;
-} dreader;
-
-#define DUMP_CHUNK (4u * 1024 * 1024)
-
-/* [pos, pos+n) of r's segment, or NULL: *e = errno, or 0 past the end. */
-static const unsigned char *dr_get(dreader *r, uint64_t pos, size_t n, int *e)
-{
-    *e = 0;
-    if (pos + n > r->seg->size) return NULL;
-    if (pos >= r->boff && pos + n <= r->boff + r->blen) return r->buf + (pos - r->boff);
-    size_t want = n > DUMP_CHUNK ? n : DUMP_CHUNK;
-    if (pos + want > r->seg->size) want = (size_t)(r->seg->size - pos);
-    if (want > r->cap) {
-        free(r->buf);
-        r->cap = want;
-        r->buf = xmalloc(r->cap);
-    }
-    size_t got = 0;
-    r->blen = 0;
-    while (got < want) {
-        ssize_t k = pread(r->seg->fd, r->buf + got, want - got, (off_t)(pos + got));
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) {
-            *e = errno;
-            return NULL;
-        }
-        if (k == 0) break;
-        got += (size_t)k;
-    }
-    r->boff = pos;
-    r->blen = got;
-    return got >= n ? r->buf : NULL;
-}
-
-static void dr_set(dreader *r, dseg *s)
-{
-    r->seg = s;
-    r->blen = 0;
-}
-
-typedef struct {
-    uint8_t type;
-    uint32_t len;
-    uint64_t seq;
-    const char *payload;
-} drec;
-
-/* 1: a valid record at pos, 0: the segment ends there, -1: a bad record
- * (why says what), -2: a read error (*e). The checks of recovery's reader. */
-static int dr_record(dreader *r, uint64_t pos, drec *v, char *why, size_t whyn, int *e)
-{
-    if (pos >= r->seg->size) return 0;
-    const unsigned char *h = dr_get(r, pos, WAL_HEADER_SIZE, e);
-    if (!h) {
-        if (*e) return -2;
-        snprintf(why, whyn, "partial record header (%llu of %d bytes)",
-                 (unsigned long long)(r->seg->size - pos), WAL_HEADER_SIZE);
-        return -1;
-    }
-    static const unsigned char zero[WAL_HEADER_SIZE];
-    if (memcmp(h, "WLOG", 4) != 0) {
-        snprintf(why, whyn, "%s", memcmp(h, zero, sizeof zero) ? "bad magic" : "zero-filled bytes");
-        return -1;
-    }
-    uint8_t type = h[4];
-    uint32_t len = wal_be32(h + 8);
-    if (!wal_type_valid(type)) {
-        snprintf(why, whyn, "unknown record type %u", type);
-        return -1;
-    }
-    if (len > WAL_MAX_PAYLOAD) {
-        snprintf(why, whyn, "payload length %u over the limit", len);
-        return -1;
-    }
-    h = dr_get(r, pos, WAL_HEADER_SIZE + (size_t)len, e);
-    if (!h) {
-        if (*e) return -2;
-        snprintf(why, whyn, "partial payload (%llu of %u bytes)",
-                 (unsigned long long)(r->seg->size - pos - WAL_HEADER_SIZE), len);
-        return -1;
-    }
-    uint64_t seq = wal_be64(h + 16);
-    if (seq == 0 || seq > WAL_MAX_SEQ) {
-        snprintf(why, whyn, "sequence number %llu %s", (unsigned long long)seq,
-                 seq ? "out of range" : "(never valid)");
-        return -1;
-    }
-    uint32_t crc = wal_be32(h + 12), got = crc32c(0, h + WAL_HEADER_SIZE, len);
-    if (got != crc) {
-        snprintf(why, whyn, "CRC mismatch (stored %08x, computed %08x)", crc, got);
-        return -1;
-    }
-    v->type = type;
-    v->len = len;
-    v->seq = seq;
-    v->payload = (const char *)h + WAL_HEADER_SIZE;
-    return 1;
-}
-
-/* The first valid record at or after pos in r's segment: its position, or
- * UINT64_MAX (also on a read error, which the caller meets again). */
-static uint64_t dr_find_good(dreader *r, uint64_t pos)
-{
-    char why[160];
-    int e;
-    drec v;
-    while (pos + WAL_HEADER_SIZE <= r->seg->size) {
-        uint64_t left = r->seg->size - pos;
-        size_t n = left < DUMP_CHUNK ? (size_t)left : DUMP_CHUNK;
-        const unsigned char *p = dr_get(r, pos, n, &e);
-        if (!p) return UINT64_MAX;
-        const unsigned char *m = memmem(p, n, "WLOG", 4);
-        if (!m) {
-            pos += n > 3 ? n - 3 : 1;
-            continue;
-        }
-        uint64_t cand = pos + (uint64_t)(m - p);
-        if (dr_record(r, cand, &v, why, sizeof why, &e) == 1) return cand;
-        pos = cand + 1;
-    }
-    return UINT64_MAX;
-}
-
-static bool dr_zeros(dreader *r, uint64_t pos)
-{
-    int e;
-    while (pos < r->seg->size) {
-        uint64_t left = r->seg->size - pos;
-        size_t n = left < DUMP_CHUNK ? (size_t)left : DUMP_CHUNK;
-        const unsigned char *p = dr_get(r, pos, n, &e);
-        if (!p) return false;
-        for (size_t i = 0; i < n; i++)
-            if (p[i]) return false;
-        pos += n;
-    }
-    return true;
-}
-
-static int cmp_dseg(const void *a, const void *b)
-{
-    uint64_t x = ((const dseg *)a)->id, y = ((const dseg *)b)->id;
-    return x < y ? -1 : x > y;
-}
-
-/* The segment files of dir, opened read-only, in log order. false after
- * printing why. */
-static bool list_dsegs(const char *dir, dseg **out, size_t *n)
-{
-    *out = NULL;
-    *n = 0;
-    DIR *d = opendir(dir);
-    if (!d) {
-        fprintf(stderr, "stmfs wal dump: cannot read %s: %s\n", dir, strerror(errno));
-        return false;
-    }
-    dseg *segs = NULL;
-    size_t cap = 0;
-    struct dirent *de;
-    bool ok = true;
-    while (ok && (de = readdir(d))) {
-        const char *nm = de->d_name;
-        if (strlen(nm) != 20 || strcmp(nm + 16, ".wal") != 0) continue;
-        uint64_t id = 0;
-        bool hex = true;
-        for (int i = 0; i < 16 && hex; i++) {
-            char c = nm[i];
-            int v = c >= '0' && c <= '9'   ? c - '0'
-                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                    : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                           : -1;
-            hex = v >= 0;
-            id = id << 4 | (uint64_t)(v & 15);
-        }
-        if (!hex || id == 0 || id >= (1ull << 24)) continue; /* as recovery lists them */
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 16;
-            segs = xrealloc(segs, cap * sizeof *segs);
-        }
-        dseg *s = &segs[(*n)++];
-        size_t pl = strlen(dir) + 22;
-        s->id = id;
-        s->path = xmalloc(pl);
-        snprintf(s->path, pl, "%s/%s", dir, nm);
-        s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-        if (s->fd < 0 || fstat(s->fd, &st) != 0) {
-            fprintf(stderr, "stmfs wal dump: cannot read %s: %s\n", s->path, strerror(errno));
-            ok = false;
-        } else {
-            s->size = (uint64_t)st.st_size;
-        }
-    }
-    closedir(d);
-    if (*n) qsort(segs, *n, sizeof *segs, cmp_dseg);
-    if (!ok) {
-        for (size_t i = 0; i < *n; i++) {
-            if (segs[i].fd >= 0) close(segs[i].fd);
-            free(segs[i].path);
-        }
-        free(segs);
-        *n = 0;
-        return false;
-    }
-    *out = segs;
-    return true;
-}
-
-/* Dumps a log that opening refused (refusal = its message). Returns the
- * exit status: 1 whenever damage was found. */
+/* Dumps a log that opening refused (refusal = its message), through the
+ * log's own salvage reader. Returns the exit status: 1 whenever damage was
+ * found. */
 static int dump_damaged(const char *dir, uint64_t from, bool skip, const char *refusal)
 {
-    size_t n;
-    dseg *segs;
-    if (!list_dsegs(dir, &segs, &n)) return 1;
-    dreader r = {0};
+    wal_salvage *sv;
+    stm_err err = {0};
+    if (wal_salvage_open(dir, &sv, &err) != STM_OK) {
+        fprintf(stderr, "stmfs wal dump: %s\n", err.msg);
+        return 1;
+    }
     buf line = {0};
-    char why[160];
-    int status = 0, e;
-    bool damage = false, out_ok = true;
-    /* The sequence rule of recovery: once a checkpoint is seen (only stmfs
-     * writes them), each record is the highest number so far + 1. After a
-     * skipped gap the next record starts the count again. */
-    bool ours = false, fresh = true;
-    uint64_t max_seq = 0;
-    size_t i = 0;
-    uint64_t pos = 0;
-    while (i < n && out_ok) {
-        dr_set(&r, &segs[i]);
-        drec v;
-        int k = dr_record(&r, pos, &v, why, sizeof why, &e);
-        if (k == 0) {
-            i++, pos = 0;
+    wal_record r;
+    wal_damage d;
+    int k, status = 0;
+    bool damage = false;
+    while ((k = wal_salvage_next(sv, &r, &d, &err)) != 0) {
+        if (k == 1) {
+            if (r.offset >= from && !dump_line(&line, r.offset, r.seq, r.payload, r.len)) {
+                status = 1;
+                break;
+            }
             continue;
         }
         if (k == -2) {
-            fprintf(stderr, "stmfs wal dump: reading %s failed: %s\n", segs[i].path, strerror(e));
+            fprintf(stderr, "stmfs wal dump: %s\n", err.msg);
             status = 1;
             break;
         }
-        bool is_ckpt = false;
-        if (k == 1) {
-            uint8_t ch[32];
-            uint64_t cseq;
-            is_ckpt = v.type == WAL_T_CHECKPOINT && wal_ckpt_parse(v.payload, v.len, ch, &cseq);
-            if ((ours || is_ckpt) && !fresh && v.seq != max_seq + 1) {
-                snprintf(why, sizeof why, "sequence break (%llu after %llu)",
-                         (unsigned long long)v.seq, (unsigned long long)max_seq);
-                k = -1;
-            }
-        }
-        if (k == 1) {
-            uint64_t off = WAL_OFFSET(segs[i].id, pos);
-            if (off >= from && !dump_line(&line, off, v.seq, v.payload, v.len)) out_ok = false;
-            ours |= is_ckpt;
-            max_seq = fresh || v.seq > max_seq ? v.seq : max_seq;
-            fresh = false;
-            pos += WAL_HEADER_SIZE + (uint64_t)v.len;
-            continue;
-        }
-        /* A bad record: damage if a valid one follows, else the tail. */
-        uint64_t rest = segs[i].size - pos;
-        bool zeros = dr_zeros(&r, pos);
-        for (size_t j = i + 1; j < n; j++) {
-            rest += segs[j].size;
-            zeros &= segs[j].size == 0;
-        }
-        size_t gseg = i;
-        uint64_t good = zeros ? UINT64_MAX : dr_find_good(&r, pos + 1);
-        for (size_t j = i + 1; j < n && !zeros && good == UINT64_MAX; j++) {
-            dr_set(&r, &segs[j]);
-            good = dr_find_good(&r, 0);
-            gseg = j;
-        }
-        uint64_t off = WAL_OFFSET(segs[i].id, pos);
-        if (good == UINT64_MAX) {
-            if (!zeros)
+        if (d.tail) {
+            if (!d.zeros)
                 fprintf(stderr,
                         "stmfs wal dump: note: found a torn tail in %s at byte %llu (offset "
                         "%llu): %s; %llu bytes ignored (read-only)\n",
-                        segs[i].path, (unsigned long long)pos, (unsigned long long)off, why,
-                        (unsigned long long)rest);
+                        d.path, (unsigned long long)d.pos, (unsigned long long)d.offset, d.why,
+                        (unsigned long long)d.rest);
             break;
         }
         damage = true;
         status = 1;
-        uint64_t skipped = segs[i].size - pos;
-        for (size_t j = i + 1; j < gseg; j++)
-            skipped += segs[j].size;
-        skipped = gseg == i ? good - pos : skipped + good;
         fprintf(stderr,
                 "stmfs wal dump: DAMAGED: bad record in %s at byte %llu (offset %llu): %s; "
                 "%llu bytes follow to the end of the log; the next valid record is %llu bytes "
                 "on (%s byte %llu, offset %llu)\n",
-                segs[i].path, (unsigned long long)pos, (unsigned long long)off, why,
-                (unsigned long long)rest, (unsigned long long)skipped, segs[gseg].path,
-                (unsigned long long)good, (unsigned long long)WAL_OFFSET(segs[gseg].id, good));
+                d.path, (unsigned long long)d.pos, (unsigned long long)d.offset, d.why,
+                (unsigned long long)d.rest, (unsigned long long)d.skipped, d.next_path,
+                (unsigned long long)d.next_pos, (unsigned long long)d.next_offset);
         if (!skip) {
             fprintf(stderr, "stmfs wal dump: stopped there; --skip-damage also prints the "
                             "records after it, which `stmfs wal repair` would cut\n");
@@ -493,23 +225,15 @@ static int dump_damaged(const char *dir, uint64_t from, bool skip, const char *r
         }
         fprintf(stderr, "stmfs wal dump: --skip-damage: going on from that record; `stmfs wal "
                         "repair` would cut it and every record after it\n");
-        i = gseg;
-        pos = good;
-        fresh = true;
     }
     if (!damage && status == 0) {
         /* Nothing found here that opening would refuse: say what it said. */
         fprintf(stderr, "stmfs wal dump: %s\n", refusal);
         status = 1;
     }
-    if (!out_ok || fflush(stdout) != 0) status = 1;
+    if (fflush(stdout) != 0) status = 1;
     buf_free(&line);
-    free(r.buf);
-    for (size_t j = 0; j < n; j++) {
-        close(segs[j].fd);
-        free(segs[j].path);
-    }
-    free(segs);
+    wal_salvage_close(sv);
     return status;
 }
 

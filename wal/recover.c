@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/crc32c.h"
 #include "wal/internal.h"
@@ -865,4 +866,148 @@ stm_code wal_verify(const char *dir, uint64_t expect_seq, const uint8_t expect_c
     wal_iter_close(it);
     wal_close(w, NULL);
     return rc;
+}
+
+/* ---- salvage: a log that opening refuses ------------------------------------ */
+
+struct wal_salvage {
+    segname *names;
+    size_t n, i;            /* segments; the one being read */
+    char *dir;
+    char path[4200];        /* of segment i */
+    int fd;
+    uint64_t size;          /* of segment i */
+    uint64_t pos;           /* next record in segment i */
+    reader r;
+    bool ours, fresh;       /* recovery's sequence rule, restarted after a gap */
+    uint64_t max_seq;
+    bool ended;             /* a tail was reported: nothing more */
+};
+
+static bool salvage_seg(wal_salvage *s, size_t i, stm_err *err)
+{
+    if (s->fd >= 0) close(s->fd);
+    s->fd = -1;
+    s->i = i;
+    s->pos = 0;
+    if (i >= s->n) return true;
+    snprintf(s->path, sizeof s->path, "%s/%s", s->dir, s->names[i].name);
+    struct stat st;
+    s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
+    if (s->fd < 0 || fstat(s->fd, &st) != 0) {
+        stm_fail(err, STM_WAL_IO_ERROR, "cannot read %s: %s", s->path, strerror(errno));
+        return false;
+    }
+    s->size = (uint64_t)st.st_size;
+    rd_init(&s->r, &wal_posix_io, s->fd, s->size, SCAN_CHUNK);
+    return true;
+}
+
+stm_code wal_salvage_open(const char *dir, wal_salvage **out, stm_err *err)
+{
+    wal_salvage *s = xcalloc(1, sizeof *s);
+    s->fd = -1;
+    s->fresh = true;
+    s->dir = xstrdup(dir);
+    stm_code rc = list_segments(dir, &s->names, &s->n, err);
+    if (rc == STM_OK && !salvage_seg(s, 0, err)) rc = STM_WAL_IO_ERROR;
+    if (rc != STM_OK) {
+        wal_salvage_close(s);
+        return rc;
+    }
+    *out = s;
+    return STM_OK;
+}
+
+/* Fills d for a bad record at s->pos and moves s to the next valid record
+ * (or to the end, for a tail), as recovery decides between the two. */
+static int salvage_damage(wal_salvage *s, const char *why, wal_damage *d, stm_err *err)
+{
+    memset(d, 0, sizeof *d);
+    snprintf(d->path, sizeof d->path, "%s", s->path);
+    snprintf(d->why, sizeof d->why, "%s", why);
+    d->pos = s->pos;
+    d->offset = WAL_OFFSET(s->names[s->i].id, s->pos);
+    /* the sizes of the later segments, without opening them twice */
+    d->rest = s->size - s->pos;
+    bool zeros = zeros_to_end(&s->r, s->pos);
+    for (size_t j = s->i + 1; j < s->n; j++) {
+        char p[4200];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s", s->dir, s->names[j].name);
+        uint64_t sz = stat(p, &st) == 0 ? (uint64_t)st.st_size : 0;
+        d->rest += sz;
+        zeros &= sz == 0;
+    }
+    d->zeros = zeros;
+    uint64_t good = zeros ? UINT64_MAX : find_good(&s->r, s->pos + 1), skipped = 0;
+    if (good != UINT64_MAX) skipped = good - s->pos;
+    else skipped = s->size - s->pos;
+    while (!zeros && good == UINT64_MAX && s->i + 1 < s->n) {
+        if (!salvage_seg(s, s->i + 1, err)) return -2;
+        good = find_good(&s->r, 0);
+        skipped += good != UINT64_MAX ? good : s->size;
+    }
+    if (good == UINT64_MAX) {
+        d->tail = true;
+        s->ended = true;
+        return -1;
+    }
+    d->skipped = skipped;
+    d->next_pos = good;
+    d->next_offset = WAL_OFFSET(s->names[s->i].id, good);
+    snprintf(d->next_path, sizeof d->next_path, "%s", s->path);
+    s->pos = good;
+    s->fresh = true; /* after a gap the count starts again */
+    return -1;
+}
+
+int wal_salvage_next(wal_salvage *s, wal_record *rec, wal_damage *d, stm_err *err)
+{
+    char why[160];
+    for (;;) {
+        if (s->ended || s->i >= s->n) return 0;
+        rview v;
+        int e = 0;
+        int k = rd_record(&s->r, s->pos, &v, why, sizeof why, &e);
+        if (k == 0) {
+            if (!salvage_seg(s, s->i + 1, err)) return -2;
+            continue;
+        }
+        if (k == -2) {
+            stm_fail(err, STM_WAL_IO_ERROR, "reading %s failed: %s", s->path, strerror(e));
+            return -2;
+        }
+        uint8_t ch[32];
+        uint64_t cseq;
+        bool is_ckpt = k == 1 && v.type == WAL_T_CHECKPOINT &&
+                       wal_ckpt_parse(v.payload, v.len, ch, &cseq);
+        if (k == 1 && (s->ours || is_ckpt) && !s->fresh && v.seq != s->max_seq + 1) {
+            snprintf(why, sizeof why, "sequence break (%llu after %llu)",
+                     (unsigned long long)v.seq, (unsigned long long)s->max_seq);
+            k = -1;
+        }
+        if (k < 0) return salvage_damage(s, why, d, err);
+        memset(rec, 0, sizeof *rec);
+        rec->offset = WAL_OFFSET(s->names[s->i].id, s->pos);
+        rec->seq = v.seq;
+        rec->type = v.type;
+        rec->len = v.len;
+        rec->payload = v.payload;
+        s->ours |= is_ckpt;
+        s->max_seq = s->fresh || v.seq > s->max_seq ? v.seq : s->max_seq;
+        s->fresh = false;
+        s->pos += WAL_HEADER_SIZE + (uint64_t)v.len;
+        return 1;
+    }
+}
+
+void wal_salvage_close(wal_salvage *s)
+{
+    if (!s) return;
+    if (s->fd >= 0) close(s->fd);
+    rd_free(&s->r);
+    free(s->names);
+    free(s->dir);
+    free(s);
 }

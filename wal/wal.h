@@ -282,6 +282,30 @@ typedef struct {
 stm_code wal_verify(const char *dir, uint64_t expect_seq, const uint8_t expect_chain[32],
                     wal_verify_report *rep, stm_err *err);
 
+/* Reading a log that wal_open refuses (damage inside it), for tools that
+ * show what is there (`stmfs wal dump`): every segment in order, read-only,
+ * with recovery's record checks and sequence rule. wal_salvage_next returns
+ * 1 with the next valid record in rec (its payload valid until the next
+ * call), 0 at the end, -2 on a read error (err), or -1 for a bad record,
+ * described in d as recovery sees it: with no valid record after it, a
+ * tail (torn, or zero fill when d->zeros) that ends the log; otherwise
+ * damage, and the next call goes on from the next valid record (d->next_*),
+ * so a caller that wants to stop there stops calling. */
+typedef struct {
+    char path[4200];            /* the segment file, and where in it */
+    uint64_t pos, offset;
+    char why[160];
+    uint64_t rest;              /* bytes from the bad record to the end of the log */
+    bool tail, zeros;
+    char next_path[4200];       /* damage only: the next valid record */
+    uint64_t next_pos, next_offset;
+    uint64_t skipped;           /* bytes from the bad record to it */
+} wal_damage;
+typedef struct wal_salvage wal_salvage;
+stm_code wal_salvage_open(const char *dir, wal_salvage **out, stm_err *err);
+int wal_salvage_next(wal_salvage *s, wal_record *rec, wal_damage *d, stm_err *err);
+void wal_salvage_close(wal_salvage *s);
+
 /* Hex helpers for chain values. out must hold 65 bytes. */
 void wal_hex(const uint8_t h[32], char out[65]);
 bool wal_unhex(const char *hex, uint8_t h[32]);

@@ -460,6 +460,75 @@ END_TEST
 
 /* ---- rotation ----------------------------------------------------------- */
 
+/* wal_salvage reads a log that opening refuses: the records before a
+ * damaged one, the damage where recovery finds it, the records after it
+ * from the next valid one; then a torn tail ends it. The files stay as
+ * they were. */
+START_TEST(test_salvage)
+{
+    char *dir = path_in("wal");
+    wal *w = open_wal(dir, 4096, "every_write");
+    char pl[300];
+    memset(pl, 's', sizeof pl);
+    wal_record recs[40];
+    for (int i = 0; i < 40; i++)
+        recs[i] = append_ok(w, 3, pl, sizeof pl);
+    wait_ok(w, recs[39].seq);
+    close_wal(w);
+    /* one byte of record 10's payload, and a torn copy of a header at the end */
+    int fd = open(seg_path(dir, WAL_OFF_SEG(recs[10].offset)), O_WRONLY);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(pwrite(fd, "X", 1, (off_t)WAL_OFF_POS(recs[10].offset) + 30), 1);
+    close(fd);
+    uint64_t last = WAL_OFF_SEG(recs[39].offset);
+    fd = open(seg_path(dir, last), O_WRONLY | O_APPEND);
+    ck_assert_int_eq(write(fd, "WLOG\3\0\0\0", 8), 8);
+    close(fd);
+    off_t before = file_size(seg_path(dir, last));
+
+    wal_opts o = {.dir = dir, .segment_size = 4096, .read_only = true};
+    stm_err err = {0};
+    wal *ro = NULL;
+    ck_assert_int_eq(wal_open(&o, &ro, NULL, &err), STM_WAL_IO_ERROR);
+
+    wal_salvage *sv;
+    ck_assert_int_eq(wal_salvage_open(dir, &sv, &err), STM_OK);
+    wal_record r;
+    wal_damage d;
+    int k, got = 0, damaged = 0, tails = 0;
+    uint64_t seen[64];
+    while ((k = wal_salvage_next(sv, &r, &d, &err)) != 0) {
+        ck_assert_int_ne(k, -2);
+        if (k == -1 && d.tail) {
+            tails++;
+            ck_assert(!d.zeros);
+            ck_assert_uint_eq(d.rest, 8);
+            continue;
+        }
+        if (k == -1) {
+            damaged++;
+            ck_assert_uint_eq(d.offset, recs[10].offset);
+            ck_assert_ptr_nonnull(strstr(d.why, "CRC mismatch"));
+            ck_assert_uint_eq(d.next_offset, recs[11].offset);
+            ck_assert_uint_eq(d.skipped, 24 + sizeof pl);
+            continue;
+        }
+        if (r.type == WAL_T_CHECKPOINT) continue;
+        ck_assert_int_lt(got, 64);
+        seen[got++] = r.offset;
+    }
+    wal_salvage_close(sv);
+    ck_assert_int_eq(damaged, 1);
+    ck_assert_int_eq(tails, 1);
+    ck_assert_int_eq(got, 39);
+    for (int i = 0, j = 0; i < 40; i++) {
+        if (i == 10) continue;
+        ck_assert_uint_eq(seen[j++], recs[i].offset);
+    }
+    ck_assert_int_eq(file_size(seg_path(dir, last)), before);
+}
+END_TEST
+
 START_TEST(test_rotation)
 {
     char *dir = path_in("wal");
@@ -1817,6 +1886,7 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_hex);
     tcase_add_test(t, test_header_bytes);
     tcase_add_test(t, test_one_writer);
+    tcase_add_test(t, test_salvage);
     tcase_add_test(t, test_roundtrip);
     tcase_add_test(t, test_iter_from_middle);
     tcase_add_test(t, test_read_ahead);
