@@ -142,6 +142,11 @@ instance *inst_find(eng *e, const char *id)
     return NULL;
 }
 
+instance **inst_bucket(eng *e, const char *id)
+{
+    return &e->itab[hash_str(id) & (e->itab_size - 1)];
+}
+
 static int random_level(eng *e)
 {
     /* xorshift64: levels only shape the skip list, never what is listed */
@@ -263,6 +268,14 @@ void idem_unlink(eng *e, idem_entry *k)
     e->n_keys--;
 }
 
+void idem_link(eng *e, idem_entry *k)
+{
+    size_t b = idem_hash(k->scope, k->key) & (e->ktab_size - 1);
+    k->hnext = e->ktab[b];
+    e->ktab[b] = k;
+    e->n_keys++;
+}
+
 void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t fp,
               uint64_t offset, uint64_t seq)
 {
@@ -288,23 +301,25 @@ void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t
     k->fingerprint = fp;
     k->offset = offset;
     k->seq = seq;
-    size_t b = idem_hash(scope, key) & (e->ktab_size - 1);
-    k->hnext = e->ktab[b];
-    e->ktab[b] = k;
+    idem_link(e, k);
+    idem_entry *prev_tail = e->fifo_tail;
     if (e->fifo_tail) e->fifo_tail->fifo_next = k;
     else e->fifo_head = k;
     e->fifo_tail = k;
-    e->n_keys++;
-    if (e->dry_run) {
-        undo_new_key(e, k);
-        return; /* eviction cannot be undone: leave it to the real run */
-    }
+    bool live = !e->dry_run && !e->replaying;
+    if (e->dry_run || live) undo_new_key(e, k, prev_tail);
+    if (e->dry_run) return; /* the real run evicts */
     /* Oldest keys go first: retries come soon after the original request. */
     while (e->opts.idempotency_max_keys && e->n_keys > e->opts.idempotency_max_keys) {
         idem_entry *old = e->fifo_head;
         e->fifo_head = old->fifo_next;
         if (!e->fifo_head) e->fifo_tail = NULL;
         idem_unlink(e, old);
+        old->fifo_next = NULL;
+        if (live) {
+            undo_evicted_key(e, old); /* freed once the record is durable */
+            continue;
+        }
         free(old->result);
         free(old->scope);
         free(old->key);
@@ -482,6 +497,8 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
 {
     const entry_fields f = *fp;
     const char *key = f.idempotency_key;
+    /* a rehearsal, or a live record the WAL may yet fail to make durable */
+    const bool undo = e->dry_run || !e->replaying;
     int64_t ts = f.ts;
     instance *in = NULL;
     switch (rec->type) {
@@ -509,7 +526,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         }
         bool machine_is_new = !m;
         if (!m) m = machine_add(e, name);
-        if (e->dry_run) undo_new_version(e, m, have, machine_is_new);
+        if (undo) undo_new_version(e, m, have, machine_is_new);
         /* A placeholder made for instances whose definition was missing gets
          * its definition now. */
         mversion *mv = have ? have : xcalloc(1, sizeof *mv);
@@ -520,7 +537,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         mv->offset = rec->offset;
         mv->seq = rec->seq;
         if (!have) mversion_insert(m, mv);
-        if (e->dry_run && !have) undo_set_version(e, mv);
+        if (undo && !have) undo_set_version(e, mv);
         e->n_versions++;
         break;
     }
@@ -531,7 +548,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         uint64_t version = f.has_version && f.version <= UINT32_MAX ? f.version : 0;
         if (!id || !name || !st || inst_find(e, id)) break;
         in = inst_add(e, id);
-        if (e->dry_run) undo_new_instance(e, in);
+        if (undo) undo_new_instance(e, in);
         in->m = machine_find(e, name);
         if (!in->m) in->m = machine_add(e, name); /* a create before its machine: keep it */
         in->mv = mversion_find(in->m, (uint32_t)version);
@@ -563,7 +580,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         const char *to = f.to_state;
         in = f.inst ? f.inst : id ? inst_find(e, id) : NULL;
         if (!in || !to) break;
-        if (e->dry_run) undo_save_instance(e, in);
+        if (undo) undo_save_instance(e, in, true); /* takes ctx: rewritten below */
         in->state = intern(e, to);
         /* in place: most events leave the context about as long as it was */
         const char *ctx = f.ctx ? f.ctx : "null";
@@ -594,7 +611,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
             in = NULL;
             break;
         }
-        if (e->dry_run) undo_save_instance(e, in);
+        if (undo) undo_save_instance(e, in, false);
         in->deleted = true;
         e->n_instances--;
         e->n_deleted++;
@@ -635,7 +652,12 @@ stm_code eng_write(eng *e, uint8_t type, buf *entry_text, wal_record *rec, stm_e
     if (e->opts.read_only)
         return stm_fail(err, STM_BAD_REQUEST, "the database is open read-only");
     if (e->dry_run) {
-        /* an atomic batch's rehearsal: nothing reaches the log */
+        /* an atomic batch's rehearsal: nothing reaches the log, but what
+         * the log would refuse fails here, before the real run starts */
+        if (entry_text->len > WAL_MAX_PAYLOAD)
+            return stm_fail(err, STM_WAL_IO_ERROR,
+                            "record too large: %zu bytes of payload, the limit is %u",
+                            entry_text->len, WAL_MAX_PAYLOAD);
         memset(rec, 0, sizeof *rec);
         rec->type = type;
         rec->len = (uint32_t)entry_text->len;
@@ -644,25 +666,44 @@ stm_code eng_write(eng *e, uint8_t type, buf *entry_text, wal_record *rec, stm_e
     }
     stm_code rc = wal_append(e->w, type, entry_text->data, (uint32_t)entry_text->len, rec, err);
     if (rc != STM_OK) return rc;
+    uint64_t bytes = e->entries_bytes, count = e->entries_count, eseq = e->entries_seq;
+    size_t eidx = e->n_eidx;
     /* A checkpoint the WAL put before the record (at a rotation, or every
      * WAL_CHECKPOINT_EVERY bytes) is a line of the entries file too, and
      * only this call learns of it: left out, the file's size fell short of
      * what it renders by one line per checkpoint until a restart. */
     if (rec->ckpt_len) entries_add(e, rec->ckpt_offset, rec->ckpt_len, rec->seq - 1);
     entries_add(e, rec->offset, rec->len, rec->seq);
+    undo_record(e, rec, e->entries_bytes - bytes, e->entries_count - count, e->n_eidx - eidx, eseq);
     return STM_OK;
 }
 
 /* ---- durability --------------------------------------------------------- */
 
+/* When the WAL fails, the records it had not acknowledged are cut from it
+ * and never happen; their changes are undone in memory at once (atomic.c),
+ * under the engine lock, together with setting failed: whoever holds the
+ * lock sees either the log working or only acknowledged state. Taking the
+ * lock here is safe: nobody holds it while waiting for the WAL (appenders
+ * waiting for room in the pending group are released by the failure). */
 static void on_acked(void *arg, uint64_t acked, bool failed)
 {
     eng *e = arg;
+    if (failed) pthread_mutex_lock(&e->lock);
     pthread_mutex_lock(&e->wait_lock);
     if (acked > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE))
         __atomic_store_n(&e->acked, acked, __ATOMIC_RELEASE);
     if (failed) __atomic_store_n(&e->failed, true, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&e->wait_lock);
+    if (failed) {
+        uint64_t a = __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE);
+        size_t n = undo_unacked(e, a);
+        pthread_mutex_unlock(&e->lock);
+        log_error("the write-ahead log failed: %s; %zu record(s) after seq %llu were not "
+                  "acknowledged and are undone, reads show the acknowledged state",
+                  wal_failure(e->w) ? wal_failure(e->w) : "(no reason given)", n,
+                  (unsigned long long)a);
+    }
     util_gate_open(&e->ack_gate);
     pthread_mutex_lock(&e->listen_lock);
     for (size_t i = 0; i < e->n_listeners; i++) e->listeners[i].fn(e->listeners[i].arg, acked);
@@ -994,7 +1035,7 @@ void eng_close(eng *e)
     for (size_t i = 0; i < e->intern_size; i++) free(e->interned[i]);
     free(e->interned);
     free(e->listeners);
-    free(e->undo);
+    undo_free_all(e);
     pthread_mutex_destroy(&e->lock);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_mutex_destroy(&e->listen_lock);

@@ -21,8 +21,11 @@
  *   passes (listeners are told); fs/ calls eng_wait. Writers never wait for
  *   each other's fsync inside the engine, so many share one fdatasync, and an
  *   event decided against a not-yet-durable state is appended after it (the
- *   WAL order is the apply order). If the WAL fails, eng_wait and later
- *   writes return WAL_IO_ERROR and the engine stays read-only until restart.
+ *   WAL order is the apply order). If the WAL fails, later writes, and
+ *   eng_wait for a record that was not acknowledged, return WAL_IO_ERROR
+ *   and the engine stays read-only until restart; the changes of the
+ *   records never acknowledged are undone in memory, so reads go on and
+ *   show the acknowledged state, as a restart will.
  *
  * THREADS
  *   Every function is safe from any thread. One engine lock serialises

@@ -146,6 +146,12 @@ struct eng {
     struct undo *undo;
     size_t n_undo, cap_undo;
     uint64_t txn_total, txn_written;
+    /* how to undo the live records not yet acknowledged, oldest first in
+     * [live_head, n_live), should the WAL fail (atomic.c); live_seq is the
+     * record being applied */
+    struct undo *live;
+    size_t live_head, n_live, cap_live;
+    uint64_t live_seq;
 
     /* compaction (compact.c): the newest database snapshot */
     int snap_fd;                /* open on it for history lines, -1 if none */
@@ -190,6 +196,8 @@ bool entry_scan_tree(const char *text, size_t len, buf *store, entry_fields *f);
 stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recovery *rep,
                     stm_err *err);
 instance *inst_find(eng *e, const char *id);
+/* The hash chain an id is in. */
+instance **inst_bucket(eng *e, const char *id);
 /* The one stored copy of s (lives until eng_close). */
 const char *intern(eng *e, const char *s);
 /* Adds a new instance to both indexes (id must be new). */
@@ -223,16 +231,34 @@ void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t
               uint64_t offset, uint64_t seq);
 uint64_t fingerprint(const char *a, const char *b, const char *c, const char *d);
 void idem_unlink(eng *e, idem_entry *k);
+/* Puts an entry idem_unlink took out back into the hash (not the FIFO). */
+void idem_link(eng *e, idem_entry *k);
 void free_instance(instance *in);
 
-/* atomic.c: called by eng_apply_record before it changes anything while
- * e->dry_run is set. */
+/* atomic.c: called by eng_apply_record before it changes anything, in a
+ * rehearsal (e->dry_run) and for live records (not while replaying). */
 void undo_new_instance(eng *e, instance *in);
-void undo_save_instance(eng *e, instance *in);
+/* With ctx, the instance's context and last event id are taken over (left
+ * NULL) for the caller to replace. */
+void undo_save_instance(eng *e, instance *in, bool ctx);
 void undo_new_version(eng *e, machine *m, mversion *mv, bool machine_is_new);
-void undo_new_key(eng *e, idem_entry *k);
+/* k was linked at the FIFO's tail, after prev_tail. */
+void undo_new_key(eng *e, idem_entry *k, idem_entry *prev_tail);
+/* idem_put took k out to make room (live records only): k is the note's
+ * now, freed with it. */
+void undo_evicted_key(eng *e, idem_entry *k);
 /* The version a U_NEW_VERSION entry made, once it exists. */
 void undo_set_version(eng *e, mversion *mv);
+/* eng_write appended a live record, which added bytes, count lines and
+ * eidx index points to the entries file's figures (that ended with
+ * entries_seq before): notes for it follow; notes of records acknowledged
+ * meanwhile are freed. */
+void undo_record(eng *e, const wal_record *rec, uint64_t bytes, uint64_t count, size_t eidx,
+                 uint64_t entries_seq);
+/* The WAL failed: undoes every live record after acked (and any atomic
+ * batch not acknowledged whole), newest first. Returns how many records. */
+size_t undo_unacked(eng *e, uint64_t acked);
+void undo_free_all(eng *e);
 /* atomic.c: ops functions by name, for the batch runner */
 typedef stm_code (*op_fn)(eng *, const cJSON *, cJSON **, uint64_t *, stm_err *);
 op_fn ops_lookup(const char *op, bool *locked);

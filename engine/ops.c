@@ -594,7 +594,10 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
     cJSON_AddBoolToObject(r, "has_more", offset + returned < total);
     cJSON_AddItemToObject(r, "instances", items);
     add_u64(r, "total", total);
-    *seq = head_seq(e);
+    /* The list depends on every record. Once the log has failed, no record
+     * past the acknowledged ones will ever be durable, and memory holds
+     * none of them (they were undone): the list depends on those alone. */
+    *seq = e->failed ? eng_acked_seq(e) : head_seq(e);
     *res = r;
     return STM_OK;
 }

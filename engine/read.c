@@ -17,21 +17,13 @@ static char *dup_or_null(const char *s)
     return s ? xstrdup(s) : NULL;
 }
 
-/* After a WAL failure the records that were not yet durable never happened
- * (their writers got WAL_IO_ERROR, a restart will not find them), but memory
- * still holds their effect. An instance whose creation is one of them is not
- * listed or found; one whose deletion is one of them still is (its files
- * then fail, as for any instance whose newest record was lost). Caller holds
- * e->lock. */
-static bool created_not_durable(eng *e, const instance *in)
+/* Deleted instances are not listed or found. After a WAL failure the model
+ * holds only acknowledged records (the others are undone when the log
+ * fails, atomic.c), so what is here is what a reader may see once its
+ * record is durable. */
+static bool gone(const instance *in)
 {
-    return e->failed && in->n_hist && in->hist[0].seq > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE);
-}
-
-static bool gone(eng *e, const instance *in)
-{
-    if (created_not_durable(e, in)) return true;
-    return in->deleted && !(e->failed && in->last_seq > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE));
+    return in->deleted;
 }
 
 stm_code eng_get_instance_view(eng *e, const char *id, bool include_deleted,
@@ -40,7 +32,7 @@ stm_code eng_get_instance_view(eng *e, const char *id, bool include_deleted,
     memset(v, 0, sizeof *v);
     pthread_mutex_lock(&e->lock);
     instance *in = inst_find(e, id);
-    if (!in || created_not_durable(e, in) || (gone(e, in) && !include_deleted)) {
+    if (!in || (gone(in) && !include_deleted)) {
         pthread_mutex_unlock(&e->lock);
         return stm_fail(err, STM_INSTANCE_NOT_FOUND, "instance not found: %s", id);
     }
@@ -84,7 +76,7 @@ size_t eng_list_instance_ids(eng *e, const char *machine, const char *after, siz
         pthread_mutex_lock(&e->lock);
         instance *in = inst_after(e, cursor);
         for (; in && n < CHUNK && visited + n < max; in = in->next[0]) {
-            if (gone(e, in)) continue;
+            if (gone(in)) continue;
             if (machine && strcmp(in->m->name, machine) != 0) continue;
             ids[n++] = xstrdup(in->id);
         }

@@ -7,6 +7,7 @@
 #include <check.h>
 #include <fcntl.h>
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "base/json.h"
 #include "base/log.h"
 #include "engine/engine.h"
+#include "wal/io.h"
 
 static const char *testdata; /* ../shared/testdata, from the environment */
 
@@ -367,8 +369,9 @@ START_TEST(atomic_batch_all_or_nothing)
 }
 END_TEST
 
-/* Runs an atomic batch of n ops given as JSON text. Returns the code; on
- * success the results as JSON in res[] (caller deletes), else *failed. */
+/* Runs an atomic batch of n ops given as JSON text and waits for it to be
+ * durable. Returns the code; on success the results as JSON in res[]
+ * (caller deletes), else *failed. */
 static stm_code batch(eng *e, size_t n, const char *const *ops, const char *const *params,
                       cJSON **res, size_t *failed, stm_err *err)
 {
@@ -380,7 +383,11 @@ static stm_code batch(eng *e, size_t n, const char *const *ops, const char *cons
     }
     uint64_t seq = 0;
     stm_code rc = eng_call_atomic(e, n, ops, (const cJSON *const *)p, res, &seq, failed, err);
-    if (rc == STM_OK) ck_assert_int_eq(eng_wait(e, seq, err), STM_OK);
+    if (rc == STM_OK && (rc = eng_wait(e, seq, err)) != STM_OK)
+        for (size_t i = 0; i < n; i++) {
+            cJSON_Delete(res[i]);
+            res[i] = NULL;
+        }
     for (size_t i = 0; i < n; i++)
         cJSON_Delete(p[i]);
     return rc;
@@ -1392,6 +1399,219 @@ START_TEST(damaged_only_snapshot_refuses)
 }
 END_TEST
 
+/* A disk that fails on demand: fdatasync or pwrite of the log fail with
+ * flaky_errno while it is set. */
+static int flaky_errno;
+static bool flaky_on_write;
+
+static int flaky_fdatasync(int fd)
+{
+    if (flaky_errno && !flaky_on_write) {
+        errno = flaky_errno;
+        return -1;
+    }
+    return wal_posix_io.fdatasync(fd);
+}
+
+static ssize_t flaky_pwrite(int fd, const void *b, size_t n, off_t off)
+{
+    if (flaky_errno && flaky_on_write) {
+        errno = flaky_errno;
+        return -1;
+    }
+    return wal_posix_io.pwrite(fd, b, n, off);
+}
+
+static eng *open_flaky(const char *dir, uint64_t max_keys)
+{
+    static wal_io io;
+    io = wal_posix_io;
+    io.fdatasync = flaky_fdatasync;
+    io.pwrite = flaky_pwrite;
+    flaky_errno = 0;
+    eng_opts o;
+    eng_opts_defaults(&o);
+    o.data_dir = dir;
+    o.io = &io;
+    o.compact_enabled = false;
+    o.idempotency_max_keys = max_keys;
+    stm_err err;
+    eng *e = NULL;
+    ck_assert_msg(eng_open(&o, &e, NULL, &err) == STM_OK, "eng_open: %s", err.msg);
+    return e;
+}
+
+/* A call and the wait for its answer to be durable: the code of whichever
+ * failed. */
+static stm_code call_durable(eng *e, const char *op, const char *params, cJSON **out, stm_err *err)
+{
+    cJSON *p = params ? cJSON_Parse(params) : NULL;
+    uint64_t seq = 0;
+    *out = NULL;
+    stm_code rc = eng_call(e, op, p, out, &seq, err);
+    cJSON_Delete(p);
+    if (rc == STM_OK) rc = eng_wait(e, seq, err);
+    if (rc != STM_OK) {
+        cJSON_Delete(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* What a reader sees of the database, through every read: instance by
+ * instance (GET_INSTANCE, the mount's view, its history), the list, the
+ * machines and the entries file. */
+static void view_text(eng *e, buf *out)
+{
+    stm_err err;
+    cJSON *l;
+    ck_assert_msg(call_durable(e, "LIST_INSTANCES", NULL, &l, &err) == STM_OK, "LIST: %s", err.msg);
+    json_write(out, l, true);
+    buf_putc(out, '\n');
+    const cJSON *it;
+    cJSON_ArrayForEach(it, json_get(l, "instances"))
+    {
+        const char *id = str(it, "id");
+        char p[256];
+        snprintf(p, sizeof p, "{\"instance_id\":\"%s\"}", id);
+        cJSON *g;
+        stm_code rc = call_durable(e, "GET_INSTANCE", p, &g, &err);
+        ck_assert_msg(rc == STM_OK, "GET_INSTANCE %s: %s %s", id, stm_code_name(rc), err.msg);
+        json_write(out, g, true);
+        buf_putc(out, '\n');
+        cJSON_Delete(g);
+        eng_instance_view v;
+        ck_assert_int_eq(eng_get_instance_view(e, id, false, &v, &err), STM_OK);
+        rc = eng_wait(e, v.seq, &err);
+        ck_assert_msg(rc == STM_OK, "view of %s: %s", id, err.msg);
+        buf_printf(out, "%s %s %s %llu\n", v.id, v.state, v.ctx_json,
+                   (unsigned long long)v.history_lines);
+        uint64_t total;
+        rc = eng_history_read(e, id, 0, 1 << 20, out, &total, &err);
+        ck_assert_msg(rc == STM_OK, "history of %s: %s", id, err.msg);
+        eng_instance_view_free(&v);
+    }
+    cJSON_Delete(l);
+    ck_assert_int_eq(call_durable(e, "LIST_MACHINES", NULL, &l, &err), STM_OK);
+    json_write(out, l, true);
+    buf_putc(out, '\n');
+    cJSON_Delete(l);
+    uint64_t total;
+    buf entries = {0};
+    ck_assert_int_eq(eng_entries_read(e, 0, 1 << 20, &entries, &total, &err), STM_OK);
+    ck_assert_uint_eq(entries.len, total);
+    buf_free(&entries);
+}
+
+/* After the log fails (the disk is full, or fdatasync fails), everything a
+ * reader sees is the acknowledged state: the failed records' changes are
+ * gone from memory as they are from the log, nothing waits for them, and a
+ * restart shows the same. Writes stay refused. (Reads of what the failed
+ * records touched failed with WAL_IO_ERROR, LIST_INSTANCES as a whole.) */
+START_TEST(wal_failure_shows_acked_state)
+{
+    char *dir = tmpdir();
+    stm_err err;
+    cJSON *r;
+    for (int round = 0; round < 2; round++) {
+        /* round 0: fdatasync fails (EIO) under an atomic batch that creates,
+         * deletes, moves and defines; round 1: a full disk (ENOSPC) under
+         * one event whose key made the engine forget the only other key */
+        eng *e = open_flaky(dir, round ? 1 : 0);
+        if (round == 0) {
+            cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+            cJSON_Delete(ok(e, "CREATE_INSTANCE",
+                            "{\"machine\":\"order\",\"version\":1,"
+                            "\"instance_id\":\"a\",\"initial_ctx\":{\"amount\":1}}"));
+            cJSON_Delete(ok(e, "CREATE_INSTANCE",
+                            "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"b\",\"initial_"
+                            "ctx\":{\"amount\":1}}"));
+            cJSON_Delete(ok(e, "CREATE_INSTANCE",
+                            "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"del\"}"));
+            cJSON_Delete(ok(e, "APPLY_EVENT",
+                            "{\"instance_id\":\"a\",\"event\":\"PAY\","
+                            "\"payload\":{\"n\":1},\"idempotency_key\":\"pa\"}"));
+        } else {
+            cJSON_Delete(ok(e, "APPLY_EVENT",
+                            "{\"instance_id\":\"b\",\"event\":\"PAY\","
+                            "\"payload\":{\"n\":1},\"idempotency_key\":\"pb\"}"));
+        }
+        buf before = {0};
+        view_text(e, &before);
+
+        flaky_errno = round ? ENOSPC : EIO;
+        flaky_on_write = round == 1;
+        stm_code rc;
+        if (round == 0) {
+            const char *ops[] = {"CREATE_INSTANCE", "DELETE_INSTANCE", "APPLY_EVENT",
+                                 "PUT_MACHINE"};
+            char v2[2048];
+            snprintf(v2, sizeof v2, "%.*s2%s", (int)(strstr(ORDER, "\"version\":1") - ORDER + 10),
+                     ORDER, strstr(ORDER, "\"version\":1") + 11);
+            const char *params[] = {
+                "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"ghost\","
+                "\"idempotency_key\":\"g\"}",
+                "{\"instance_id\":\"del\"}",
+                "{\"instance_id\":\"a\",\"event\":\"SHIP\",\"payload\":{\"n\":2},"
+                "\"idempotency_key\":\"sa\"}",
+                v2};
+            cJSON *res[4];
+            size_t failed;
+            rc = batch(e, 4, ops, params, res, &failed, &err);
+        } else {
+            rc = call_durable(e, "APPLY_EVENT",
+                              "{\"instance_id\":\"b\",\"event\":\"SHIP\",\"payload\":{\"n\":2},"
+                              "\"idempotency_key\":\"sb\"}",
+                              &r, &err);
+        }
+        ck_assert_int_eq(rc, STM_WAL_IO_ERROR);
+        ck_assert_msg(strstr(err.msg, round ? "No space left on device" : "Input/output error"),
+                      "%s", err.msg);
+
+        /* every read shows the acknowledged state, and works */
+        buf after = {0};
+        view_text(e, &after);
+        ck_assert_str_eq(buf_cstr(&after), buf_cstr(&before));
+        fails(e, "GET_INSTANCE", "{\"instance_id\":\"ghost\"}", STM_INSTANCE_NOT_FOUND, NULL);
+        if (round == 1) {
+            /* the key the failed event pushed out is known again */
+            rc = call_durable(e, "APPLY_EVENT",
+                              "{\"instance_id\":\"b\",\"event\":\"PAY\",\"payload\":{\"n\":1},"
+                              "\"idempotency_key\":\"pb\"}",
+                              &r, &err);
+            ck_assert_msg(rc == STM_OK, "%s", err.msg);
+            ck_assert(cJSON_IsFalse(json_get(r, "applied")));
+            cJSON_Delete(r);
+        }
+        /* writes stay refused, with the reason, also the failed one retried */
+        flaky_errno = 0;
+        rc = call_durable(e, "APPLY_EVENT",
+                          "{\"instance_id\":\"a\",\"event\":\"SHIP\",\"payload\":{\"n\":2},"
+                          "\"idempotency_key\":\"sa\"}",
+                          &r, &err);
+        ck_assert_int_eq(rc, STM_WAL_IO_ERROR);
+        ck_assert_ptr_nonnull(strstr(err.msg, "takes no more writes"));
+        eng_stats st;
+        eng_get_stats(e, &st);
+        ck_assert_uint_eq(st.instances, 3);
+        ck_assert_uint_eq(st.idempotency_keys, 1);
+        eng_close(e);
+
+        /* a restart rebuilds exactly what the reads showed */
+        e = open_dir(dir, NULL);
+        buf again = {0};
+        view_text(e, &again);
+        ck_assert_str_eq(buf_cstr(&again), buf_cstr(&before));
+        eng_close(e);
+        buf_free(&before);
+        buf_free(&after);
+        buf_free(&again);
+    }
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 static bool exists(const char *path)
 {
     struct stat st;
@@ -1494,6 +1714,7 @@ int main(void)
     tcase_add_test(tc, subscription_from_compacted_offset);
     tcase_add_test(tc, damaged_only_snapshot_refuses);
     tcase_add_test(tc, stale_snapshot_tmp_removed);
+    tcase_add_test(tc, wal_failure_shows_acked_state);
     tcase_add_test(tc, entries_count_runtime_checkpoints);
     tcase_add_test(tc, entries_read_below_size_is_whole);
     tcase_add_test(tc, entries_count_torn_batch);
