@@ -958,17 +958,26 @@ START_TEST(limits_refuse_and_name_the_key)
 }
 END_TEST
 
+/* An engine on 4 KiB segments, so that compaction has segments to delete,
+ * with the order machine defined; o stays valid for reopening. */
+static eng *open_small_order(char *dir, eng_opts *o)
+{
+    eng_opts_defaults(o);
+    o->data_dir = dir;
+    o->segment_size = 4096;
+    stm_err err;
+    eng *e;
+    ck_assert_int_eq(eng_open(o, &e, NULL, &err), STM_OK);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    return e;
+}
+
 START_TEST(compaction_keeps_everything)
 {
     char *dir = tmpdir();
     eng_opts o;
-    eng_opts_defaults(&o);
-    o.data_dir = dir;
-    o.segment_size = 4096; /* many small segments, so compaction has work */
     stm_err err;
-    eng *e;
-    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
-    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    eng *e = open_small_order(dir, &o);
     char p[256];
     for (int i = 0; i < 40; i++) {
         snprintf(p, sizeof p, "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"c-%02d\","
@@ -1035,13 +1044,8 @@ START_TEST(subscription_from_compacted_offset)
 {
     char *dir = tmpdir();
     eng_opts o;
-    eng_opts_defaults(&o);
-    o.data_dir = dir;
-    o.segment_size = 4096;
     stm_err err;
-    eng *e;
-    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
-    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    eng *e = open_small_order(dir, &o);
     uint64_t early = 0;
     char p[256];
     for (int i = 0; i < 40; i++) {
@@ -1354,13 +1358,8 @@ START_TEST(damaged_only_snapshot_refuses)
 {
     char *dir = tmpdir();
     eng_opts o;
-    eng_opts_defaults(&o);
-    o.data_dir = dir;
-    o.segment_size = 4096;
     stm_err err;
-    eng *e;
-    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
-    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    eng *e = open_small_order(dir, &o);
     char p[256];
     for (int i = 0; i < 40; i++) {
         snprintf(p, sizeof p, "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"c-%02d\"}", i);
