@@ -340,14 +340,53 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
     fuse_reply_none(req);
 }
 
+static fh *FH(struct fuse_file_info *fi);
+static fh *fh_of_ino(fuse_ino_t ino);
+static void fh_put(fh *h);
+
+/* The attributes of an open file whose instance was deleted meanwhile: it
+ * stays readable, as an unlinked file does (the kernel asks for them
+ * before it reads, and fstat(2) comes without the handle), with what it
+ * held at open, or the history the log keeps; st_nlink 0 says it is gone.
+ * false when no such file is open. */
+static bool open_file_stat(fs *f, fuse_ino_t ino, struct fuse_file_info *fi, struct stat *st)
+{
+    fh *h = fi ? FH(fi) : fh_of_ino(ino);
+    if (!h) return false;
+    bool ok = true;
+    memset(st, 0, sizeof *st);
+    if (h->blob) {
+        st->st_size = (off_t)h->blob->len;
+    } else if (h->kind == K_HISTORY) {
+        buf none = {0};
+        uint64_t total = 0;
+        stm_err err;
+        ok = eng_history_read(f->e, h->a, 0, 0, &none, &total, &err) == STM_OK;
+        buf_free(&none);
+        st->st_size = (off_t)total;
+    } else {
+        ok = false;
+    }
+    fh_put(h);
+    st->st_ino = ino;
+    st->st_mode = S_IFREG | 0444;
+    st->st_nlink = 0;
+    st->st_uid = f->uid;
+    st->st_gid = f->gid;
+    return ok;
+}
+
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    (void)fi;
     fs *f = F(req);
     fs_node *n = node_of(f, ino);
     struct stat st;
     if (n) mark_cached(f, n, false);
     int r = n ? fs_stat_node(f, n, &st) : -ENOENT;
+    if (r == -ENOENT && open_file_stat(f, ino, fi, &st)) {
+        fuse_reply_attr(req, &st, 0);
+        return;
+    }
     if (r < 0)
         fuse_reply_err(req, -r);
     else
@@ -689,6 +728,22 @@ static fh *fh_new(fs *f, fs_node *n)
     fh_tab[h->id % FH_BUCKETS] = h;
     pthread_mutex_unlock(&fh_lock);
     return h;
+}
+
+/* Any open handle of inode ino, referenced; NULL when none. A scan of
+ * every handle: only asked for a file whose instance is gone. */
+static fh *fh_of_ino(fuse_ino_t ino)
+{
+    fh *found = NULL;
+    pthread_mutex_lock(&fh_lock);
+    for (size_t b = 0; b < FH_BUCKETS && !found; b++)
+        for (fh *h = fh_tab[b]; h && !found; h = h->tnext)
+            if (h->ino == ino && h->refs > 0) {
+                h->refs++;
+                found = h;
+            }
+    pthread_mutex_unlock(&fh_lock);
+    return found;
 }
 
 static void fh_put(fh *h)

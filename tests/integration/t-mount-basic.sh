@@ -348,6 +348,30 @@ test_expect_success JQ 'wal/entries is JSONL of the log, wal/stats.json is JSON'
     jq -e 'type == "object"' "$M/wal/stats.json"
 EOT
 
+# As with an unlinked file: what was open before the rmdir still reads
+# (and fstat(2) works on it), while the path is gone.
+test_expect_success PYTHON 'files opened before rmdir of their instance stay readable' - <<\EOT
+    echo rd-1 >"$O/new" &&
+    echo 'PAY {"amount": 4}' >"$I/rd-1/events" &&
+    python3 - "$I/rd-1" <<-\PY
+	import os, sys
+	d = sys.argv[1]
+	fds = {n: os.open(os.path.join(d, n), os.O_RDONLY) for n in ("state", "ctx.json", "history")}
+	os.rmdir(d)
+	assert not os.path.exists(os.path.join(d, "state"))
+	got = {}
+	for n, fd in fds.items():
+	    st = os.fstat(fd)
+	    got[n] = os.read(fd, 1 << 16)
+	    assert st.st_size == len(got[n]), (n, st.st_size, len(got[n]))
+	assert got["state"] == b"paid\n", got["state"]
+	assert b'"amount": 4' in got["ctx.json"], got["ctx.json"]
+	lines = got["history"].splitlines()
+	assert len(lines) == 3 and b'"delete_instance"' in lines[2], got["history"]
+	print("read after rmdir:", {n: len(v) for n, v in got.items()})
+	PY
+EOT
+
 test_expect_success 'SIGTERM unmounts and stops the daemon' - <<\EOT
     cp "$I/o-1/history" history.o-1 &&
     cp "$I/o-1/ctx.json" ctx.o-1 &&
