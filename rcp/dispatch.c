@@ -280,16 +280,20 @@ static bool write_event(buf *out, enum rcp_wire mode, const rcp_watch *w, const 
     return rcp_msg_end(out, start, mode);
 }
 
-void rcp_watches_drain(rcp_conn *c)
+bool rcp_watches_drain(rcp_conn *c)
 {
     rcp_server *s = c->srv;
+    bool full = false;
     for (rcp_watch *w = c->watches; w; w = w->next) {
         if (!w->sub) continue;
         int k;
         for (k = 0; k < RCP_EVENTS_PER_ROUND; k++) {
             /* A client that does not read stops being fed; the engine keeps
              * the events (or the WAL does, see the overflow case). */
-            if (c->out.len - c->out_off >= RCP_OUT_SOFT_LIMIT) break;
+            if (c->out.len - c->out_off >= RCP_OUT_SOFT_LIMIT) {
+                full = true;
+                break;
+            }
             eng_event ev;
             uint64_t resume = 0;
             int r = eng_sub_next(w->sub, &ev, &resume);
@@ -328,6 +332,7 @@ void rcp_watches_drain(rcp_conn *c)
         }
         if (k == RCP_EVENTS_PER_ROUND) s->need_pass = true;
     }
+    return full;
 }
 
 /* ---- BATCH --------------------------------------------------------------- */

@@ -151,8 +151,11 @@ bool rcp_auth_check_token(const rcp_server *s, const char *token);
 /* Runs one op; on success *result (caller frees) and *seq. */
 stm_code rcp_dispatch(rcp_conn *c, int op, const cJSON *params, cJSON **result, uint64_t *seq,
                       stm_err *err, int depth);
-/* Moves ready stream events of c's watches into its output. */
-void rcp_watches_drain(rcp_conn *c);
+/* Moves ready stream events of c's watches into its output. Returns true
+ * when it stopped at the output's limit with events possibly left: then
+ * nothing will wake it for them, and the caller drains again once the
+ * output has room. */
+bool rcp_watches_drain(rcp_conn *c);
 void rcp_watches_free(rcp_conn *c);
 /* HELLO, AUTH, PING, BYE, INFO (session.c) */
 stm_code rcp_session_op(rcp_conn *c, int op, const cJSON *params, cJSON **result, stm_err *err);

@@ -225,11 +225,25 @@ static void conn_read(rcp_conn *c);
 static bool conn_settle(rcp_conn *c)
 {
     release(c);
+    bool full = false;
     if (!c->closing && c->watches) {
-        rcp_watches_drain(c);
+        full = rcp_watches_drain(c);
         release(c);
     }
     if (!conn_flush(c)) return false;
+    /* A drain that stopped at the output limit is not woken again by the
+     * engine (those events were published already): once the send made
+     * room, it must go on here, or a watcher that fell behind and caught
+     * up finds its stream stalled with nothing left to send. */
+    for (int round = 0; full && round < 8 && !c->closing && c->watches &&
+                        c->out.len - c->out_off < RCP_OUT_SOFT_LIMIT;
+         round++) {
+        full = rcp_watches_drain(c);
+        release(c);
+        if (!conn_flush(c)) return false;
+    }
+    if (full && !c->closing && c->out.len - c->out_off < RCP_OUT_SOFT_LIMIT)
+        c->srv->need_pass = true;
     if (c->closing && c->mark_n == 0 && c->out_off == c->out.len) {
         conn_close(c);
         return false;

@@ -236,6 +236,31 @@ def t_watch_from_offset():
     w.close()
 
 
+def t_watch_reader_resumes():
+    """A watcher that stops reading while 3,000 events of 2 KB go out (more
+    than the server buffers for it) gets every one, in order, when it reads
+    again: its stream went on where it stopped (it used to stall once the
+    server's buffer had drained, with events left to send)."""
+    c.ok("PUT_MACHINE", {"machine": "tick", "version": 1, "definition": {
+        "states": ["on"], "initial": "on",
+        "transitions": [{"from": "on", "event": "TICK", "to": "on"}]}})
+    c.ok("CREATE_INSTANCE", {"machine": "tick", "version": 1, "instance_id": "t-flood"})
+    w = srv.connect()
+    w.ok("WATCH_ALL", {"machines": ["tick"], "include_ctx": False})
+    pad = "p" * 2000
+    n = 3000
+    p = srv.connect()
+    data = b"".join(frame(json.dumps(p.request_msg("APPLY_EVENT", {
+        "instance_id": "t-flood", "event": "TICK", "payload": {"n": i, "pad": pad}})))
+        for i in range(n))
+    p.send_raw(data)
+    for i in range(n):
+        assert p.recv(timeout=60)["status"] == "ok"
+    got = [w.next_event(timeout=20)["payload"]["n"] for _ in range(n)]
+    assert got == list(range(n)), "events lost or out of order"
+    w.close()
+    p.close()
+
 def t_batch():
     ok = c.ok("BATCH", {"mode": "atomic", "ops": [
         {"op": "CREATE_INSTANCE", "params": {"machine": "order", "version": 1,
@@ -431,6 +456,7 @@ try:
     R.run("16 concurrent clients", t_concurrent_clients)
     R.run("WATCH_INSTANCE WATCH_ALL UNWATCH", t_watch)
     R.run("WATCH from_offset: catch-up then live", t_watch_from_offset)
+    R.run("a watcher that stopped reading gets every event", t_watch_reader_resumes)
     R.run("BATCH atomic and best_effort", t_batch)
     R.run("BATCH atomic: one idempotency key on two ops", t_batch_repeated_key)
     R.run("jsonl both ways", t_jsonl)
