@@ -199,6 +199,11 @@ test_expect_success 'cat instances/<id>/watch ends after the instance is deleted
     jq -e '.type == "delete_instance"' wz2.out
 EOT
 
+# last_is_delete ID: inotify's last word on instances/ID is its DELETE.
+last_is_delete() {
+    grep " $I/$1\$" inotify.out | tail -n 1 | grep -q '^DELETE'
+}
+
 # The CREATE comes from the daemon a few ms after the instance is made;
 # one removed before that must still show it, and end with its DELETE (made
 # and removed by the mount, and made and removed over RCP).
@@ -209,11 +214,9 @@ test_expect_success INOTIFY 'an instance made and removed at once: CREATE is see
     rcp_call DELETE_INSTANCE '{"instance_id":"q-2"}' &&
     test_poll 10 "grep -q '^CREATE.* $I/q-1\$' inotify.out" &&
     test_poll 10 "grep -q '^CREATE.* $I/q-2\$' inotify.out" &&
-    sleep 0.5 &&
+    test_poll 10 "last_is_delete q-1 && last_is_delete q-2" &&
     bg_stop "$inw" &&
     cat inotify.out &&
-    grep " $I/q-1\$" inotify.out | tail -n 1 | grep -q '^DELETE' &&
-    grep " $I/q-2\$" inotify.out | tail -n 1 | grep -q '^DELETE' &&
     test ! -e "$I/q-1" && test ! -e "$I/q-2"
 EOT
 
