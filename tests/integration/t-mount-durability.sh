@@ -190,6 +190,25 @@ test_expect_success 'a second daemon on the live data directory is refused; read
     test "$(grep -c "zero fill" data/stmfs.log)" = "$before"
 EOT
 
+# A killed daemon whose last thread cannot die (one waiting in the kernel
+# for a directory lock behind a request nobody will answer) would keep the
+# mount hung for good; its reaper child aborts the connection instead. The
+# death is simulated with the signal the reaper gets when the daemon dies.
+test_expect_success 'the reaper aborts the connection when told the daemon died' - <<\EOT
+    mkdir -p rmnt &&
+    "$STMFS" mount "$TEST_DIR/rdata" "$TEST_DIR/rmnt" --bind none &&
+    MOUNTS+=("$TEST_DIR/rmnt") &&
+    ls rmnt/instances &&
+    dpid=$(daemon_pid_of "$TEST_DIR/rmnt") &&
+    kids=$(ps -o pid= --ppid "$dpid") &&
+    test "$(echo $kids | wc -w)" = 2 &&
+    for k in $kids; do kill -USR1 "$k"; done &&
+    test_poll 10 "! ls rmnt/instances 2>err.r" &&
+    grep -q "Transport endpoint is not connected" err.r &&
+    fusermount3 -u "$TEST_DIR/rmnt" &&
+    test_poll 20 "daemon_gone $dpid"
+EOT
+
 test_expect_success 'a clean unmount after the crashes' - <<\EOT
     stop_mount "$M"
 EOT
