@@ -184,16 +184,29 @@ static void self_unmark(int kind, const char *name)
         }
 }
 
-/* Whether (kind, id) is waiting in the queue (caller holds nlock). */
-static bool self_queued(int kind, const char *id)
+/* Whether (kind, encoded name) is waiting in the queue (caller holds nlock). */
+static bool self_key_queued(int kind, const char *name)
 {
-    buf nm = {0};
-    fs_name_encode(id, &nm);
-    bool found = false;
-    for (struct selfkey *k = self_set[self_hash(kind, buf_cstr(&nm))]; k && !found; k = k->next)
-        found = k->kind == kind && strcmp(k->name, buf_cstr(&nm)) == 0;
-    buf_free(&nm);
-    return found;
+    for (struct selfkey *k = self_set[self_hash(kind, name)]; k; k = k->next)
+        if (k->kind == kind && strcmp(k->name, name) == 0) return true;
+    return false;
+}
+
+/* Whether the instance of an encoded name is deleted (or unknown). */
+static bool instance_gone(fs *f, const char *name)
+{
+    buf raw = {0};
+    bool gone = true;
+    if (fs_name_decode(name, &raw)) {
+        eng_instance_view v;
+        stm_err err;
+        if (eng_get_instance_view(f->e, buf_cstr(&raw), false, &v, &err) == STM_OK) {
+            gone = false;
+            eng_instance_view_free(&v);
+        }
+    }
+    buf_free(&raw);
+    return gone;
 }
 
 /* Queues a self-op unless the same one is already waiting, which then also
@@ -276,16 +289,14 @@ static void child_touch(const char *path)
     close(fd);
 }
 
-static void child_main(int sock, pid_t parent)
+/* In a child: keeps fd (as descriptor 3, returned) and /dev/null as its
+ * standard streams, and closes everything else of the daemon's, above
+ * all /dev/fuse and the WAL. */
+static int child_fds(int fd)
 {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(0);
-    signal(SIGINT, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
-    /* nothing of the daemon's: above all not /dev/fuse or the WAL */
-    if (sock != 3) {
-        dup2(sock, 3);
-        sock = 3;
+    if (fd != 3) {
+        dup2(fd, 3);
+        fd = 3;
     }
     close_range(4, ~0U, 0);
     int nul = open("/dev/null", O_RDWR);
@@ -295,6 +306,17 @@ static void child_main(int sock, pid_t parent)
         dup2(nul, 2);
         if (nul > 3) close(nul);
     }
+    return fd;
+}
+
+static void child_main(int sock, pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    /* nothing of the daemon's: above all not /dev/fuse or the WAL */
+    sock = child_fds(sock);
     static struct selfmsg m; /* static: no stack of 4 KiB surprises */
     for (;;) {
         ssize_t n = recv(sock, &m, sizeof m, 0);
@@ -448,18 +470,7 @@ static void reaper_main(int rfd, pid_t parent)
     sigprocmask(SIG_BLOCK, &usr1, NULL);
     prctl(PR_SET_PDEATHSIG, SIGUSR1);
     if (getppid() != parent) mounter_gone = 1;
-    if (rfd != 3) {
-        dup2(rfd, 3);
-        rfd = 3;
-    }
-    close_range(4, ~0U, 0);
-    int nul = open("/dev/null", O_RDWR);
-    if (nul >= 0) {
-        dup2(nul, 0);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        if (nul > 3) close(nul);
-    }
+    rfd = child_fds(rfd);
     /* SIGUSR1 is let in only inside ppoll: no death slips between the
      * check and the wait */
     while (!mounter_gone) {
@@ -474,38 +485,10 @@ static void reaper_main(int rfd, pid_t parent)
     _exit(0);
 }
 
-static int reaper_start(fs *f, stm_err *err)
+/* Forks a child that runs child(its end of a socket pair, our pid) and
+ * never returns; *ours gets our end. Returns the child's pid, or -1. */
+static pid_t fork_child(void (*child)(int, pid_t), const char *what, int *ours, stm_err *err)
 {
-    size_t ml = strlen(f->mnt);
-    if (ml >= sizeof reaper_mnt) return 0; /* cannot be named: no reaper */
-    memcpy(reaper_mnt, f->mnt, ml + 1);
-    int pfd[2];
-    if (pipe2(pfd, O_CLOEXEC) != 0) {
-        stm_fail(err, STM_INTERNAL_ERROR, "pipe: %s", strerror(errno));
-        return -1;
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(pfd[0]);
-        close(pfd[1]);
-        stm_fail(err, STM_INTERNAL_ERROR, "fork of the reaper: %s", strerror(errno));
-        return -1;
-    }
-    if (pid == 0) {
-        close(pfd[1]);
-        reaper_main(pfd[0], parent);
-        _exit(0);
-    }
-    close(pfd[0]);
-    reaper_fd = pfd[1];
-    reaper_pid = pid;
-    return 0;
-}
-
-int fs_notify_prefork(fs *f, stm_err *err)
-{
-    if (f->ro) return 0; /* a read-only mount cannot be touched */
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
         stm_fail(err, STM_INTERNAL_ERROR, "socketpair: %s", strerror(errno));
@@ -516,19 +499,33 @@ int fs_notify_prefork(fs *f, stm_err *err)
     if (pid < 0) {
         close(sv[0]);
         close(sv[1]);
-        stm_fail(err, STM_INTERNAL_ERROR, "fork of the inotify helper: %s", strerror(errno));
+        stm_fail(err, STM_INTERNAL_ERROR, "fork of the %s: %s", what, strerror(errno));
         return -1;
     }
     if (pid == 0) {
         close(sv[0]);
-        child_main(sv[1], parent);
+        child(sv[1], parent);
         _exit(0);
     }
     close(sv[1]);
-    helper_sock = sv[0];
+    *ours = sv[0];
+    return pid;
+}
+
+int fs_notify_prefork(fs *f, stm_err *err)
+{
+    if (f->ro) return 0; /* a read-only mount cannot be touched */
+    pid_t pid = fork_child(child_main, "inotify helper", &helper_sock, err);
+    if (pid < 0) return -1;
     helper_pid = pid;
     atomic_store(&f->helper_tid, (int)pid);
-    return reaper_start(f, err);
+    size_t ml = strlen(f->mnt);
+    if (ml >= sizeof reaper_mnt) return 0; /* cannot be named: no reaper */
+    memcpy(reaper_mnt, f->mnt, ml + 1);
+    pid = fork_child(reaper_main, "reaper", &reaper_fd, err);
+    if (pid < 0) return -1;
+    reaper_pid = pid;
+    return 0;
 }
 
 void fs_notify_reap(fs *f)
@@ -619,6 +616,23 @@ static void *helper_main(void *arg)
         }
         bool alive = child_do(s->kind, s->files, buf_cstr(&path));
         set_self(f, SELF_NONE, NULL);
+        if (alive && s->kind == SELF_CREATE && instance_gone(f, s->name)) {
+            /* Deleted before its CREATE was shown (an rmdir waits for
+             * nothing of ours, so its DELETE may come first): end with a
+             * DELETE, unless one is queued already; a delete record still
+             * to come is told it was shown (the skip). */
+            pthread_mutex_lock(&f->nlock);
+            bool queued = self_key_queued(SELF_DELETE, s->name);
+            pthread_mutex_unlock(&f->nlock);
+            if (!queued) {
+                buf raw = {0};
+                if (fs_name_decode(s->name, &raw)) fs_notify_skip(f, buf_cstr(&raw));
+                buf_free(&raw);
+                set_self(f, SELF_DELETE, s->name);
+                alive = child_do(SELF_DELETE, 0, buf_cstr(&path));
+                set_self(f, SELF_NONE, NULL);
+            }
+        }
         if (!alive) {
             log_warn("mount: the inotify helper is gone; file watchers see only changes "
                      "made through the mount from now on");
@@ -778,10 +792,7 @@ static void on_event(fs *f, const eng_event *ev, inoset *data, inoset *attrs)
             files |= TOUCH_CTX;
         self_push(f, SELF_TOUCH, id, files);
     } else if (ev->type == WAL_T_DELETE_INSTANCE) {
-        /* An rmdir in the mount fired its DELETE itself; but if the CREATE
-         * the helper makes for the instance is still queued, it will come
-         * after that DELETE, so the helper deletes again to end with one. */
-        if (!take_skip(id) || self_queued(SELF_CREATE, id)) self_push(f, SELF_DELETE, id, 0);
+        if (!take_skip(id)) self_push(f, SELF_DELETE, id, 0);
     }
     pthread_mutex_unlock(&f->nlock);
 }
