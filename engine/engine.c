@@ -686,23 +686,34 @@ stm_code eng_write(eng *e, uint8_t type, buf *entry_text, wal_record *rec, stm_e
  * lock sees either the log working or only acknowledged state. Taking the
  * lock here is safe: nobody holds it while waiting for the WAL (appenders
  * waiting for room in the pending group are released by the failure). */
+void eng_take_failure_locked(eng *e)
+{
+    if (__atomic_load_n(&e->failed, __ATOMIC_ACQUIRE) || !wal_failure(e->w)) return;
+    uint64_t a = wal_acked_seq(e->w);
+    pthread_mutex_lock(&e->wait_lock);
+    if (a > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE))
+        __atomic_store_n(&e->acked, a, __ATOMIC_RELEASE);
+    __atomic_store_n(&e->failed, true, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&e->wait_lock);
+    a = __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE);
+    size_t n = undo_unacked(e, a);
+    log_error("the write-ahead log failed: %s; %zu record(s) after seq %llu were not "
+              "acknowledged and are undone, reads show the acknowledged state",
+              wal_failure(e->w), n, (unsigned long long)a);
+    util_gate_open(&e->ack_gate);
+}
+
 static void on_acked(void *arg, uint64_t acked, bool failed)
 {
     eng *e = arg;
-    if (failed) pthread_mutex_lock(&e->lock);
     pthread_mutex_lock(&e->wait_lock);
     if (acked > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE))
         __atomic_store_n(&e->acked, acked, __ATOMIC_RELEASE);
-    if (failed) __atomic_store_n(&e->failed, true, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&e->wait_lock);
     if (failed) {
-        uint64_t a = __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE);
-        size_t n = undo_unacked(e, a);
+        pthread_mutex_lock(&e->lock);
+        eng_take_failure_locked(e);
         pthread_mutex_unlock(&e->lock);
-        log_error("the write-ahead log failed: %s; %zu record(s) after seq %llu were not "
-                  "acknowledged and are undone, reads show the acknowledged state",
-                  wal_failure(e->w) ? wal_failure(e->w) : "(no reason given)", n,
-                  (unsigned long long)a);
     }
     util_gate_open(&e->ack_gate);
     pthread_mutex_lock(&e->listen_lock);

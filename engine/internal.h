@@ -255,6 +255,13 @@ void undo_set_version(eng *e, mversion *mv);
  * meanwhile are freed. */
 void undo_record(eng *e, const wal_record *rec, uint64_t bytes, uint64_t count, size_t eidx,
                  uint64_t entries_seq);
+/* Under e->lock: once the WAL has failed, sets failed and undoes what it
+ * never acknowledged, once. The WAL's listener does it on the flusher's
+ * thread, a moment after the failure; an op that finds the log failed
+ * first does it itself, so that a caller who already got the failure
+ * never reads unacknowledged state (nor waits for it). */
+void eng_take_failure_locked(eng *e);
+
 /* The WAL failed: undoes every live record after acked (and any atomic
  * batch not acknowledged whole), newest first. Returns how many records. */
 size_t undo_unacked(eng *e, uint64_t acked);

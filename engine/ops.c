@@ -968,6 +968,7 @@ stm_code ops_call(eng *e, const char *op, const cJSON *params, cJSON **result, u
         if (strcmp(ops[i].name, op) != 0) continue;
         if (!ops[i].locked) return ops[i].fn(e, params, result, seq, err);
         pthread_mutex_lock(&e->lock);
+        eng_take_failure_locked(e);
         stm_code rc = ops[i].fn(e, params, result, seq, err);
         pthread_mutex_unlock(&e->lock);
         return rc;
