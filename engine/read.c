@@ -31,6 +31,7 @@ stm_code eng_get_instance_view(eng *e, const char *id, bool include_deleted,
 {
     memset(v, 0, sizeof *v);
     pthread_mutex_lock(&e->lock);
+    eng_take_failure_locked(e); /* never show what a failed log will not keep */
     instance *in = inst_find(e, id);
     if (!in || (gone(in) && !include_deleted)) {
         pthread_mutex_unlock(&e->lock);
@@ -227,6 +228,7 @@ stm_code eng_history_read(eng *e, const char *id, uint64_t from, size_t max, buf
                           uint64_t *total_bytes, stm_err *err)
 {
     pthread_mutex_lock(&e->lock);
+    eng_take_failure_locked(e);
     instance *in = inst_find(e, id);
     if (!in) {
         pthread_mutex_unlock(&e->lock);
@@ -285,6 +287,7 @@ stm_code eng_entries_read(eng *e, uint64_t from, size_t max, buf *out, uint64_t 
                           stm_err *err)
 {
     pthread_mutex_lock(&e->lock);
+    eng_take_failure_locked(e);
     uint64_t total = e->entries_bytes;
     /* the last index point at or before from */
     size_t lo = 0, hi = e->n_eidx;
