@@ -759,6 +759,31 @@ void eng_kick(eng *e, uint64_t seq)
     if (seq > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE)) wal_write_now(e->w, seq);
 }
 
+void eng_commit_now(eng *e, uint64_t seq)
+{
+    if (seq > __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE)) wal_commit_now(e->w, seq);
+}
+
+void eng_hold(eng *e)
+{
+    wal_hold(e->w);
+}
+
+void eng_release(eng *e)
+{
+    wal_release(e->w);
+}
+
+bool eng_syncs_each_group(eng *e)
+{
+    return wal_syncs_each_group(e->w);
+}
+
+uint64_t eng_commit_linger_ns(eng *e)
+{
+    return wal_linger_ns(e->w);
+}
+
 int eng_add_listener(eng *e, void (*fn)(void *, uint64_t), void *arg)
 {
     pthread_mutex_lock(&e->listen_lock);

@@ -120,6 +120,21 @@ stm_code eng_wait(eng *e, uint64_t seq, stm_err *err);
 /* The caller will wait for seq by other means (a listener): have it written
  * now rather than batched (see wal_write_now). eng_wait does so by itself. */
 void eng_kick(eng *e, uint64_t seq);
+/* As eng_kick, but under every_write the caller writes and fdatasyncs the
+ * group itself when the log is idle (wal_commit_now), blocking for the
+ * disk: for an event loop whose clients all wait for seq, which then pays
+ * no hand-off to the flusher and back. Same listener rule as eng_wait. */
+void eng_commit_now(eng *e, uint64_t seq);
+/* Under every_write: the caller will commit what its next ops append
+ * (eng_commit_now) or let go (eng_release), so those appends need not wake
+ * the WAL's flusher (wal_hold). No-op under other policies. */
+void eng_hold(eng *e);
+void eng_release(eng *e);
+/* Whether the fsync policy syncs every group before acknowledging it
+ * (every_write, every_n:0), and how long a caller of eng_commit_now may
+ * then wait for more records to join its group (half an fdatasync). */
+bool eng_syncs_each_group(eng *e);
+uint64_t eng_commit_linger_ns(eng *e);
 /* fn runs on the WAL flusher thread (no engine lock held) whenever the acked
  * watermark advances; keep it short (write an eventfd, signal a condvar).
  * Returns an id for eng_remove_listener. */

@@ -133,6 +133,10 @@ struct rcp_server {
     int wake_pending;   /* an eventfd write is on its way (atomic) */
     bool accept_paused; /* out of descriptors: retry on the next tick */
     uint64_t kick_seq;  /* newest WAL sequence a held response waits for */
+    uint64_t group_since_ns; /* every_write: when the loop began gathering a group */
+    bool self_woken;    /* the ack listener ran on the loop's own thread */
+    bool own_groups;    /* every_write: the loop commits its clients' groups */
+    bool holding;       /* eng_hold is in force for the group being gathered */
     bool wal_failed;    /* responses waiting for the WAL become WAL_IO_ERROR */
 };
 

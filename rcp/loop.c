@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "base/buf.h"
+#include "base/util.h"
 
 #define MAX_EVENTS 256
 
@@ -37,6 +38,7 @@ struct rcp_loop {
     bool (*before_sleep)(rcp_loop *, void *);
     void *bs_arg;
     long long next_tick;
+    uint64_t wake_at_ns; /* one-shot deadline for the next wait (0: none) */
 };
 
 static long long now_ms(void)
@@ -119,6 +121,11 @@ void rcp_loop_set_before_sleep(rcp_loop *l, bool (*fn)(rcp_loop *, void *), void
     l->bs_arg = arg;
 }
 
+void rcp_loop_wake_at(rcp_loop *l, uint64_t mono_ns)
+{
+    if (!l->wake_at_ns || mono_ns < l->wake_at_ns) l->wake_at_ns = mono_ns;
+}
+
 void rcp_loop_stop(rcp_loop *l)
 {
     l->stop = true;
@@ -131,14 +138,22 @@ void rcp_loop_run(rcp_loop *l)
     while (!l->stop) {
         bool busy = l->before_sleep ? l->before_sleep(l, l->bs_arg) : false;
         if (l->stop) break;
-        int timeout = -1;
+        /* in nanoseconds: a group commit waits for tens of microseconds */
+        long long timeout_ns = -1;
         if (busy) {
-            timeout = 0;
+            timeout_ns = 0;
         } else if (l->tick) {
             long long d = l->next_tick - now_ms();
-            timeout = d < 0 ? 0 : (int)d;
+            timeout_ns = d < 0 ? 0 : d * 1000000;
         }
-        int n = epoll_wait(l->epfd, evs, MAX_EVENTS, timeout);
+        if (l->wake_at_ns) {
+            uint64_t now = util_mono_ns();
+            long long d = l->wake_at_ns > now ? (long long)(l->wake_at_ns - now) : 0;
+            if (timeout_ns < 0 || d < timeout_ns) timeout_ns = d;
+            l->wake_at_ns = 0;
+        }
+        struct timespec ts = {(time_t)(timeout_ns / 1000000000), (long)(timeout_ns % 1000000000)};
+        int n = epoll_pwait2(l->epfd, evs, MAX_EVENTS, timeout_ns < 0 ? NULL : &ts, NULL);
         if (n < 0) {
             if (errno == EINTR) continue;
             break; /* the epoll fd itself is broken: nothing sensible is left */

@@ -10,6 +10,7 @@
 #define STM_RCP_LOOP_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "base/err.h"
 
@@ -36,6 +37,9 @@ void rcp_loop_set_tick(rcp_loop *l, int ms, void (*fn)(rcp_loop *l, void *arg), 
 /* fn runs before each sleep; returning true means "more work is pending",
  * and the loop polls without sleeping. */
 void rcp_loop_set_before_sleep(rcp_loop *l, bool (*fn)(rcp_loop *l, void *arg), void *arg);
+
+/* The next wait ends no later than mono_ns (util_mono_ns clock); once. */
+void rcp_loop_wake_at(rcp_loop *l, uint64_t mono_ns);
 
 /* Runs until rcp_loop_stop. */
 void rcp_loop_run(rcp_loop *l);

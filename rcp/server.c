@@ -44,8 +44,17 @@ uint64_t rcp_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* The server whose loop runs on this thread, if any: the ack listener runs
+ * here when the loop commits a group itself (eng_commit_now), and then a
+ * flag does what an eventfd round trip would. */
+static __thread rcp_server *loop_server;
+
 void rcp_server_wake(rcp_server *s)
 {
+    if (loop_server == s) {
+        s->self_woken = true;
+        return;
+    }
     /* Sequentially consistent on both sides: the loop clears the flag and
      * then reads the watermark; a waker that still sees the flag set must
      * have published its watermark before the loop's read. */
@@ -275,6 +284,10 @@ static void conn_read(rcp_conn *c)
             c->in.data[c->in.len] = 0;
             c->srv->m.bytes_in += (uint64_t)n;
             c->last_active_ms = rcp_now_ms();
+            if (c->srv->own_groups && !c->srv->holding) {
+                eng_hold(c->srv->e); /* this loop commits what the requests append */
+                c->srv->holding = true;
+            }
             rcp_session_process_input(c);
             /* A short plain read means the socket is drained; TLS may hold
              * more decrypted bytes, so keep going until it says EAGAIN. */
@@ -448,18 +461,10 @@ static void begin_stop(rcp_server *s)
     }
 }
 
-static void on_wake(rcp_loop *l, int fd, void *arg, unsigned ev)
+/* Looks at every connection that holds responses or watches: the WAL may
+ * have acknowledged (or failed), a watch may have news. */
+static void settle_all(rcp_server *s)
 {
-    (void)l;
-    (void)ev;
-    rcp_server *s = arg;
-    uint64_t v;
-    /* Drain first, then clear: a waker that sets the flag after the clear
-     * writes again, so the eventfd is readable again; clearing first could
-     * swallow that write and leave the flag set with nobody to clear it. */
-    ssize_t r = read(fd, &v, sizeof v);
-    (void)r;
-    __atomic_exchange_n(&s->wake_pending, 0, __ATOMIC_SEQ_CST);
     if (!s->wal_failed) {
         /* The engine tells its listeners once more when the WAL fails, so
          * this runs after every failure (and it never clears). */
@@ -474,6 +479,58 @@ static void on_wake(rcp_loop *l, int fd, void *arg, unsigned ev)
     }
 }
 
+static void on_wake(rcp_loop *l, int fd, void *arg, unsigned ev)
+{
+    (void)l;
+    (void)ev;
+    rcp_server *s = arg;
+    uint64_t v;
+    /* Drain first, then clear: a waker that sets the flag after the clear
+     * writes again, so the eventfd is readable again; clearing first could
+     * swallow that write and leave the flag set with nobody to clear it. */
+    ssize_t r = read(fd, &v, sizeof v);
+    (void)r;
+    __atomic_exchange_n(&s->wake_pending, 0, __ATOMIC_SEQ_CST);
+    settle_all(s);
+}
+
+/* Whether every connection is waiting for the log: then no request can
+ * come before the group is durable, and the loop may as well sync it. */
+static bool all_wait_for_log(rcp_server *s)
+{
+    for (rcp_conn *c = s->conns; c; c = c->next)
+        if (c->mark_n == 0 && !c->watches) return false;
+    return true;
+}
+
+/* Has the responses held for kick_seq written. Under every_write the loop
+ * gathers the group itself: when all its clients wait, it writes and syncs
+ * it on this thread (no hand-off to the flusher and back); until then it
+ * waits at most as long as the flusher would (half an fdatasync) for the
+ * others, then hands the group to the flusher. */
+static void commit_held(rcp_server *s)
+{
+    if (!s->own_groups) {
+        eng_kick(s->e, s->kick_seq);
+    } else if (all_wait_for_log(s)) {
+        eng_commit_now(s->e, s->kick_seq);
+        s->holding = false;
+    } else {
+        uint64_t now = util_mono_ns();
+        if (!s->group_since_ns) s->group_since_ns = now;
+        uint64_t until = s->group_since_ns + eng_commit_linger_ns(s->e);
+        if (now < until && s->kick_seq > eng_acked_seq(s->e)) {
+            rcp_loop_wake_at(s->loop, until);
+            return;
+        }
+        eng_kick(s->e, s->kick_seq);
+        if (s->holding) eng_release(s->e);
+        s->holding = false;
+    }
+    s->kick_seq = 0;
+    s->group_since_ns = 0;
+}
+
 static bool before_sleep(rcp_loop *l, void *arg)
 {
     rcp_server *s = arg;
@@ -485,11 +542,18 @@ static bool before_sleep(rcp_loop *l, void *arg)
         }
     }
     if (s->kick_seq) {
-        eng_kick(s->e, s->kick_seq);
-        s->kick_seq = 0;
+        commit_held(s);
+    } else if (s->holding) {
+        eng_release(s->e); /* nothing this pass needs the log */
+        s->holding = false;
+    }
+    if (s->self_woken) {
+        s->self_woken = false;
+        settle_all(s);
     }
     if (s->stopping && s->n_conns == 0) rcp_loop_stop(l);
-    return s->need_pass;
+    /* settling may have read new requests: look again before sleeping */
+    return s->need_pass || s->self_woken || (s->kick_seq && !s->group_since_ns);
 }
 
 static void on_tick(rcp_loop *l, void *arg)
@@ -517,6 +581,7 @@ static void *loop_main(void *arg)
 {
     rcp_server *s = arg;
     util_name_thread("rcp-loop");
+    loop_server = s;
     rcp_loop_run(s->loop);
     /* Whatever is left after the grace period goes now. */
     while (s->conns)
@@ -669,6 +734,7 @@ stm_code rcp_start(eng *e, const stm_config *c, rcp_server **out, stm_err *err)
     struct sigaction sa;
     if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
 
+    s->own_groups = eng_syncs_each_group(e);
     s->listener_id = eng_add_listener(e, on_acked, s);
     if (pthread_create(&s->thread, NULL, loop_main, s) != 0) {
         rc = stm_fail(err, STM_INTERNAL_ERROR, "cannot start the RCP thread");

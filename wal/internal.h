@@ -114,6 +114,7 @@ struct wal {
     size_t gchunkcap;
     wal_seg *dirty;         /* segment with written, unsynced bytes (holds a ref) */
     uint64_t ms_deadline;   /* every_ms: when the oldest unsynced write must be synced */
+    bool held;              /* wal_hold: appends leave the flusher asleep */
     uint64_t linger_ns;     /* every_write: how long to wait for a group (half an fdatasync) */
     uint64_t last_listened; /* the last watermark the listener was told (listen_mu) */
     pthread_mutex_t listen_mu; /* one listener call at a time, in watermark order */

@@ -404,16 +404,18 @@ stm_code wal_append(wal *w, uint8_t type, const void *payload, uint32_t len, wal
         rec->ckpt_offset = ck.offset;
         rec->ckpt_len = ck.len;
     }
-    if (w->lazy) {
+    if (w->lazy && was_empty) w->pend_since = util_mono_ns();
+    if (w->flusher_want) {
+        /* A lingering flusher is woken only once its group is complete:
+         * waking it for every arrival costs a context switch per record. */
+        if (w->pend_records >= w->flusher_want) pthread_cond_signal(&w->work_cv);
+    } else if (w->lazy) {
         /* Nobody waits for this record yet: the flusher takes it with the
          * next waiter, the next timeout or a full batch. The first pending
          * record wakes it once so that it arms the timeout. */
-        if (was_empty) w->pend_since = util_mono_ns();
         if ((was_empty && !w->flusher_timed) || w->pend.len >= WAL_LAZY_BYTES)
             pthread_cond_signal(&w->work_cv);
-    } else if (w->pend_records >= w->flusher_want) {
-        /* A lingering flusher is woken only once its group is complete:
-         * waking it for every arrival costs a context switch per record. */
+    } else if (!w->held) {
         pthread_cond_signal(&w->work_cv);
     }
     pthread_mutex_unlock(&w->mu);
@@ -761,6 +763,9 @@ static void *flusher_main(void *arg)
                 ;
             w->flusher_want = 0;
         }
+        /* an event loop may be writing the group it took while we lingered
+         * (wal_commit_now): ours comes after it */
+        if (w->writing) continue;
         last_group = w->pend_records;
         write_group_locked(w);
     }
@@ -962,11 +967,15 @@ stm_code wal_wait(wal *w, uint64_t seq, stm_err *err)
 
 void wal_kick(wal *w, uint64_t seq)
 {
-    if (!w->lazy || __atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return;
+    if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return;
+    /* Outside the lazy policies an append wakes the flusher by itself,
+     * unless an event loop holds the log (wal_hold): then its waiters do. */
+    if (!w->lazy && !__atomic_load_n(&w->held, __ATOMIC_RELAXED)) return;
     pthread_mutex_lock(&w->mu);
     if (seq > w->want_seq) {
         w->want_seq = seq;
-        if (w->written_seq < seq) pthread_cond_signal(&w->work_cv);
+        /* a lingering flusher takes the group when it ends anyway */
+        if (w->written_seq < seq && !w->flusher_want) pthread_cond_signal(&w->work_cv);
     }
     pthread_mutex_unlock(&w->mu);
 }
@@ -983,6 +992,56 @@ void wal_write_now(wal *w, uint64_t seq)
         write_group_locked(w);
     } else if (seq > w->want_seq) {
         /* the flusher is writing: it takes the rest right after */
+        w->want_seq = seq;
+        if (w->written_seq < seq) pthread_cond_signal(&w->work_cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+bool wal_syncs_each_group(wal *w)
+{
+    return w->sync.mode == WAL_SYNC_EVERY_WRITE ||
+           (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
+}
+
+uint64_t wal_linger_ns(wal *w)
+{
+    pthread_mutex_lock(&w->mu);
+    uint64_t ns = w->linger_ns;
+    pthread_mutex_unlock(&w->mu);
+    return ns;
+}
+
+void wal_hold(wal *w)
+{
+    if (!wal_syncs_each_group(w)) return;
+    pthread_mutex_lock(&w->mu);
+    __atomic_store_n(&w->held, true, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void wal_release(wal *w)
+{
+    pthread_mutex_lock(&w->mu);
+    __atomic_store_n(&w->held, false, __ATOMIC_RELAXED);
+    /* what others appended meanwhile did not wake the flusher */
+    if (w->pend.len && !w->writing) pthread_cond_signal(&w->work_cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void wal_commit_now(wal *w, uint64_t seq)
+{
+    if (!wal_syncs_each_group(w)) {
+        wal_write_now(w, seq);
+        return;
+    }
+    pthread_mutex_lock(&w->mu);
+    __atomic_store_n(&w->held, false, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) {
+        if (w->pend.len && !w->writing) pthread_cond_signal(&w->work_cv);
+    } else if (!w->writing && !w->failed && !w->stop && w->written_seq < seq && w->pend.len) {
+        write_group_locked(w);
+    } else if (seq > w->want_seq) {
         w->want_seq = seq;
         if (w->written_seq < seq) pthread_cond_signal(&w->work_cv);
     }

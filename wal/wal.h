@@ -212,16 +212,39 @@ bool wal_appended(wal *w, uint64_t seq);
 /* Blocks until wal_acked_seq() >= seq. WAL_IO_ERROR if the log failed first. */
 stm_code wal_wait(wal *w, uint64_t seq, stm_err *err);
 /* Someone will wait for seq (without wal_wait: an event loop holding a
- * response): have it written now. Under never and every_n:N a record that
- * nobody waits for is written within a millisecond or once 256 KiB are
- * pending, so that a lone fast writer does not wake the flusher for every
- * record; wal_wait kicks by itself. Cheap when there is nothing to do. */
+ * response): have it written now. Under every policy but every_ms a record
+ * that nobody waits for is written (and under every_write synced) within a
+ * millisecond or once 256 KiB are pending, so that a lone fast writer does
+ * not wake the flusher for every record, nor an event loop that commits its
+ * own groups (wal_commit_now); wal_wait kicks by itself. Cheap when there
+ * is nothing to do. */
 void wal_kick(wal *w, uint64_t seq);
 /* As wal_kick, but under never the caller writes the pending group itself
  * when nobody else is writing (one pwrite, no fdatasync): no hand-off to
  * the flusher and back. Calls the listener from the calling thread, so
  * the caller must hold no lock the listener takes. wal_wait uses it. */
 void wal_write_now(wal *w, uint64_t seq);
+/* Under every_write (and every_n:0), when nobody else is writing, the
+ * caller writes the pending group and fdatasyncs it itself, blocking for
+ * the disk; otherwise as wal_kick. For an event loop that gathers a group
+ * from its own clients and has nothing else to do until it is durable: the
+ * flusher's hand-offs (a wake-up to take the group, another to report it
+ * synced) cost as much as a third of an fdatasync on a 2-core machine.
+ * Ends a wal_hold. Under the other policies, wal_write_now. Calls the listener from the
+ * calling thread, as wal_write_now does. */
+void wal_commit_now(wal *w, uint64_t seq);
+/* Under every_write (and every_n:0): the caller is about to append records
+ * it will commit itself (wal_commit_now) or hand over (wal_release), so
+ * until then an append does not wake the flusher for them; waiters still
+ * do (wal_wait kicks). No-op under other policies. */
+void wal_hold(wal *w);
+void wal_release(wal *w);
+/* Whether every group is fdatasynced before it is acknowledged (every_write,
+ * every_n:0), and how long the flusher waits for a group to fill (half the
+ * last fdatasync, at most 1 ms): how long a wal_commit_now caller may wait
+ * for more records before committing. */
+bool wal_syncs_each_group(wal *w);
+uint64_t wal_linger_ns(wal *w);
 /* Called by the thread that wrote the group (the flusher, or under never a
  * waiter in wal_write_now), with no wal lock held, every time the acked
  * watermark advances (and once with the final value when the log fails).
