@@ -725,12 +725,15 @@ static void *flusher_main(void *arg)
             } else {
                 if (w->sync_target > w->synced_seq) break;
                 if (w->pend.len) {
-                    if (!w->lazy || w->stop || w->pend.len >= WAL_LAZY_BYTES ||
-                        w->want_seq > w->written_seq)
-                        break;
-                    uint64_t due = w->pend_since + WAL_LAZY_NS;
-                    if (mono_ns() >= due) break;
-                    if (!deadline || due < deadline) wake_at = due;
+                    bool asked = w->stop || w->pend.len >= WAL_LAZY_BYTES ||
+                                 w->want_seq > w->written_seq;
+                    /* a held group is its holder's to commit (wal_hold) */
+                    if (asked || (!w->lazy && !w->held)) break;
+                    if (w->lazy) {
+                        uint64_t due = w->pend_since + WAL_LAZY_NS;
+                        if (mono_ns() >= due) break;
+                        if (!deadline || due < deadline) wake_at = due;
+                    }
                 }
                 if (deadline && mono_ns() >= deadline) break;
                 if (w->stop) goto out;

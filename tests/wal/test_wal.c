@@ -1398,6 +1398,85 @@ START_TEST(test_never_waiter_writes_itself)
 }
 END_TEST
 
+/* Under every_write an event loop that holds the log commits its own group:
+ * wal_commit_now writes and fdatasyncs it on the calling thread (one sync
+ * for the whole group), and tells the listener from there. */
+START_TEST(test_every_write_holder_commits_itself)
+{
+    wal *w = open_wal(path_in("wal"), 64u << 20, "every_write");
+    wal_set_listener(w, thread_listener, NULL);
+    ck_assert(wal_syncs_each_group(w));
+    int own = 0;
+    for (int i = 0; i < 20; i++) {
+        wal_hold(w);
+        wal_record r = {0};
+        for (int k = 0; k < 8; k++)
+            r = append_ok(w, 3, "{\"k\":1}", 7);
+        wal_commit_now(w, r.seq);
+        ck_assert_uint_ge(wal_acked_seq(w), r.seq);
+        wal_stats st;
+        wal_get_stats(w, &st);
+        ck_assert_uint_ge(st.synced_seq, r.seq); /* acknowledged = synced */
+        pthread_mutex_lock(&lmu);
+        ck_assert_uint_eq(l_last, r.seq);
+        own += pthread_equal(l_thread, pthread_self()) != 0;
+        pthread_mutex_unlock(&lmu);
+    }
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_eq(st.writes, 160);
+    /* the held appends never woke the flusher, so every group was ours */
+    ck_assert_int_eq(own, 20);
+    ck_assert_uint_eq(st.fsyncs, 20);
+    close_wal(w);
+}
+END_TEST
+
+typedef struct {
+    wal *w;
+    uint64_t seq;
+    stm_code rc;
+} held_waiter;
+
+static void *append_and_wait(void *arg)
+{
+    held_waiter *hw = arg;
+    wal_record r = append_ok(hw->w, 3, "{}", 2);
+    hw->seq = r.seq;
+    stm_err err;
+    hw->rc = wal_wait(hw->w, r.seq, &err);
+    return NULL;
+}
+
+/* While an event loop holds the log, another writer's append does not wake
+ * the flusher, but its wait does: it never hangs on the holder. What is
+ * appended while held, with nobody waiting, is written once the holder
+ * lets go. */
+START_TEST(test_every_write_hold_does_not_starve_others)
+{
+    wal *w = open_wal(path_in("wal"), 64u << 20, "every_write");
+    wal_hold(w);
+    held_waiter hw = {w, 0, STM_INTERNAL_ERROR};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, append_and_wait, &hw), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_int_eq(hw.rc, STM_OK);
+    wal_stats st;
+    wal_get_stats(w, &st);
+    ck_assert_uint_ge(st.synced_seq, hw.seq);
+
+    wal_record r = append_ok(w, 3, "{}", 2); /* still held, nobody waits */
+    wal_release(w);
+    for (int i = 0; i < 5000; i++) {
+        wal_get_stats(w, &st);
+        if (st.synced_seq >= r.seq) break;
+        usleep(1000);
+    }
+    ck_assert_uint_ge(st.synced_seq, r.seq);
+    close_wal(w);
+}
+END_TEST
+
 /* A log whose last header says a number near WAL_MAX_SEQ (the header is
  * outside the CRC, so damage can say anything up to it) opens, but takes
  * no append: the record, or the closing checkpoint after it, would be past
@@ -1910,6 +1989,8 @@ static Suite *wal_suite(void)
     tcase_add_test(t, test_policy_never);
     tcase_add_test(t, test_never_unwaited_records_reach_the_file);
     tcase_add_test(t, test_never_waiter_writes_itself);
+    tcase_add_test(t, test_every_write_holder_commits_itself);
+    tcase_add_test(t, test_every_write_hold_does_not_starve_others);
     tcase_add_test(t, test_sequence_space_end);
     tcase_add_test(t, test_policy_every_n);
     tcase_add_test(t, test_policy_every_ms);
