@@ -39,6 +39,7 @@ struct rcp_loop {
     void *bs_arg;
     long long next_tick;
     uint64_t wake_at_ns; /* one-shot deadline for the next wait (0: none) */
+    bool no_pwait2;      /* the kernel has no epoll_pwait2 */
 };
 
 static long long now_ms(void)
@@ -152,8 +153,19 @@ void rcp_loop_run(rcp_loop *l)
             if (timeout_ns < 0 || d < timeout_ns) timeout_ns = d;
             l->wake_at_ns = 0;
         }
-        struct timespec ts = {(time_t)(timeout_ns / 1000000000), (long)(timeout_ns % 1000000000)};
-        int n = epoll_pwait2(l->epfd, evs, MAX_EVENTS, timeout_ns < 0 ? NULL : &ts, NULL);
+        int n;
+        if (!l->no_pwait2) {
+            struct timespec ts = {(time_t)(timeout_ns / 1000000000),
+                                  (long)(timeout_ns % 1000000000)};
+            n = epoll_pwait2(l->epfd, evs, MAX_EVENTS, timeout_ns < 0 ? NULL : &ts, NULL);
+            if (n < 0 && errno == ENOSYS) {
+                l->no_pwait2 = true; /* a kernel before 5.11: milliseconds, rounded up */
+                continue;
+            }
+        } else {
+            n = epoll_wait(l->epfd, evs, MAX_EVENTS,
+                           timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000));
+        }
         if (n < 0) {
             if (errno == EINTR) continue;
             break; /* the epoll fd itself is broken: nothing sensible is left */

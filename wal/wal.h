@@ -50,6 +50,10 @@
  *   every_write the flusher waits up to half an fdatasync for as many
  *   records as its last group held, so a crowd of appenders woken by one
  *   sync shares the next one instead of splitting into alternating halves.
+ *   An event loop that answers many clients may instead hold the log
+ *   (wal_hold) while it appends their records and commit the group itself
+ *   (wal_commit_now): the flusher then leaves a held group alone unless a
+ *   waiter asks for it, so neither thread wakes the other for it.
  *   Rotation always fdatasyncs the old segment before the new one's file is
  *   created (and its directory fsynced), whatever the policy.
  *   Except under never, the flusher keeps the live segment zero-filled up
