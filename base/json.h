@@ -29,9 +29,18 @@
  * strings, only space, tab, CR and LF as whitespace), with valid UTF-8 in
  * strings, no \u0000, no number beyond a double's range, and nesting <=
  * JSON_MAX_DEPTH. Duplicate object keys: the last one wins (earlier ones
- * are removed). On failure returns NULL and sets err (BAD_REQUEST) with
- * the byte position and what was wrong there. Caller owns the result. */
+ * are removed; json_duplicate_key names the first such key of an object).
+ * On failure returns NULL and sets err (BAD_REQUEST) with the byte position
+ * and what was wrong there. Caller owns the result. */
 cJSON *json_parse(const char *text, size_t len, stm_err *err);
+
+/* For an object that json_parse built: a key that appeared more than once
+ * in it, or NULL. Where free-form JSON keeps the last one (contexts, as
+ * serde_json does), a fixed structure refuses it (a machine definition, as
+ * rstmdb's typed one does). Kept in the object's valuestring, which cJSON
+ * leaves unused for objects (cJSON_Delete frees it, cJSON_Duplicate copies
+ * it). */
+const char *json_duplicate_key(const cJSON *obj);
 
 /* A region that parse trees can be built in and dropped from all at once,
  * for trees that live as long as one request: building and freeing one

@@ -590,7 +590,7 @@ static cJSON *parse_value(parser *ps, int depth)
 }
 
 /* Removes earlier duplicates so that the last occurrence of a key wins, as
- * in serde_json. */
+ * in serde_json, and notes the first such key (json_duplicate_key). */
 static void dedupe(parser *ps, cJSON *v)
 {
     for (cJSON *c = v->child; c; c = c->next) {
@@ -601,11 +601,20 @@ static void dedupe(parser *ps, cJSON *v)
         cJSON *next = c->next;
         for (cJSON *d = next; d; d = d->next)
             if (strcmp(c->string, d->string) == 0) {
+                if (!v->valuestring) {
+                    size_t n = strlen(c->string) + 1;
+                    v->valuestring = memcpy(new_string(ps, n), c->string, n);
+                }
                 drop(ps, cJSON_DetachItemViaPointer(v, c));
                 break;
             }
         c = next;
     }
+}
+
+const char *json_duplicate_key(const cJSON *obj)
+{
+    return cJSON_IsObject(obj) ? obj->valuestring : NULL;
 }
 
 static cJSON *parse_text(parser *ps, stm_err *err)

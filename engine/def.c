@@ -169,6 +169,11 @@ static bool is_string_array(const cJSON *a)
 static stm_code check_shape(const cJSON *dj, stm_err *err)
 {
     if (!cJSON_IsObject(dj)) return bad(err, "definition must be a JSON object");
+    /* a fixed structure: a field given twice is a mistake, not an update
+     * (rstmdb's typed parser refuses it too; YAML's is refused in def_yaml) */
+    const char *dup = json_duplicate_key(dj);
+    char c1[72];
+    if (dup) return bad(err, "duplicate field '%s'", clip(dup, c1, sizeof c1));
     const cJSON *states = json_get(dj, "states");
     if (!states) return bad(err, "missing field 'states'");
     if (!is_string_array(states)) return bad(err, "'states' must be an array of strings");
@@ -184,6 +189,8 @@ static stm_code check_shape(const cJSON *dj, stm_err *err)
     for (const cJSON *t = trs->child; t; t = t->next, i++) {
         if (!cJSON_IsObject(t)) return bad(err, "transition %zu must be an object", i + 1);
         tlabel(i, t, lb, sizeof lb);
+        if ((dup = json_duplicate_key(t)))
+            return bad(err, "%s: duplicate field '%s'", lb, clip(dup, c1, sizeof c1));
         const cJSON *from = json_get(t, "from"), *ev = json_get(t, "event"),
                     *to = json_get(t, "to"), *g = json_get(t, "guard");
         if (!from) return bad(err, "%s: missing field 'from'", lb);

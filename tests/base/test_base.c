@@ -312,6 +312,22 @@ START_TEST(test_json_rejects)
     ck_assert(json_get_uint(json_get(v, "a"), 10, &n));
     ck_assert_uint_eq(n, 2);
     ck_assert_ptr_null(json_get(v, "A"));
+    /* ...and the object says which key it was, for structures that refuse it */
+    ck_assert_str_eq(json_duplicate_key(v), "a");
+    cJSON_Delete(v);
+    v = json_parse("{\"o\":{\"x\":1,\"y\":2,\"x\":3,\"y\":4},\"p\":{\"z\":1}}", 43, &err);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_ptr_null(json_duplicate_key(v));
+    ck_assert_str_eq(json_duplicate_key(json_get(v, "o")), "x");
+    ck_assert_ptr_null(json_duplicate_key(json_get(v, "p")));
+    ck_assert_ptr_null(json_duplicate_key(json_get(json_get(v, "o"), "x")));
+    cJSON *copy = cJSON_Duplicate(v, true);
+    ck_assert_str_eq(json_duplicate_key(json_get(copy, "o")), "x");
+    cJSON_Delete(copy);
+    json_arena *ar = json_arena_new();
+    cJSON *av = json_parse_arena(ar, "{\"k\":1,\"k\":2}", 13, &err);
+    ck_assert_str_eq(json_duplicate_key(av), "k");
+    json_arena_free(ar);
     cJSON_Delete(v);
     /* Numbers at 2^64 (all that round to it, UINT64_MAX among them) are
      * out of range, not undefined; the largest double below it fits. */

@@ -274,6 +274,16 @@ START_TEST(shape_errors)
     cJSON_Delete(n);
     parse_bad("[]", D "definition must be a JSON object");
     parse_bad("{}", D "missing field 'states'");
+    /* a fixed structure: a field twice is refused, not "last one wins" */
+    parse_bad("{'states':['a'],'initial':'a','states':['a','b'],'transitions':[]}",
+              D "duplicate field 'states'");
+    parse_bad("{'states':['a','b'],'initial':'a','transitions':[{'from':'a','event':'E',"
+              "'to':'a','to':'b'}]}",
+              D "transition 1 (event 'E'): duplicate field 'to'");
+    /* free-form JSON inside it keeps serde_json's rule */
+    def *meta = parse_ok("{'states':['a'],'initial':'a','transitions':[],"
+                         "'meta':{'k':1,'k':2}}");
+    def_free(meta);
     parse_bad("{'states':'a','initial':'a','transitions':[]}",
               D "'states' must be an array of strings");
     parse_bad("{'states':['a',1],'initial':'a','transitions':[]}",
