@@ -197,11 +197,22 @@ static void remove_instance(eng *e, instance *in)
             *p = in->hnext;
             break;
         }
-    instance *x = e->head;
-    for (int i = e->skip_level - 1; i >= 0; i--) {
-        while (x->next[i] && x->next[i] != in && strcmp(x->next[i]->id, in->id) < 0)
-            x = x->next[i];
-        if (x->next[i] == in) x->next[i] = in->next[i];
+    if (!in->linked) {
+        /* added since the last walk: still in the list of those, near its end */
+        for (size_t k = e->n_unlinked; k-- > 0;)
+            if (e->unlinked[k] == in) {
+                memmove(&e->unlinked[k], &e->unlinked[k + 1],
+                        (e->n_unlinked - k - 1) * sizeof *e->unlinked);
+                e->n_unlinked--;
+                break;
+            }
+    } else {
+        instance *x = e->head;
+        for (int i = e->skip_level - 1; i >= 0; i--) {
+            while (x->next[i] && x->next[i] != in && strcmp(x->next[i]->id, in->id) < 0)
+                x = x->next[i];
+            if (x->next[i] == in) x->next[i] = in->next[i];
+        }
     }
     if (in->deleted) e->n_deleted--;
     else e->n_instances--;

@@ -235,6 +235,7 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         write_machine_lines(e, &content);
         size_t total = e->n_instances + e->n_deleted;
         plan = xcalloc(total + 1, sizeof *plan);
+        inst_link_all(e);
         for (instance *in = e->head->next[0]; in; in = in->next[0]) {
             plan_inst *p = &plan[n_plan++];
             p->id = xstrdup(in->id);

@@ -190,27 +190,56 @@ instance *inst_add(eng *e, const char *id)
     in->hnext = e->itab[b];
     e->itab[b] = in;
 
-    instance *update[SKIP_MAX_LEVEL];
-    instance *x = e->head;
-    for (int i = e->skip_level - 1; i >= 0; i--) {
-        while (x->next[i] && strcmp(x->next[i]->id, id) < 0) x = x->next[i];
-        update[i] = x;
+    if (e->n_unlinked == e->cap_unlinked) {
+        e->cap_unlinked = e->cap_unlinked ? e->cap_unlinked * 2 : 1024;
+        e->unlinked = xrealloc(e->unlinked, e->cap_unlinked * sizeof *e->unlinked);
     }
-    if (level > e->skip_level) {
-        for (int i = e->skip_level; i < level; i++) update[i] = e->head;
-        e->skip_level = level;
-    }
-    for (int i = 0; i < level; i++) {
-        in->next[i] = update[i]->next[i];
-        update[i]->next[i] = in;
-    }
+    e->unlinked[e->n_unlinked++] = in;
     e->n_instances++;
     return in;
+}
+
+static int cmp_inst_id(const void *a, const void *b)
+{
+    return strcmp((*(instance *const *)a)->id, (*(instance *const *)b)->id);
+}
+
+void inst_link_all(eng *e)
+{
+    if (!e->n_unlinked) return;
+    qsort(e->unlinked, e->n_unlinked, sizeof *e->unlinked, cmp_inst_id);
+    /* In ascending order each descent starts where the previous one ended
+     * (a finger): update[i] is the last node before the previous id at
+     * level i, so before this one too. */
+    instance *update[SKIP_MAX_LEVEL];
+    for (int i = 0; i < SKIP_MAX_LEVEL; i++) update[i] = e->head;
+    for (size_t k = 0; k < e->n_unlinked; k++) {
+        instance *in = e->unlinked[k];
+        if (in->level > e->skip_level) e->skip_level = in->level;
+        for (int i = e->skip_level - 1; i >= 0; i--) {
+            instance *x = update[i];
+            if (i + 1 < e->skip_level) {
+                /* the node found one level up may be further along */
+                instance *up = update[i + 1];
+                if (up != e->head && (x == e->head || strcmp(up->id, x->id) > 0)) x = up;
+            }
+            while (x->next[i] && strcmp(x->next[i]->id, in->id) < 0) x = x->next[i];
+            update[i] = x;
+        }
+        for (int i = 0; i < in->level; i++) {
+            in->next[i] = update[i]->next[i];
+            update[i]->next[i] = in;
+            update[i] = in;
+        }
+        in->linked = true;
+    }
+    e->n_unlinked = 0;
 }
 
 /* First instance with id > after (after NULL: the first). */
 instance *inst_after(eng *e, const char *after)
 {
+    inst_link_all(e);
     if (!after) return e->head->next[0];
     instance *x = e->head;
     for (int i = e->skip_level - 1; i >= 0; i--)
@@ -1038,10 +1067,12 @@ void eng_close(eng *e)
     buf_free(&e->op_payload);
     buf_free(&e->op_ctx);
     buf_free(&e->op_entry);
+    inst_link_all(e);
     for (instance *in = e->head->next[0], *next; in; in = next) {
         next = in->next[0];
         free_instance(in);
     }
+    free(e->unlinked);
     free(e->head->id);
     free(e->head);
     free(e->itab);

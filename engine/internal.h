@@ -64,6 +64,7 @@ typedef struct instance {
     uint64_t last_offset, last_seq;
     int64_t created_at, updated_at;
     bool deleted;
+    bool linked;                /* in the skip list (else in e->unlinked) */
     hist_entry *hist;
     uint32_t n_hist, cap_hist;
     uint64_t hist_bytes;
@@ -104,6 +105,12 @@ struct eng {
     size_t itab_size, n_instances, n_deleted;
     instance *head;             /* skip list sentinel */
     int skip_level;
+    /* Instances added since the list was last walked: linked in, sorted, by
+     * inst_link_all before any walk. Keeping a create's path off the list
+     * (one cache miss per node of an O(log n) descent) saved a fifth of the
+     * RCP loop's own time under a create-heavy load. */
+    instance **unlinked;
+    size_t n_unlinked, cap_unlinked;
     uint64_t rng;
 
     /* interned strings (state names) */
@@ -204,6 +211,9 @@ const char *intern(eng *e, const char *s);
 instance *inst_add(eng *e, const char *id);
 /* First instance with id > after (NULL: the first), deleted ones included. */
 instance *inst_after(eng *e, const char *after);
+/* Links the instances added since the last walk into the sorted list (under
+ * e->lock): call it before walking e->head->next[0] (inst_after does). */
+void inst_link_all(eng *e);
 machine *machine_find(eng *e, const char *name);
 mversion *mversion_find(machine *m, uint32_t version);
 /* Adds mv to m's versions, keeping them ascending. */

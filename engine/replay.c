@@ -65,6 +65,7 @@ static void dump_all(eng *e, uint64_t at, buf *out)
     free(ms);
     buf_puts(out, "],\"instances\":[");
     first = true;
+    inst_link_all(e);
     for (instance *in = e->head->next[0]; in; in = in->next[0]) {
         if (!first) buf_putc(out, ',');
         first = false;
