@@ -9,40 +9,47 @@
 #include "base/crc32c.h"
 #include "base/json.h"
 
-static const char *const op_names[RCP_OP_COUNT] = {
-    "HELLO",
-    "AUTH",
-    "PING",
-    "BYE",
-    "INFO",
-    "PUT_MACHINE",
-    "GET_MACHINE",
-    "LIST_MACHINES",
-    "CREATE_INSTANCE",
-    "GET_INSTANCE",
-    "LIST_INSTANCES",
-    "DELETE_INSTANCE",
-    "APPLY_EVENT",
-    "BATCH",
-    "SNAPSHOT_INSTANCE",
-    "WAL_READ",
-    "WAL_STATS",
-    "COMPACT",
-    "WATCH_INSTANCE",
-    "WATCH_ALL",
-    "UNWATCH",
+/* Names with their lengths: a request's op is found by its length first. */
+#define OP(n) {n, sizeof n - 1}
+static const struct {
+    const char *name;
+    size_t len;
+} ops[RCP_OP_COUNT] = {
+    OP("HELLO"),
+    OP("AUTH"),
+    OP("PING"),
+    OP("BYE"),
+    OP("INFO"),
+    OP("PUT_MACHINE"),
+    OP("GET_MACHINE"),
+    OP("LIST_MACHINES"),
+    OP("CREATE_INSTANCE"),
+    OP("GET_INSTANCE"),
+    OP("LIST_INSTANCES"),
+    OP("DELETE_INSTANCE"),
+    OP("APPLY_EVENT"),
+    OP("BATCH"),
+    OP("SNAPSHOT_INSTANCE"),
+    OP("WAL_READ"),
+    OP("WAL_STATS"),
+    OP("COMPACT"),
+    OP("WATCH_INSTANCE"),
+    OP("WATCH_ALL"),
+    OP("UNWATCH"),
 };
+#undef OP
 
 int rcp_op_lookup(const char *name)
 {
+    size_t n = strlen(name);
     for (int i = 0; i < RCP_OP_COUNT; i++)
-        if (strcmp(op_names[i], name) == 0) return i;
+        if (ops[i].len == n && memcmp(ops[i].name, name, n) == 0) return i;
     return -1;
 }
 
 const char *rcp_op_name(int op)
 {
-    return op >= 0 && op < RCP_OP_COUNT ? op_names[op] : "UNKNOWN";
+    return op >= 0 && op < RCP_OP_COUNT ? ops[op].name : "UNKNOWN";
 }
 
 void rcp_decoder_init(rcp_decoder *d, bool auto_detect)
@@ -209,7 +216,14 @@ rcp_env_rc rcp_request_parse(const char *p, size_t n, rcp_request *r, stm_err *e
         stm_fail(err, STM_BAD_REQUEST, "invalid request: the message is not a JSON object");
         return RCP_ENV_FATAL;
     }
-    const cJSON *id = json_get(r->root, "id");
+    /* one pass over the envelope (its keys are unique: json_parse) */
+    const cJSON *id = NULL, *type = NULL, *op = NULL, *params = NULL;
+    for (const cJSON *k = r->root->child; k; k = k->next) {
+        if (strcmp(k->string, "id") == 0) id = k;
+        else if (strcmp(k->string, "type") == 0) type = k;
+        else if (strcmp(k->string, "op") == 0) op = k;
+        else if (strcmp(k->string, "params") == 0) params = k;
+    }
     if (!cJSON_IsString(id)) {
         stm_fail(err, STM_BAD_REQUEST, "invalid request: %s `id`",
                  id ? "invalid type for field" : "missing field");
@@ -217,13 +231,11 @@ rcp_env_rc rcp_request_parse(const char *p, size_t n, rcp_request *r, stm_err *e
     }
     r->id = id->valuestring;
     /* From here on the request can be answered: an error is a response. */
-    const cJSON *type = json_get(r->root, "type");
     if (!cJSON_IsString(type)) {
         stm_fail(err, STM_BAD_REQUEST, "invalid request: %s `type`",
                  type ? "invalid type for field" : "missing field");
         return RCP_ENV_BAD;
     }
-    const cJSON *op = json_get(r->root, "op");
     if (!cJSON_IsString(op)) {
         stm_fail(err, STM_BAD_REQUEST, "invalid request: %s `op`",
                  op ? "invalid type for field" : "missing field");
@@ -237,7 +249,6 @@ rcp_env_rc rcp_request_parse(const char *p, size_t n, rcp_request *r, stm_err *e
         stm_fail(err, STM_BAD_REQUEST, "invalid request: unknown operation `%s`", shown);
         return RCP_ENV_BAD;
     }
-    const cJSON *params = json_get(r->root, "params");
     r->params = cJSON_IsNull(params) ? NULL : params;
     return RCP_ENV_OK;
 }

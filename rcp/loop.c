@@ -40,6 +40,7 @@ struct rcp_loop {
     long long next_tick;
     uint64_t wake_at_ns; /* one-shot deadline for the next wait (0: none) */
     bool no_pwait2;      /* the kernel has no epoll_pwait2 */
+    long long pass_ms;   /* the clock when the last wait returned */
 };
 
 static long long now_ms(void)
@@ -127,6 +128,11 @@ void rcp_loop_wake_at(rcp_loop *l, uint64_t mono_ns)
     if (!l->wake_at_ns || mono_ns < l->wake_at_ns) l->wake_at_ns = mono_ns;
 }
 
+long long rcp_loop_pass_ms(const rcp_loop *l)
+{
+    return l->pass_ms;
+}
+
 void rcp_loop_stop(rcp_loop *l)
 {
     l->stop = true;
@@ -170,6 +176,7 @@ void rcp_loop_run(rcp_loop *l)
             if (errno == EINTR) continue;
             break; /* the epoll fd itself is broken: nothing sensible is left */
         }
+        l->pass_ms = now_ms();
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
             if (fd < 0 || fd >= l->cap || !l->h[fd].used) continue;

@@ -41,6 +41,10 @@ void rcp_loop_set_before_sleep(rcp_loop *l, bool (*fn)(rcp_loop *l, void *arg), 
 /* The next wait ends no later than mono_ns (util_mono_ns clock); once. */
 void rcp_loop_wake_at(rcp_loop *l, uint64_t mono_ns);
 
+/* CLOCK_MONOTONIC in ms when the current pass's wait returned: for
+ * activity stamps, which need no finer clock than one read per pass. */
+long long rcp_loop_pass_ms(const rcp_loop *l);
+
 /* Runs until rcp_loop_stop. */
 void rcp_loop_run(rcp_loop *l);
 void rcp_loop_stop(rcp_loop *l);

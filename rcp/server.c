@@ -225,7 +225,7 @@ static bool conn_flush(rcp_conn *c)
         if (n > 0) {
             c->out_off += (size_t)n;
             c->srv->m.bytes_out += (uint64_t)n;
-            c->last_active_ms = rcp_now_ms();
+            c->last_active_ms = (uint64_t)rcp_loop_pass_ms(c->srv->loop);
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
@@ -293,7 +293,7 @@ static void conn_read(rcp_conn *c)
             c->in.len += (size_t)n;
             c->in.data[c->in.len] = 0;
             c->srv->m.bytes_in += (uint64_t)n;
-            c->last_active_ms = rcp_now_ms();
+            c->last_active_ms = (uint64_t)rcp_loop_pass_ms(c->srv->loop);
             if (c->srv->own_groups && !c->srv->holding) {
                 eng_hold(c->srv->e); /* this loop commits what the requests append */
                 c->srv->holding = true;
