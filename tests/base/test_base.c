@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <time.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base/buf.h"
@@ -183,6 +184,42 @@ START_TEST(test_json_str_len)
         ck_assert_uint_eq(json_str_len(cases[i]), json_strn_len(cases[i], strlen(cases[i])));
         ck_assert_uint_eq(json_str_len(cases[i]), b.len);
         buf_free(&b);
+    }
+    /* Against a reference escaper written from RFC 8259, every byte value
+     * at each of the first eight positions and random strings up to 40
+     * bytes: the same text, and json_strn_len says its length. */
+    srand(11);
+    for (int round = 0; round < 20000; round++) {
+        char s[41];
+        size_t n = (size_t)(rand() % 41);
+        for (size_t i = 0; i < n; i++)
+            s[i] = (char)(rand() % 4 ? 'a' + rand() % 26 : rand() % 256);
+        if (n && round < 256 * 8) s[(size_t)(round / 256) % n] = (char)(round % 256);
+        buf want = {0};
+        buf_putc(&want, '"');
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)s[i];
+            char e[8];
+            if (c == '"') buf_add(&want, "\\\"", 2);
+            else if (c == '\\') buf_add(&want, "\\\\", 2);
+            else if (c == '\n') buf_add(&want, "\\n", 2);
+            else if (c == '\r') buf_add(&want, "\\r", 2);
+            else if (c == '\t') buf_add(&want, "\\t", 2);
+            else if (c == '\b') buf_add(&want, "\\b", 2);
+            else if (c == '\f') buf_add(&want, "\\f", 2);
+            else if (c < 0x20) {
+                snprintf(e, sizeof e, "\\u%04x", c);
+                buf_add(&want, e, 6);
+            } else buf_putc(&want, (char)c);
+        }
+        buf_putc(&want, '"');
+        buf got = {0};
+        json_write_strn(&got, s, n);
+        ck_assert_uint_eq(got.len, want.len);
+        ck_assert_int_eq(memcmp(got.data, want.data, got.len), 0);
+        ck_assert_uint_eq(json_strn_len(s, n), want.len);
+        buf_free(&got);
+        buf_free(&want);
     }
 }
 END_TEST
