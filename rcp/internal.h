@@ -137,6 +137,7 @@ struct rcp_server {
     bool self_woken;    /* the ack listener ran on the loop's own thread */
     bool own_groups;    /* every_write: the loop commits its clients' groups */
     bool holding;       /* eng_hold is in force for the group being gathered */
+    size_t last_group_waiters; /* connections the last group answered */
     bool wal_failed;    /* responses waiting for the WAL become WAL_IO_ERROR */
 };
 
