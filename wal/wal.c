@@ -435,11 +435,15 @@ static void wait_until(wal *w, const uint64_t *mark, uint64_t target)
     util_gate_wait_mark(&w->waiters, mark, target, &w->failed, 0);
 }
 
+bool wal_syncs_each_group(wal *w)
+{
+    return w->sync.mode == WAL_SYNC_EVERY_WRITE ||
+           (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
+}
+
 static void set_acked(wal *w)
 {
-    bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
-                  (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
-    uint64_t a = strict ? w->synced_seq : w->written_seq;
+    uint64_t a = wal_syncs_each_group(w) ? w->synced_seq : w->written_seq;
     if (a > w->acked_seq) __atomic_store_n(&w->acked_seq, a, __ATOMIC_RELEASE);
 }
 
@@ -675,7 +679,8 @@ static void write_group_locked(wal *w)
             int se = errno;
             uint64_t took = mono_ns() - t0;
             pthread_mutex_lock(&w->mu);
-            w->linger_ns = took / 2 < 1000000 ? took / 2 : 1000000;
+            __atomic_store_n(&w->linger_ns, took / 2 < 1000000 ? took / 2 : 1000000,
+                             __ATOMIC_RELAXED);
             if (rc != 0) {
                 cut_group(w, gc, ncs);
                 fail_locked(w, "fdatasync", d->path, se);
@@ -709,8 +714,7 @@ static void *flusher_main(void *arg)
     wal *w = arg;
     uint64_t last_group = 0;
     util_name_thread("wal-flusher");
-    const bool strict = w->sync.mode == WAL_SYNC_EVERY_WRITE ||
-                        (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
+    const bool strict = wal_syncs_each_group(w);
 
     pthread_mutex_lock(&w->mu);
     for (;;) {
@@ -983,6 +987,25 @@ void wal_kick(wal *w, uint64_t seq)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* wal_write_now and wal_commit_now: the calling thread writes the pending
+ * group (and syncs it, per policy) when nobody else is writing; otherwise
+ * the writer takes the rest right after. Ends a hold either way. */
+static void write_here(wal *w, uint64_t seq)
+{
+    pthread_mutex_lock(&w->mu);
+    __atomic_store_n(&w->held, false, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) {
+        /* someone else's records may wait behind a hold that just ended */
+        if (w->pend.len && !w->writing) pthread_cond_signal(&w->work_cv);
+    } else if (!w->writing && !w->failed && !w->stop && w->written_seq < seq && w->pend.len) {
+        write_group_locked(w);
+    } else if (seq > w->want_seq) {
+        w->want_seq = seq;
+        if (w->written_seq < seq) pthread_cond_signal(&w->work_cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
 void wal_write_now(wal *w, uint64_t seq)
 {
     if (w->sync.mode != WAL_SYNC_NEVER) {
@@ -990,29 +1013,12 @@ void wal_write_now(wal *w, uint64_t seq)
         return;
     }
     if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) return;
-    pthread_mutex_lock(&w->mu);
-    if (!w->writing && !w->failed && !w->stop && w->written_seq < seq && w->pend.len) {
-        write_group_locked(w);
-    } else if (seq > w->want_seq) {
-        /* the flusher is writing: it takes the rest right after */
-        w->want_seq = seq;
-        if (w->written_seq < seq) pthread_cond_signal(&w->work_cv);
-    }
-    pthread_mutex_unlock(&w->mu);
-}
-
-bool wal_syncs_each_group(wal *w)
-{
-    return w->sync.mode == WAL_SYNC_EVERY_WRITE ||
-           (w->sync.mode == WAL_SYNC_EVERY_N && w->sync.arg == 0);
+    write_here(w, seq);
 }
 
 uint64_t wal_linger_ns(wal *w)
 {
-    pthread_mutex_lock(&w->mu);
-    uint64_t ns = w->linger_ns;
-    pthread_mutex_unlock(&w->mu);
-    return ns;
+    return __atomic_load_n(&w->linger_ns, __ATOMIC_RELAXED);
 }
 
 void wal_hold(wal *w)
@@ -1034,21 +1040,8 @@ void wal_release(wal *w)
 
 void wal_commit_now(wal *w, uint64_t seq)
 {
-    if (!wal_syncs_each_group(w)) {
-        wal_write_now(w, seq);
-        return;
-    }
-    pthread_mutex_lock(&w->mu);
-    __atomic_store_n(&w->held, false, __ATOMIC_RELAXED);
-    if (__atomic_load_n(&w->acked_seq, __ATOMIC_ACQUIRE) >= seq) {
-        if (w->pend.len && !w->writing) pthread_cond_signal(&w->work_cv);
-    } else if (!w->writing && !w->failed && !w->stop && w->written_seq < seq && w->pend.len) {
-        write_group_locked(w);
-    } else if (seq > w->want_seq) {
-        w->want_seq = seq;
-        if (w->written_seq < seq) pthread_cond_signal(&w->work_cv);
-    }
-    pthread_mutex_unlock(&w->mu);
+    if (wal_syncs_each_group(w)) write_here(w, seq);
+    else wal_write_now(w, seq);
 }
 
 void wal_set_listener(wal *w, void (*fn)(void *arg, uint64_t acked_seq, bool failed), void *arg)
