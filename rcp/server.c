@@ -15,7 +15,8 @@
  * a pool never send) it writes and fdatasyncs the group on this thread and
  * answers at once: no client can send anything before then, so nothing is
  * lost by blocking, and the two thread hand-offs per group are gone (16
- * clients: +9-14% ops/s, p99 1.2 -> 0.8 ms). While some connection may
+ * clients at depth 1: +7-14% ops/s in alternating runs, p99 from 0.7-1.8
+ * to 0.6-1.0 ms). While some connection may
  * still send, it waits for it at most half an fdatasync (as the flusher
  * would), then hands the group to the flusher.
  *
