@@ -9,6 +9,7 @@
  *   ops.c     the fuse_lowlevel_ops handlers
  *   notify.c  the change feed: kernel invalidation, inotify self-operations,
  *             parked reads of watch files
+ *   reaper.c  processes beside the daemon: their fork, and the reaper
  *   mount.c   fs_run: session, loop, lifecycle
  *
  * Locking: one mutex (fs->lock) guards the inode table, the in-memory parts
@@ -208,6 +209,22 @@ void fs_set_error(fs *f, bool machine, const char *name, const stm_err *err,
 void fs_fmt_time(int64_t ms, char out[32]);
 
 /* ---- errno.c: fs_errno_of in fs.h ---------------------------------------- */
+
+/* ---- reaper.c ------------------------------------------------------------ */
+
+/* Forks a child, with threads running (so it makes only async-signal-safe
+ * calls), that runs child(its end of a socket pair, our pid) and never
+ * returns; *ours gets our end. Returns the child's pid, or -1 with err. */
+pid_t fs_fork_child(void (*child)(int, pid_t), const char *what, int *ours, stm_err *err);
+/* In a child: keeps fd (as descriptor 3, returned) and /dev/null as its
+ * standard streams, and closes everything else of the daemon's, above all
+ * /dev/fuse and the WAL. */
+int fs_child_fds(int fd);
+/* The reaper of the FUSE connection on mnt (reaper.c says why): started
+ * before the mount exists, stopped before the thread that mounted ends,
+ * or it takes that for a death. */
+int fs_reaper_start(const char *mnt, stm_err *err);
+void fs_reaper_stop(void);
 
 /* ---- notify.c ------------------------------------------------------------ */
 

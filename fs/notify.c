@@ -289,26 +289,6 @@ static void child_touch(const char *path)
     close(fd);
 }
 
-/* In a child: keeps fd (as descriptor 3, returned) and /dev/null as its
- * standard streams, and closes everything else of the daemon's, above
- * all /dev/fuse and the WAL. */
-static int child_fds(int fd)
-{
-    if (fd != 3) {
-        dup2(fd, 3);
-        fd = 3;
-    }
-    close_range(4, ~0U, 0);
-    int nul = open("/dev/null", O_RDWR);
-    if (nul >= 0) {
-        dup2(nul, 0);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        if (nul > 3) close(nul);
-    }
-    return fd;
-}
-
 static void child_main(int sock, pid_t parent)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -316,7 +296,7 @@ static void child_main(int sock, pid_t parent)
     signal(SIGINT, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
     /* nothing of the daemon's: above all not /dev/fuse or the WAL */
-    sock = child_fds(sock);
+    sock = fs_child_fds(sock);
     static struct selfmsg m; /* static: no stack of 4 KiB surprises */
     for (;;) {
         ssize_t n = recv(sock, &m, sizeof m, 0);
@@ -347,185 +327,14 @@ static void child_main(int sock, pid_t parent)
 static int helper_sock = -1;
 static pid_t helper_pid;
 
-/* ---- the reaper process -----------------------------------------------------
- *
- * One case the helper's design above does not cover: a notifier thread of
- * the daemon waits in fuse_lowlevel_notify_inval_entry for the lock of a
- * directory (instances/) that a pending request holds, the helper's mkdir
- * or a user's rmdir, when kill -9 comes. The daemon's other threads die, so
- * the request is never answered; the notifier's wait cannot be killed, so
- * the process never finishes dying and never releases /dev/fuse, and the
- * kernel never aborts the connection: every process that touches the
- * mount hangs for good (seen in t-mount-durability, about once in a few
- * dozen kill -9). The reaper is a second child that sleeps until the
- * thread that mounted dies (PDEATHSIG) and then aborts the connection
- * through fusectl, which fails the pending requests and lets the daemon's
- * last thread out. A clean stop kills it first. Like the helper it is
- * forked with threads running, so it only makes async-signal-safe calls. */
-static pid_t reaper_pid;
-static int reaper_fd = -1;
-static char reaper_mnt[PATH_MAX];
-static volatile sig_atomic_t mounter_gone;
-
-static void on_mounter_death(int sig)
-{
-    (void)sig;
-    mounter_gone = 1;
-}
-
-/* The minor device number of the last FUSE mount on mnt in
- * /proc/self/mountinfo (its fusectl connection), or -1. Field 5 is the
- * mount point with space, tab, newline and backslash as \ooo; field 3 is
- * major:minor; the file system type follows " - ". */
-static long mount_minor(const char *mnt)
-{
-    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    static char line[16384], chunk[4096];
-    size_t ll = 0;
-    long found = -1;
-    bool eof = false;
-    while (!eof) {
-        ssize_t n = read(fd, chunk, sizeof chunk);
-        if (n <= 0) eof = true;
-        for (ssize_t i = 0; i < (n > 0 ? n : 0) || (eof && ll); i++) {
-            char ch = eof ? '\n' : chunk[i];
-            if (ch != '\n') {
-                if (ll < sizeof line - 1) line[ll++] = ch;
-                continue;
-            }
-            line[ll] = 0;
-            /* fields: id parent major:minor root mountpoint ... */
-            char *f[5] = {0}, *p = line;
-            int k = 0;
-            for (; *p && k < 5; k++) {
-                f[k] = p;
-                while (*p && *p != ' ') p++;
-                if (*p) *p++ = 0;
-            }
-            /* p: the rest of the line, where " - TYPE" is */
-            const char *dash = k == 5 ? strstr(p, " - fuse") : NULL;
-            if (dash) {
-                /* unescape the mount point in place */
-                char *o = f[4];
-                for (const char *q = f[4]; *q;) {
-                    if (q[0] == '\\' && q[1] >= '0' && q[1] <= '3' && q[2] >= '0' && q[2] <= '7' &&
-                        q[3] >= '0' && q[3] <= '7') {
-                        *o++ = (char)((q[1] - '0') * 64 + (q[2] - '0') * 8 + (q[3] - '0'));
-                        q += 4;
-                    } else {
-                        *o++ = *q++;
-                    }
-                }
-                *o = 0;
-                const char *colon = strchr(f[2], ':');
-                if (colon && strcmp(f[4], mnt) == 0) {
-                    long v = 0;
-                    for (const char *q = colon + 1; *q >= '0' && *q <= '9'; q++) v = v * 10 + (*q - '0');
-                    found = v;
-                }
-            }
-            ll = 0;
-            if (eof) break;
-        }
-    }
-    close(fd);
-    return found;
-}
-
-static void abort_connection(const char *mnt)
-{
-    long minor = mount_minor(mnt);
-    if (minor < 0) return;
-    char path[64] = "/sys/fs/fuse/connections/", digits[24];
-    size_t n = 0, pl = strlen(path);
-    do {
-        digits[n++] = (char)('0' + minor % 10);
-        minor /= 10;
-    } while (minor && n < sizeof digits);
-    while (n) path[pl++] = digits[--n];
-    memcpy(path + pl, "/abort", 7);
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return;
-    if (write(fd, "1", 1) < 0) {
-        /* nothing more to try */
-    }
-    close(fd);
-}
-
-static void reaper_main(int rfd, pid_t parent)
-{
-    signal(SIGINT, SIG_IGN);
-    signal(SIGHUP, SIG_IGN);
-    signal(SIGTERM, SIG_IGN);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_mounter_death;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, NULL);
-    sigset_t usr1, none;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigemptyset(&none);
-    sigprocmask(SIG_BLOCK, &usr1, NULL);
-    prctl(PR_SET_PDEATHSIG, SIGUSR1);
-    if (getppid() != parent) mounter_gone = 1;
-    rfd = child_fds(rfd);
-    /* SIGUSR1 is let in only inside ppoll: no death slips between the
-     * check and the wait */
-    while (!mounter_gone) {
-        struct pollfd pf = {rfd, POLLIN, 0};
-        int r = ppoll(&pf, 1, NULL, &none);
-        if (r > 0) {
-            char c;
-            if (read(rfd, &c, 1) <= 0) _exit(0); /* the daemon closed it: a clean stop */
-        }
-    }
-    abort_connection(reaper_mnt);
-    _exit(0);
-}
-
-/* Forks a child that runs child(its end of a socket pair, our pid) and
- * never returns; *ours gets our end. Returns the child's pid, or -1. */
-static pid_t fork_child(void (*child)(int, pid_t), const char *what, int *ours, stm_err *err)
-{
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-        stm_fail(err, STM_INTERNAL_ERROR, "socketpair: %s", strerror(errno));
-        return -1;
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(sv[0]);
-        close(sv[1]);
-        stm_fail(err, STM_INTERNAL_ERROR, "fork of the %s: %s", what, strerror(errno));
-        return -1;
-    }
-    if (pid == 0) {
-        close(sv[0]);
-        child(sv[1], parent);
-        _exit(0);
-    }
-    close(sv[1]);
-    *ours = sv[0];
-    return pid;
-}
-
 int fs_notify_prefork(fs *f, stm_err *err)
 {
     if (f->ro) return 0; /* a read-only mount cannot be touched */
-    pid_t pid = fork_child(child_main, "inotify helper", &helper_sock, err);
+    pid_t pid = fs_fork_child(child_main, "inotify helper", &helper_sock, err);
     if (pid < 0) return -1;
     helper_pid = pid;
     atomic_store(&f->helper_tid, (int)pid);
-    size_t ml = strlen(f->mnt);
-    if (ml >= sizeof reaper_mnt) return 0; /* cannot be named: no reaper */
-    memcpy(reaper_mnt, f->mnt, ml + 1);
-    pid = fork_child(reaper_main, "reaper", &reaper_fd, err);
-    if (pid < 0) return -1;
-    reaper_pid = pid;
-    return 0;
+    return fs_reaper_start(f->mnt, err);
 }
 
 void fs_notify_reap(fs *f)
@@ -539,13 +348,7 @@ void fs_notify_reap(fs *f)
     }
     helper_pid = 0;
     /* before this thread ends, or the reaper would take it for a death */
-    if (reaper_pid > 0) {
-        kill(reaper_pid, SIGKILL);
-        waitpid(reaper_pid, NULL, 0);
-    }
-    reaper_pid = 0;
-    if (reaper_fd >= 0) close(reaper_fd);
-    reaper_fd = -1;
+    fs_reaper_stop();
 }
 
 /* Has the child perform one operation; false when it is gone. */
