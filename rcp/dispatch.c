@@ -94,6 +94,7 @@ static void watch_unlink(rcp_conn *c, rcp_watch *w)
             break;
         }
     c->srv->m.subscriptions[w->all]--;
+    rcp_conn_track(c);
 }
 
 void rcp_watches_free(rcp_conn *c)
@@ -187,6 +188,7 @@ static stm_code watch_instance(rcp_conn *c, const cJSON *params, cJSON **result,
     w->next = c->watches;
     c->watches = w;
     c->srv->m.subscriptions[0]++;
+    rcp_conn_track(c);
     *result = r;
     return STM_OK;
 fail:
@@ -223,6 +225,7 @@ static stm_code watch_all(rcp_conn *c, const cJSON *params, cJSON **result, stm_
     w->next = c->watches;
     c->watches = w;
     c->srv->m.subscriptions[1]++;
+    rcp_conn_track(c);
     *result = r;
     return STM_OK;
 fail:

@@ -81,6 +81,11 @@ struct rcp_conn {
     size_t mark_head, mark_n, mark_cap;
     rcp_watch *watches;
     uint64_t last_active_ms;
+    /* On the server's busy list while it holds responses for the log or has
+     * watches: what the loop looks at after every WAL acknowledgement, so
+     * a pool's idle connections cost nothing per group (rcp_conn_track). */
+    rcp_conn *busy_prev, *busy_next;
+    bool busy, waiting;
 };
 
 /* ---- metrics (metrics.c); touched only by the loop thread -------------- */
@@ -111,6 +116,9 @@ struct rcp_server {
     char bound[80];
     rcp_conn *conns;
     uint64_t n_conns;
+    rcp_conn *busy;   /* connections with marks or watches (rcp_conn_track) */
+    size_t n_busy;
+    size_t n_waiting; /* connections with responses waiting for the log */
     uint64_t max_conns;
     uint64_t last_reject_log_ms; /* when a refusal past max_conns was last logged */
     uint64_t idle_ms;
@@ -144,6 +152,9 @@ struct rcp_server {
 /* server.c */
 void rcp_conn_want(rcp_conn *c); /* recompute epoll interest */
 void rcp_queue_mark(rcp_conn *c, uint64_t seq, int op, uint64_t t0_ns);
+/* Call after c's marks or watches change: keeps the busy list and the
+ * counts the group rule reads in step with them. */
+void rcp_conn_track(rcp_conn *c);
 uint64_t rcp_now_ms(void);
 /* Asks the loop to look at every connection soon; any thread may call it. */
 void rcp_server_wake(rcp_server *s);

@@ -85,6 +85,39 @@ static void on_acked(void *arg, uint64_t acked)
 
 /* ---- output queue -------------------------------------------------------- */
 
+/* The busy list holds every connection with marks or watches, so that what
+ * runs per WAL acknowledgement or per group (settle_all, group_complete)
+ * costs the connections that take part, not every open one. */
+void rcp_conn_track(rcp_conn *c)
+{
+    rcp_server *s = c->srv;
+    bool waiting = c->mark_n > 0, busy = waiting || c->watches;
+    if (waiting != c->waiting) {
+        c->waiting = waiting;
+        if (waiting)
+            s->n_waiting++;
+        else
+            s->n_waiting--;
+    }
+    if (busy == c->busy) return;
+    c->busy = busy;
+    if (busy) {
+        c->busy_prev = NULL;
+        c->busy_next = s->busy;
+        if (s->busy) s->busy->busy_prev = c;
+        s->busy = c;
+        s->n_busy++;
+        return;
+    }
+    if (c->busy_prev)
+        c->busy_prev->busy_next = c->busy_next;
+    else
+        s->busy = c->busy_next;
+    if (c->busy_next) c->busy_next->busy_prev = c->busy_prev;
+    c->busy_prev = c->busy_next = NULL;
+    s->n_busy--;
+}
+
 void rcp_queue_mark(rcp_conn *c, uint64_t seq, int op, uint64_t t0_ns)
 {
     if (c->mark_n == 0 && (seq == 0 || seq <= eng_acked_seq(c->srv->e))) {
@@ -106,7 +139,7 @@ void rcp_queue_mark(rcp_conn *c, uint64_t seq, int op, uint64_t t0_ns)
     }
     c->marks[(c->mark_head + c->mark_n) % c->mark_cap] =
         (rcp_mark){.end = c->out.len, .seq = seq, .t0_ns = t0_ns, .op = op};
-    c->mark_n++;
+    if (c->mark_n++ == 0) rcp_conn_track(c);
 }
 
 /* The WAL failed before what the message at the head of the queue says
@@ -163,6 +196,7 @@ static void release(rcp_conn *c)
         c->mark_head = (c->mark_head + 1) % c->mark_cap;
         c->mark_n--;
     }
+    if (!c->mark_n) rcp_conn_track(c);
 }
 
 static void out_compact(rcp_conn *c)
@@ -190,6 +224,8 @@ static void conn_close(rcp_conn *c)
     rcp_server *s = c->srv;
     rcp_loop_del(s->loop, c->fd);
     rcp_watches_free(c);
+    c->mark_n = 0; /* whatever was still queued goes with the connection */
+    rcp_conn_track(c);
     if (c->ssl) {
         if (!c->handshaking) SSL_shutdown(c->ssl);
         SSL_free(c->ssl);
@@ -485,9 +521,11 @@ static void settle_all(rcp_server *s)
         s->wal_failed = st.wal.failed;
     }
     if (s->stop_requested) begin_stop(s);
-    for (rcp_conn *c = s->conns, *next; c; c = next) {
-        next = c->next;
-        if (c->mark_n || c->watches) conn_settle(c);
+    /* conn_settle may unlink c (or close it) but no other connection;
+     * one it puts back goes to the head, behind this walk */
+    for (rcp_conn *c = s->busy, *next; c; c = next) {
+        next = c->busy_next;
+        conn_settle(c);
     }
 }
 
@@ -513,13 +551,9 @@ static void on_wake(rcp_loop *l, int fd, void *arg, unsigned ev)
  * would cost every group the whole linger. */
 static bool group_complete(rcp_server *s, size_t *waiting)
 {
-    size_t w = 0, idle = 0;
-    for (rcp_conn *c = s->conns; c; c = c->next) {
-        if (c->mark_n) w++;
-        else if (!c->watches) idle++;
-    }
-    *waiting = w;
-    return idle == 0 || (s->last_group_waiters && w >= s->last_group_waiters);
+    size_t idle = (size_t)s->n_conns - s->n_busy;
+    *waiting = s->n_waiting;
+    return idle == 0 || (s->last_group_waiters && s->n_waiting >= s->last_group_waiters);
 }
 
 /* Has the responses held for kick_seq written. Under every_write the loop
@@ -558,8 +592,8 @@ static bool before_sleep(rcp_loop *l, void *arg)
     rcp_server *s = arg;
     if (s->need_pass) {
         s->need_pass = false;
-        for (rcp_conn *c = s->conns, *next; c; c = next) {
-            next = c->next;
+        for (rcp_conn *c = s->busy, *next; c; c = next) {
+            next = c->busy_next;
             if (c->watches) conn_settle(c);
         }
     }
