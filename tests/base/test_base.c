@@ -332,6 +332,82 @@ START_TEST(test_json_merge_canonical)
 }
 END_TEST
 
+/* Objects past the pairwise size take the hashed duplicate pass: against a
+ * model of serde_json's rule (the last occurrence wins, in the position of
+ * that last occurrence) on random objects of 1 to 300 members drawn from
+ * few keys, in both the malloc'd and the arena parser. */
+START_TEST(test_json_duplicates_model)
+{
+    unsigned seed = 7;
+    json_arena *ar = json_arena_new();
+    for (int round = 0; round < 400; round++) {
+        int n = 1 + (int)(rand_r(&seed) % 300);
+        int nkeys = 1 + (int)(rand_r(&seed) % (n + 1));
+        int *key = malloc(sizeof(int) * (size_t)n);
+        buf text = {0};
+        buf_add(&text, "{", 1);
+        for (int i = 0; i < n; i++) {
+            key[i] = (int)(rand_r(&seed) % (unsigned)nkeys);
+            char m[48];
+            int ml = snprintf(m, sizeof m, "%s\"key%d\":%d", i ? "," : "", key[i], i);
+            buf_add(&text, m, (size_t)ml);
+        }
+        buf_add(&text, "}", 1);
+        /* model: member i stays unless its key comes again later */
+        int first_dup = -1, kept = 0;
+        for (int i = 0; i < n; i++) {
+            bool later = false;
+            for (int j = i + 1; j < n && !later; j++)
+                later = key[j] == key[i];
+            if (later && first_dup < 0) first_dup = key[i];
+            if (!later) kept++;
+        }
+        stm_err err;
+        for (int arena = 0; arena < 2; arena++) {
+            cJSON *v = arena ? json_parse_arena(ar, text.data, text.len, &err)
+                             : json_parse(text.data, text.len, &err);
+            ck_assert_ptr_nonnull(v);
+            ck_assert_int_eq(cJSON_GetArraySize(v), kept);
+            const cJSON *c = v->child;
+            for (int i = 0; i < n; i++) {
+                bool later = false;
+                for (int j = i + 1; j < n && !later; j++)
+                    later = key[j] == key[i];
+                if (later) continue;
+                char k[24];
+                snprintf(k, sizeof k, "key%d", key[i]);
+                ck_assert_ptr_nonnull(c);
+                ck_assert_str_eq(c->string, k);
+                ck_assert_int_eq(c->valueint, i);
+                c = c->next;
+            }
+            ck_assert_ptr_null(c);
+            if (first_dup < 0) {
+                ck_assert_ptr_null(json_duplicate_key(v));
+            } else {
+                char k[24];
+                snprintf(k, sizeof k, "key%d", first_dup);
+                ck_assert_str_eq(json_duplicate_key(v), k);
+            }
+            if (arena) {
+                json_arena_reset(ar);
+                continue;
+            }
+            /* what remains is a well-formed list cJSON can still edit */
+            if (kept > 1) {
+                cJSON_DeleteItemFromObjectCaseSensitive(v, v->child->next->string);
+                ck_assert_int_eq(cJSON_GetArraySize(v), kept - 1);
+                ck_assert_ptr_eq(v->child->prev->next, NULL);
+            }
+            cJSON_Delete(v);
+        }
+        buf_free(&text);
+        free(key);
+    }
+    json_arena_free(ar);
+}
+END_TEST
+
 START_TEST(test_json_rejects)
 {
     stm_err err;
@@ -666,6 +742,7 @@ int main(void)
     tcase_add_test(t, test_buf);
     tcase_add_test(t, test_json_canonical);
     tcase_add_test(t, test_json_rejects);
+    tcase_add_test(t, test_json_duplicates_model);
     tcase_add_test(t, test_json_strict);
     tcase_add_test(t, test_json_values);
     tcase_add_test(t, test_json_matches_cjson);
