@@ -270,16 +270,23 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         free(lines);
         /* Keys: their records may be compacted, so carry their results. Key
          * entries are only freed by eviction, which needs the lock we hold
-         * while reading them below. */
+         * while reading them below. Eviction takes the oldest first, so the
+         * keys taken above that are still there are those from the one now
+         * at the FIFO's head on (a head newer than S means none is: every
+         * key after S came later). Found in one pass: checking each key
+         * against the whole FIFO made compaction quadratic, 7 s with the
+         * lock held for 30,000 keys. */
         pthread_mutex_lock(&e->lock);
-        for (size_t j = 0; j < n_keys && rc == STM_OK; j++) {
-            idem_entry *k = NULL;
-            for (idem_entry *x = e->fifo_head; x; x = x->fifo_next)
-                if (x == keys[j]) {
-                    k = x;
+        size_t first_kept = n_keys;
+        if (e->fifo_head && e->fifo_head->seq <= S)
+            for (size_t j = 0; j < n_keys; j++)
+                if (keys[j] == e->fifo_head) {
+                    first_kept = j;
                     break;
                 }
-            if (!k || k->seq > S) continue;
+        for (size_t j = first_kept; j < n_keys && rc == STM_OK; j++) {
+            idem_entry *k = keys[j];
+            if (k->seq > S) continue;
             buf_puts(&content, "{\"k\":");
             json_write_str(&content, k->key);
             buf_puts(&content, ",\"scope\":");

@@ -6,6 +6,7 @@
  */
 #include <check.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -1151,6 +1152,84 @@ START_TEST(compaction_keeps_everything)
 }
 END_TEST
 
+/* Compaction reads the idempotency keys in two passes with the lock
+ * released between them, while requests go on adding keys and evicting the
+ * oldest. Creates with keys race repeated compactions, 64 keys kept: after
+ * a restart (segments deleted, so the results come from the snapshot) each
+ * of the newest keys still answers its retry with its original result. */
+typedef struct {
+    eng *e;
+    volatile int done;
+    int compactions, failures;
+} compactor;
+
+static void *compact_loop(void *arg)
+{
+    compactor *k = arg;
+    while (!k->done) {
+        cJSON *params = cJSON_Parse("{\"force_snapshot\":true}");
+        cJSON *r = NULL;
+        uint64_t seq;
+        stm_err err;
+        if (eng_call(k->e, "COMPACT", params, &r, &seq, &err) == STM_OK)
+            k->compactions++;
+        else
+            k->failures++;
+        cJSON_Delete(r);
+        cJSON_Delete(params);
+    }
+    return NULL;
+}
+
+START_TEST(compaction_races_key_eviction)
+{
+    char *dir = tmpdir();
+    eng_opts o;
+    eng_opts_defaults(&o);
+    o.data_dir = dir;
+    o.segment_size = 4096;
+    o.idempotency_max_keys = 64;
+    stm_err err;
+    eng *e;
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
+    compactor k = {.e = e};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, compact_loop, &k), 0);
+    enum { N = 1500 };
+    char p[256];
+    for (int i = 0; i < N; i++) {
+        snprintf(p, sizeof p, "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"r-%04d\","
+                              "\"idempotency_key\":\"key-%d\",\"initial_ctx\":{\"n\":%d}}", i, i, i);
+        cJSON_Delete(ok(e, "CREATE_INSTANCE", p));
+    }
+    k.done = 1;
+    pthread_join(t, NULL);
+    ck_assert_int_gt(k.compactions, 1);
+    ck_assert_int_eq(k.failures, 0);
+    cJSON_Delete(ok(e, "COMPACT", "{\"force_snapshot\":true}"));
+    eng_close(e);
+
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    for (int i = N - 64; i < N; i++) {
+        /* the same request again: the key answers with the first result */
+        snprintf(p, sizeof p, "{\"machine\":\"order\",\"version\":1,\"instance_id\":\"r-%04d\","
+                              "\"idempotency_key\":\"key-%d\",\"initial_ctx\":{\"n\":%d}}", i, i, i);
+        cJSON *r = ok(e, "CREATE_INSTANCE", p);
+        char id[16];
+        snprintf(id, sizeof id, "r-%04d", i);
+        ck_assert_str_eq(str(r, "instance_id"), id);
+        cJSON_Delete(r);
+    }
+    cJSON *l = ok(e, "LIST_INSTANCES", "{\"machine\":\"order\",\"limit\":10}");
+    ck_assert_int_eq((int)num(l, "total"), N);
+    cJSON_Delete(l);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 /* A watch from an offset that compaction deleted is refused with the oldest
  * offset kept; starting there silently would hide a hole in the stream. The
  * start (offset 0 or 1) and the oldest kept offset still work. */
@@ -1825,6 +1904,7 @@ int main(void)
     tcase_add_test(tc, history_sizes_are_exact);
     tcase_add_test(tc, replay_at_offset);
     tcase_add_test(tc, compaction_keeps_everything);
+    tcase_add_test(tc, compaction_races_key_eviction);
     tcase_add_test(tc, subscription_from_compacted_offset);
     tcase_add_test(tc, damaged_only_snapshot_refuses);
     tcase_add_test(tc, stale_snapshot_tmp_removed);
