@@ -225,8 +225,10 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
     buf content = {0};
     plan_inst *plan = NULL;
     size_t n_plan = 0;
-    idem_entry **keys = NULL;
+    idem_entry **keys = NULL, *key_copies = NULL;
     size_t n_keys = 0;
+    buf *key_lines = NULL;
+    char **key_results = NULL;
     if (fresh && S > 0) {
         buf_printf(&content,
                    "{\"format\":\"stmfs-db-snapshot\",\"version\":1,\"offset\":%llu,\"seq\":%llu,"
@@ -244,8 +246,20 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
             memcpy(p->hist, in->hist, in->n_hist * sizeof *p->hist);
             p->new_pos = xcalloc(in->n_hist + 1, sizeof *p->new_pos);
         }
+        /* Copies of the keys, rendered below without the lock (each may
+         * read its record back from the log); the pointers say later which
+         * ones are still there. */
         keys = xmalloc((e->n_keys + 1) * sizeof *keys);
-        for (idem_entry *k = e->fifo_head; k; k = k->fifo_next) keys[n_keys++] = k;
+        key_copies = xcalloc(e->n_keys + 1, sizeof *key_copies);
+        for (idem_entry *k = e->fifo_head; k; k = k->fifo_next) {
+            idem_entry *kc = &key_copies[n_keys];
+            *kc = *k;
+            kc->scope = xstrdup(k->scope);
+            kc->key = xstrdup(k->key);
+            kc->result = k->result ? xstrdup(k->result) : NULL;
+            kc->hnext = kc->fifo_next = NULL;
+            keys[n_keys++] = k;
+        }
         /* Instance lines are taken now, under the lock, so they match S. */
         size_t i = 0;
         buf *lines = xcalloc(n_plan + 1, sizeof *lines);
@@ -268,14 +282,34 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         }
         for (size_t j = 0; j < n_plan; j++) buf_free(&lines[j]);
         free(lines);
-        /* Keys: their records may be compacted, so carry their results. Key
-         * entries are only freed by eviction, which needs the lock we hold
-         * while reading them below. Eviction takes the oldest first, so the
-         * keys taken above that are still there are those from the one now
-         * at the FIFO's head on (a head newer than S means none is: every
-         * key after S came later). Found in one pass: checking each key
-         * against the whole FIFO made compaction quadratic, 7 s with the
-         * lock held for 30,000 keys. */
+        /* Keys: their records may be compacted, so carry their results,
+         * rendered here from the copies, without the lock. */
+        key_lines = xcalloc(n_keys + 1, sizeof *key_lines);
+        key_results = xcalloc(n_keys + 1, sizeof *key_results);
+        for (size_t j = 0; j < n_keys && rc == STM_OK; j++) {
+            const idem_entry *k = &key_copies[j];
+            if (k->seq > S) continue;
+            buf r = {0};
+            rc = key_result(e, k, &r, err);
+            buf *l = &key_lines[j];
+            buf_puts(l, "{\"k\":");
+            json_write_str(l, k->key);
+            buf_puts(l, ",\"scope\":");
+            json_write_str(l, k->scope);
+            buf_printf(l, ",\"type\":%u,\"fp\":\"%016llx\",\"off\":%llu,\"seq\":%llu,\"result\":",
+                       k->type, (unsigned long long)k->fingerprint, (unsigned long long)k->offset,
+                       (unsigned long long)k->seq);
+            buf_add(l, r.data, r.len);
+            buf_puts(l, "}\n");
+            key_results[j] = buf_detach(&r, NULL);
+        }
+        /* Only the keys still kept go in. Entries are freed only by
+         * eviction, which needs the lock taken here, and eviction takes the
+         * oldest first: the keys still there are those from the one now at
+         * the FIFO's head on (a head newer than S means none is: every key
+         * after S came later). Found in one pass: looking each key up in
+         * the whole FIFO made compaction quadratic, 7 s with the lock held
+         * for 30,000 keys. */
         pthread_mutex_lock(&e->lock);
         size_t first_kept = n_keys;
         if (e->fifo_head && e->fifo_head->seq <= S)
@@ -287,20 +321,11 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         for (size_t j = first_kept; j < n_keys && rc == STM_OK; j++) {
             idem_entry *k = keys[j];
             if (k->seq > S) continue;
-            buf_puts(&content, "{\"k\":");
-            json_write_str(&content, k->key);
-            buf_puts(&content, ",\"scope\":");
-            json_write_str(&content, k->scope);
-            buf_printf(&content, ",\"type\":%u,\"fp\":\"%016llx\",\"off\":%llu,\"seq\":%llu,\"result\":",
-                       k->type, (unsigned long long)k->fingerprint, (unsigned long long)k->offset,
-                       (unsigned long long)k->seq);
-            rc = key_result(e, k, &content, err);
-            buf_puts(&content, "}\n");
-            if (rc == STM_OK && !k->result && k->offset <= X) {
+            buf_add(&content, key_lines[j].data, key_lines[j].len);
+            if (!k->result && k->offset <= X) {
                 /* keep the result in memory too: its record may go below */
-                buf r = {0};
-                key_result(e, k, &r, err);
-                k->result = buf_detach(&r, NULL);
+                k->result = key_results[j];
+                key_results[j] = NULL;
             }
         }
         pthread_mutex_unlock(&e->lock);
@@ -342,6 +367,16 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
     }
     free(plan);
     free(keys);
+    for (size_t j = 0; j < n_keys; j++) {
+        free(key_copies[j].scope);
+        free(key_copies[j].key);
+        free(key_copies[j].result);
+        if (key_lines) buf_free(&key_lines[j]);
+        if (key_results) free(key_results[j]);
+    }
+    free(key_copies);
+    free(key_lines);
+    free(key_results);
     buf_free(&content);
 
     /* Delete segments wholly before the one holding the snapshot's last

@@ -382,6 +382,11 @@ static bool needs_auth(int op)
     return op != RCP_OP_HELLO && op != RCP_OP_AUTH && op != RCP_OP_PING && op != RCP_OP_BYE;
 }
 
+bool rcp_op_allowed(const rcp_conn *c, int op)
+{
+    return !needs_auth(op) || !c->srv->auth_required || c->authenticated;
+}
+
 static stm_code batch(rcp_conn *c, const cJSON *params, cJSON **result, uint64_t *seq, stm_err *err,
                       int depth)
 {

@@ -35,6 +35,7 @@
 #define RCP_EVENTS_PER_ROUND 512
 
 typedef struct rcp_conn rcp_conn;
+typedef struct rcp_job rcp_job;
 typedef struct rcp_server rcp_server;
 
 typedef struct {
@@ -86,6 +87,7 @@ struct rcp_conn {
      * a pool's idle connections cost nothing per group (rcp_conn_track). */
     rcp_conn *busy_prev, *busy_next;
     bool busy, waiting;
+    rcp_job *job; /* a request running on a thread of its own (job.c) */
 };
 
 /* ---- metrics (metrics.c); touched only by the loop thread -------------- */
@@ -119,6 +121,7 @@ struct rcp_server {
     rcp_conn *busy;   /* connections with marks or watches (rcp_conn_track) */
     size_t n_busy;
     size_t n_waiting; /* connections with responses waiting for the log */
+    rcp_job *jobs;    /* requests running on threads of their own (job.c) */
     uint64_t max_conns;
     uint64_t last_reject_log_ms; /* when a refusal past max_conns was last logged */
     uint64_t idle_ms;
@@ -175,6 +178,22 @@ bool rcp_watches_drain(rcp_conn *c);
 void rcp_watches_free(rcp_conn *c);
 /* HELLO, AUTH, PING, BYE, INFO (session.c) */
 stm_code rcp_session_op(rcp_conn *c, int op, const cJSON *params, cJSON **result, stm_err *err);
+
+/* job.c: requests that would hold the loop too long (COMPACT) run on a
+ * thread of their own; c takes no further request until the answer is
+ * queued. */
+bool rcp_job_wanted(int op);
+/* Starts op on a thread; false (nothing started) when none can be made. */
+bool rcp_job_start(rcp_conn *c, int op, const char *id, const cJSON *params, uint64_t t0_ns);
+/* Queues the answer of c's job if it is done; true when it did. */
+bool rcp_job_finish(rcp_conn *c);
+/* c is closing: its job finishes unowned. */
+void rcp_job_orphan(rcp_conn *c);
+/* Frees the finished jobs of closed connections; with wait, waits for and
+ * frees every job (the server is stopping, every connection is closed). */
+void rcp_jobs_reap(rcp_server *s, bool wait);
+/* Whether c may run op now (the auth gate of dispatch.c). */
+bool rcp_op_allowed(const rcp_conn *c, int op);
 
 /* tls.c */
 SSL_CTX *rcp_tls_ctx_new(const stm_config *cfg, stm_err *err);

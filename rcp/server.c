@@ -91,7 +91,7 @@ static void on_acked(void *arg, uint64_t acked)
 void rcp_conn_track(rcp_conn *c)
 {
     rcp_server *s = c->srv;
-    bool waiting = c->mark_n > 0, busy = waiting || c->watches;
+    bool waiting = c->mark_n > 0, busy = waiting || c->watches || c->job;
     if (waiting != c->waiting) {
         c->waiting = waiting;
         if (waiting)
@@ -224,6 +224,7 @@ static void conn_close(rcp_conn *c)
     rcp_server *s = c->srv;
     rcp_loop_del(s->loop, c->fd);
     rcp_watches_free(c);
+    rcp_job_orphan(c);
     c->mark_n = 0; /* whatever was still queued goes with the connection */
     rcp_conn_track(c);
     if (c->ssl) {
@@ -281,6 +282,7 @@ static void conn_read(rcp_conn *c);
  * Returns false when c is gone. */
 static bool conn_settle(rcp_conn *c)
 {
+    rcp_job_finish(c);
     release(c);
     bool full = false;
     if (!c->closing && c->watches) {
@@ -301,11 +303,11 @@ static bool conn_settle(rcp_conn *c)
     }
     if (full && !c->closing && c->out.len - c->out_off < RCP_OUT_SOFT_LIMIT)
         c->srv->need_pass = true;
-    if (c->closing && c->mark_n == 0 && c->out_off == c->out.len) {
+    if (c->closing && c->mark_n == 0 && c->out_off == c->out.len && !c->job) {
         conn_close(c);
         return false;
     }
-    if (c->read_paused && c->out.len - c->out_off < RCP_OUT_SOFT_LIMIT / 2) {
+    if (c->read_paused && !c->job && c->out.len - c->out_off < RCP_OUT_SOFT_LIMIT / 2) {
         /* The client caught up: take its buffered requests again. */
         c->read_paused = false;
         rcp_session_process_input(c);
@@ -521,6 +523,7 @@ static void settle_all(rcp_server *s)
         s->wal_failed = st.wal.failed;
     }
     if (s->stop_requested) begin_stop(s);
+    if (s->jobs) rcp_jobs_reap(s, false);
     /* conn_settle may unlink c (or close it) but no other connection;
      * one it puts back goes to the head, behind this walk */
     for (rcp_conn *c = s->busy, *next; c; c = next) {
@@ -623,7 +626,7 @@ static void on_tick(rcp_loop *l, void *arg)
     for (rcp_conn *c = s->conns, *next; c; c = next) {
         next = c->next;
         bool idle = s->idle_ms && now - c->last_active_ms > s->idle_ms && c->mark_n == 0 &&
-                    !c->watches;
+                    !c->watches && !c->job;
         if (idle || (s->stopping && now > s->stop_deadline_ms)) {
             if (idle) log_debug("rcp %s: idle timeout", c->peer);
             conn_close(c);
@@ -703,6 +706,7 @@ static void server_free(rcp_server *s)
     if (s->listener_id) eng_remove_listener(s->e, s->listener_id);
     while (s->conns)
         conn_close(s->conns);
+    rcp_jobs_reap(s, true); /* before the engine can close under them */
     rcp_metrics_stop(s);
     if (s->listen_fd >= 0) close(s->listen_fd);
     if (s->wake_fd >= 0) close(s->wake_fd);

@@ -191,6 +191,11 @@ static void handle_request(rcp_conn *c, const char *p, size_t n)
         op = -1;
     } else {
         s->m.requests[op]++;
+        if (rcp_job_wanted(op) && rcp_op_allowed(c, op) &&
+            rcp_job_start(c, op, r.id, r.params, t0)) {
+            rcp_request_free(&r);
+            return;
+        }
         cJSON *result = NULL;
         uint64_t seq = 0;
         stm_code code = rcp_dispatch(c, op, r.params, &result, &seq, &err, 0);
@@ -217,7 +222,7 @@ static void handle_request(rcp_conn *c, const char *p, size_t n)
 
 void rcp_session_process_input(rcp_conn *c)
 {
-    while (!c->closing) {
+    while (!c->closing && !c->job) {
         if (c->out.len - c->out_off >= RCP_OUT_SOFT_LIMIT) {
             /* The client is not reading its answers: stop taking requests
              * until it does (the output buffer stays bounded). */
