@@ -214,8 +214,12 @@ static void remove_instance(eng *e, instance *in)
             if (x->next[i] == in) x->next[i] = in->next[i];
         }
     }
-    if (in->deleted) e->n_deleted--;
-    else e->n_instances--;
+    if (in->deleted) {
+        e->n_deleted--;
+    } else {
+        e->n_instances--;
+        if (in->m) in->m->n_instances--;
+    }
     free_instance(in);
 }
 
@@ -266,9 +270,11 @@ static void undo_one(eng *e, struct undo *u)
             in->deleted = u->deleted;
             if (in->deleted) {
                 e->n_instances--;
+                in->m->n_instances--;
                 e->n_deleted++;
             } else {
                 e->n_instances++;
+                in->m->n_instances++;
                 e->n_deleted--;
             }
         }

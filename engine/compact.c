@@ -555,6 +555,7 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             }
             cur = inst_add(e, id);
             cur->m = machine_find(e, mname);
+            cur->m->n_instances++;
             cur->mv = mversion_find(cur->m, (uint32_t)v);
             if (!cur->mv) {
                 cur->mv = xcalloc(1, sizeof *cur->mv);
@@ -574,6 +575,7 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             if (cJSON_IsTrue(json_get(o, "deleted"))) {
                 cur->deleted = true;
                 e->n_instances--;
+                cur->m->n_instances--;
                 e->n_deleted++;
             }
         } else if (json_get(o, "k")) {

@@ -580,6 +580,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         if (undo) undo_new_instance(e, in);
         in->m = machine_find(e, name);
         if (!in->m) in->m = machine_add(e, name); /* a create before its machine: keep it */
+        in->m->n_instances++;
         in->mv = mversion_find(in->m, (uint32_t)version);
         if (!in->mv) {
             /* Keep the version number even without a definition (rstmdb data can
@@ -643,6 +644,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         if (undo) undo_save_instance(e, in, false);
         in->deleted = true;
         e->n_instances--;
+        in->m->n_instances--;
         e->n_deleted++;
         in->last_offset = rec->offset;
         in->last_seq = rec->seq;

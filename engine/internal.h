@@ -42,6 +42,7 @@ typedef struct machine {
     mversion **versions;        /* ascending by version */
     size_t n_versions, cap_versions;
     struct machine *hnext;      /* hash chain */
+    uint64_t n_instances;       /* of them not deleted: LIST_INSTANCES's total */
 } machine;
 
 typedef struct hist_entry {

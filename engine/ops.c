@@ -572,12 +572,29 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
     cJSON *items = cJSON_CreateArray();
     uint64_t total = 0, returned = 0;
     size_t bytes = 0;
-    for (instance *in = inst_after(e, after); in; in = in->next[0]) {
+    /* Without a cursor or a state the total is counted as instances come
+     * and go, so the walk stops once the page is full: counting it here
+     * walked every instance, 51 ms a page at 200,000 of them with the
+     * engine locked. */
+    bool counted = !after && !state;
+    uint64_t known = 0;
+    if (counted && mname) {
+        const machine *m = machine_find(e, mname);
+        known = m ? m->n_instances : 0;
+    } else if (counted) {
+        known = e->n_instances;
+    }
+    bool full = counted && known <= offset;
+    for (instance *in = full ? NULL : inst_after(e, after); in; in = in->next[0]) {
         if (in->deleted) continue;
         if (mname && strcmp(in->m->name, mname) != 0) continue;
         if (state && strcmp(in->state, state) != 0) continue;
         total++;
-        if (total <= offset || returned >= limit || bytes > MAX_RESPONSE_BYTES) continue;
+        if (total <= offset) continue;
+        if (returned >= limit || bytes > MAX_RESPONSE_BYTES) {
+            if (counted) break;
+            continue;
+        }
         cJSON *it = cJSON_CreateObject();
         cJSON_AddNumberToObject(it, "created_at", (double)in->created_at);
         cJSON_AddStringToObject(it, "id", in->id);
@@ -590,6 +607,7 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
         bytes += 160 + strlen(in->id) + strlen(in->m->name) + strlen(in->state);
         returned++;
     }
+    if (counted) total = known;
     cJSON *r = cJSON_CreateObject();
     cJSON_AddBoolToObject(r, "has_more", offset + returned < total);
     cJSON_AddItemToObject(r, "instances", items);

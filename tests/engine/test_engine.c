@@ -1152,6 +1152,103 @@ START_TEST(compaction_keeps_everything)
 }
 END_TEST
 
+/* LIST_INSTANCES without a state or cursor takes its total from counts kept
+ * as instances come and go; with a state it still counts by walking. The
+ * two must agree through creates, deletes, atomic batches undone, replay
+ * and a snapshot load. */
+static uint64_t list_total(eng *e, const char *params)
+{
+    cJSON *r = ok(e, "LIST_INSTANCES", params);
+    uint64_t t = (uint64_t)num(r, "total");
+    cJSON_Delete(r);
+    return t;
+}
+
+static void check_totals(eng *e, uint64_t want_order, uint64_t want_other)
+{
+    static const char *const machines[2] = {"order", "other"};
+    static const char *const states[3] = {"created", "paid", "shipped"};
+    uint64_t want[2] = {want_order, want_other}, all = 0;
+    char p[160];
+    for (int m = 0; m < 2; m++) {
+        snprintf(p, sizeof p, "{\"machine\":\"%s\",\"limit\":0}", machines[m]);
+        uint64_t fast = list_total(e, p), walked = 0;
+        for (int s = 0; s < 3; s++) {
+            snprintf(p, sizeof p, "{\"machine\":\"%s\",\"state\":\"%s\",\"limit\":0}", machines[m],
+                     states[s]);
+            walked += list_total(e, p);
+        }
+        ck_assert_uint_eq(fast, walked);
+        ck_assert_uint_eq(fast, want[m]);
+        /* a page past the end: nothing, and the same total */
+        snprintf(p, sizeof p, "{\"machine\":\"%s\",\"limit\":5,\"offset\":%llu}", machines[m],
+                 (unsigned long long)fast);
+        cJSON *r = ok(e, "LIST_INSTANCES", p);
+        ck_assert_int_eq(cJSON_GetArraySize(json_get(r, "instances")), 0);
+        ck_assert_uint_eq((uint64_t)num(r, "total"), fast);
+        ck_assert(cJSON_IsFalse(json_get(r, "has_more")));
+        cJSON_Delete(r);
+        all += fast;
+    }
+    ck_assert_uint_eq(list_total(e, "{\"limit\":3}"), all);
+    ck_assert_uint_eq(list_total(e, "{\"machine\":\"none\"}"), 0);
+}
+
+START_TEST(list_totals_kept_as_counts)
+{
+    char *dir = tmpdir();
+    eng_opts o;
+    stm_err err;
+    eng *e = open_small_order(dir, &o);
+    char p[200];
+    char *other = strdup(ORDER);
+    char *at = strstr(other, "\"order\"");
+    memcpy(at, "\"other\"", 7);
+    cJSON_Delete(ok(e, "PUT_MACHINE", other));
+    free(other);
+    for (int i = 0; i < 30; i++) {
+        snprintf(p, sizeof p, "{\"machine\":\"%s\",\"version\":1,\"instance_id\":\"n-%02d\"}",
+                 i % 3 ? "order" : "other", i);
+        cJSON_Delete(ok(e, "CREATE_INSTANCE", p));
+        if (i % 4 == 0) {
+            snprintf(p, sizeof p, "{\"instance_id\":\"n-%02d\",\"event\":\"PAY\"}", i);
+            cJSON_Delete(ok(e, "APPLY_EVENT", p));
+        }
+    }
+    check_totals(e, 20, 10);
+    cJSON_Delete(ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"n-01\"}"));
+    cJSON_Delete(ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"n-03\"}"));
+    cJSON_Delete(ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"n-03\"}")); /* again: no-op */
+    check_totals(e, 19, 9);
+    /* undone: a create, a delete, then a bad event */
+    const char *ops[3] = {"CREATE_INSTANCE", "DELETE_INSTANCE", "APPLY_EVENT"};
+    cJSON *params[3] = {
+        cJSON_Parse("{\"machine\":\"other\",\"version\":1,\"instance_id\":\"n-99\"}"),
+        cJSON_Parse("{\"instance_id\":\"n-02\"}"),
+        cJSON_Parse("{\"instance_id\":\"n-99\",\"event\":\"SHIP\"}"),
+    };
+    cJSON *results[3];
+    uint64_t seq;
+    size_t failed;
+    ck_assert_int_ne(eng_call_atomic(e, 3, ops, (const cJSON *const *)params, results, &seq,
+                                     &failed, &err),
+                     STM_OK);
+    for (int i = 0; i < 3; i++)
+        cJSON_Delete(params[i]);
+    check_totals(e, 19, 9);
+    eng_close(e);
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK); /* replay */
+    check_totals(e, 19, 9);
+    cJSON_Delete(ok(e, "COMPACT", "{\"force_snapshot\":true}"));
+    eng_close(e);
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK); /* from the snapshot */
+    check_totals(e, 19, 9);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 /* Compaction reads the idempotency keys in two passes with the lock
  * released between them, while requests go on adding keys and evicting the
  * oldest. Creates with keys race repeated compactions, 64 keys kept: after
@@ -1905,6 +2002,7 @@ int main(void)
     tcase_add_test(tc, replay_at_offset);
     tcase_add_test(tc, compaction_keeps_everything);
     tcase_add_test(tc, compaction_races_key_eviction);
+    tcase_add_test(tc, list_totals_kept_as_counts);
     tcase_add_test(tc, subscription_from_compacted_offset);
     tcase_add_test(tc, damaged_only_snapshot_refuses);
     tcase_add_test(tc, stale_snapshot_tmp_removed);
