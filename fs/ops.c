@@ -1740,6 +1740,20 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
         fuse_reply_err(req, t ? 0 : reserved_in_machine(name) ? EPERM : ENOENT);
         return;
     }
+    if (kind_of(p) == K_INST) {
+        /* `rm -r` of an instance stops at its files with EPERM and never
+         * reaches the rmdir that deletes it: the error file says so. */
+        stm_err err;
+        stm_fail(&err, STM_BAD_REQUEST,
+                 "the files of an instance cannot be removed one by one: `rmdir` its "
+                 "directory to delete the instance (rm -r stops at the files)");
+        fs_set_error(f, false, p->a, &err, "unlink", name, strlen(name));
+        pthread_mutex_lock(&f->lock);
+        fs_node *en = fs_node_find(f, K_IERROR, p->a, NULL, 0);
+        uint64_t ino = en ? en->ino : 0;
+        pthread_mutex_unlock(&f->lock);
+        if (ino) fs_notify_inval(f, ino, 0, NULL, false);
+    }
     fuse_reply_err(req, EPERM);
 }
 

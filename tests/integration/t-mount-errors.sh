@@ -275,6 +275,18 @@ test_expect_success 'mkdir in instances/ is refused: instances are made through 
     grep "Operation not permitted" msg
 EOT
 
+test_expect_success 'rm -r of an instance stops at its files; error points at rmdir' - <<\EOT
+    echo o-rmr >"$O/new" &&
+    test_must_fail rm -r "$I/o-rmr" 2>msg &&
+    grep "Operation not permitted" msg &&
+    test "$(cat "$I/o-rmr/state")" = created &&
+    cat "$I/o-rmr/error" &&
+    grep "^message .*rmdir" "$I/o-rmr/error" &&
+    grep "^unlink " "$I/o-rmr/error" &&
+    rmdir "$I/o-rmr" &&
+    ! test -e "$I/o-rmr"
+EOT
+
 test_expect_success 'rmdir of a machine that has versions: Directory not empty' - <<\EOT
     test_must_fail rmdir "$O" 2>msg &&
     cat msg &&
