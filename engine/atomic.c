@@ -219,6 +219,7 @@ static void remove_instance(eng *e, instance *in)
     } else {
         e->n_instances--;
         if (in->m) in->m->n_instances--;
+        if (in->m && in->state) machine_count_state(in->m, in->state, -1);
     }
     free_instance(in);
 }
@@ -230,6 +231,7 @@ static void remove_machine(eng *e, machine *m)
             if (*p == m) {
                 *p = m->hnext;
                 free(m->versions);
+                free(m->by_state);
                 free(m->name);
                 free(m);
                 e->n_machines--;
@@ -260,6 +262,7 @@ static void undo_one(eng *e, struct undo *u)
             in->ctx = u->ctx;
             in->last_event_id = u->last_event_id;
         }
+        if (!in->deleted) machine_count_state(in->m, in->state, -1);
         in->state = u->state;
         in->last_offset = u->last_offset;
         in->last_seq = u->last_seq;
@@ -278,6 +281,7 @@ static void undo_one(eng *e, struct undo *u)
                 e->n_deleted--;
             }
         }
+        if (!in->deleted) machine_count_state(in->m, in->state, +1);
         break;
     }
     case U_NEW_VERSION: {

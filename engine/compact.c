@@ -577,6 +577,8 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
                 e->n_instances--;
                 cur->m->n_instances--;
                 e->n_deleted++;
+            } else {
+                machine_count_state(cur->m, cur->state, +1);
             }
         } else if (json_get(o, "k")) {
             uint64_t type = 0, off = 0, seq = 0, fp = 0;

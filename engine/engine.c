@@ -82,6 +82,27 @@ machine *machine_find(eng *e, const char *name)
     return NULL;
 }
 
+void machine_count_state(machine *m, const char *state, int delta)
+{
+    for (size_t i = 0; i < m->n_by_state; i++)
+        if (m->by_state[i].state == state) {
+            m->by_state[i].n += (uint64_t)(int64_t)delta;
+            return;
+        }
+    if (m->n_by_state == m->cap_by_state) {
+        m->cap_by_state = m->cap_by_state ? 2 * m->cap_by_state : 8;
+        m->by_state = xrealloc(m->by_state, m->cap_by_state * sizeof *m->by_state);
+    }
+    m->by_state[m->n_by_state++] = (state_count){state, (uint64_t)(int64_t)delta};
+}
+
+uint64_t machine_state_total(const machine *m, const char *state)
+{
+    for (size_t i = 0; i < m->n_by_state; i++)
+        if (strcmp(m->by_state[i].state, state) == 0) return m->by_state[i].n;
+    return 0;
+}
+
 static machine *machine_add(eng *e, const char *name)
 {
     if (e->n_machines + 1 > e->mtab_size) {
@@ -590,6 +611,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
             mversion_insert(in->m, in->mv);
         }
         in->state = intern(e, st);
+        machine_count_state(in->m, in->state, +1);
         in->ctx = text_or_null(f.initial_ctx, f.initial_ctx_len);
         in->created_at = in->updated_at = ts;
         in->last_offset = rec->offset;
@@ -611,7 +633,9 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         in = f.inst ? f.inst : id ? inst_find(e, id) : NULL;
         if (!in || !to) break;
         if (undo) undo_save_instance(e, in, true); /* takes ctx: rewritten below */
+        if (!in->deleted) machine_count_state(in->m, in->state, -1);
         in->state = intern(e, to);
+        if (!in->deleted) machine_count_state(in->m, in->state, +1);
         /* in place: most events leave the context about as long as it was */
         const char *ctx = f.ctx ? f.ctx : "null";
         size_t ctx_len = f.ctx ? f.ctx_len : 4;
@@ -645,6 +669,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         in->deleted = true;
         e->n_instances--;
         in->m->n_instances--;
+        machine_count_state(in->m, in->state, -1);
         e->n_deleted++;
         in->last_offset = rec->offset;
         in->last_seq = rec->seq;
@@ -1087,6 +1112,7 @@ void eng_close(eng *e)
                 free(m->versions[v]);
             }
             free(m->versions);
+            free(m->by_state);
             free(m->name);
             free(m);
         }

@@ -37,12 +37,20 @@ typedef struct mversion {
     uint64_t offset, seq;
 } mversion;
 
+/* How many live instances of a machine are in one state (state interned). */
+typedef struct state_count {
+    const char *state;
+    uint64_t n;
+} state_count;
+
 typedef struct machine {
     char *name;
     mversion **versions;        /* ascending by version */
     size_t n_versions, cap_versions;
     struct machine *hnext;      /* hash chain */
     uint64_t n_instances;       /* of them not deleted: LIST_INSTANCES's total */
+    state_count *by_state;      /* the same by state (a handful: a linear list) */
+    size_t n_by_state, cap_by_state;
 } machine;
 
 typedef struct hist_entry {
@@ -217,6 +225,10 @@ instance *inst_after(eng *e, const char *after);
  * e->lock): call it before walking e->head->next[0] (inst_after does). */
 void inst_link_all(eng *e);
 machine *machine_find(eng *e, const char *name);
+/* Counts a live instance of m in state (interned) in or out (delta +1/-1). */
+void machine_count_state(machine *m, const char *state, int delta);
+/* Live instances of m in the state named state. */
+uint64_t machine_state_total(const machine *m, const char *state);
 mversion *mversion_find(machine *m, uint32_t version);
 /* Adds mv to m's versions, keeping them ascending. */
 void mversion_insert(machine *m, mversion *mv);

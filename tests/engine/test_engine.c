@@ -1152,9 +1152,9 @@ START_TEST(compaction_keeps_everything)
 }
 END_TEST
 
-/* LIST_INSTANCES without a state or cursor takes its total from counts kept
- * as instances come and go; with a state it still counts by walking. The
- * two must agree through creates, deletes, atomic batches undone, replay
+/* LIST_INSTANCES without a cursor takes its total from counts kept per
+ * machine and state as instances come and go; with one (after) it still
+ * counts by walking. The two must agree through creates, deletes, atomic batches undone, replay
  * and a snapshot load. */
 static uint64_t list_total(eng *e, const char *params)
 {
@@ -1174,9 +1174,14 @@ static void check_totals(eng *e, uint64_t want_order, uint64_t want_other)
         snprintf(p, sizeof p, "{\"machine\":\"%s\",\"limit\":0}", machines[m]);
         uint64_t fast = list_total(e, p), walked = 0;
         for (int s = 0; s < 3; s++) {
+            /* a cursor (after "") still counts by walking */
+            snprintf(p, sizeof p, "{\"machine\":\"%s\",\"state\":\"%s\",\"after\":\"\",\"limit\":0}",
+                     machines[m], states[s]);
+            uint64_t w = list_total(e, p);
             snprintf(p, sizeof p, "{\"machine\":\"%s\",\"state\":\"%s\",\"limit\":0}", machines[m],
                      states[s]);
-            walked += list_total(e, p);
+            ck_assert_uint_eq(list_total(e, p), w);
+            walked += w;
         }
         ck_assert_uint_eq(fast, walked);
         ck_assert_uint_eq(fast, want[m]);
@@ -1191,6 +1196,12 @@ static void check_totals(eng *e, uint64_t want_order, uint64_t want_other)
         all += fast;
     }
     ck_assert_uint_eq(list_total(e, "{\"limit\":3}"), all);
+    for (int st = 0; st < 3; st++) {
+        snprintf(p, sizeof p, "{\"state\":\"%s\",\"limit\":1}", states[st]);
+        uint64_t fast = list_total(e, p);
+        snprintf(p, sizeof p, "{\"state\":\"%s\",\"after\":\"\",\"limit\":1}", states[st]);
+        ck_assert_uint_eq(fast, list_total(e, p));
+    }
     ck_assert_uint_eq(list_total(e, "{\"machine\":\"none\"}"), 0);
 }
 
@@ -1220,20 +1231,22 @@ START_TEST(list_totals_kept_as_counts)
     cJSON_Delete(ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"n-03\"}"));
     cJSON_Delete(ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"n-03\"}")); /* again: no-op */
     check_totals(e, 19, 9);
-    /* undone: a create, a delete, then a bad event */
-    const char *ops[3] = {"CREATE_INSTANCE", "DELETE_INSTANCE", "APPLY_EVENT"};
-    cJSON *params[3] = {
+    /* undone: a create, a delete, a transition, then a bad event */
+    const char *ops[4] = {"CREATE_INSTANCE", "DELETE_INSTANCE", "APPLY_EVENT", "APPLY_EVENT"};
+    cJSON *params[4] = {
         cJSON_Parse("{\"machine\":\"other\",\"version\":1,\"instance_id\":\"n-99\"}"),
         cJSON_Parse("{\"instance_id\":\"n-02\"}"),
+        cJSON_Parse("{\"instance_id\":\"n-05\",\"event\":\"PAY\"}"),
         cJSON_Parse("{\"instance_id\":\"n-99\",\"event\":\"SHIP\"}"),
     };
-    cJSON *results[3];
+    cJSON *results[4];
     uint64_t seq;
     size_t failed;
-    ck_assert_int_ne(eng_call_atomic(e, 3, ops, (const cJSON *const *)params, results, &seq,
+    ck_assert_int_ne(eng_call_atomic(e, 4, ops, (const cJSON *const *)params, results, &seq,
                                      &failed, &err),
                      STM_OK);
-    for (int i = 0; i < 3; i++)
+    ck_assert_uint_eq(failed, 3);
+    for (int i = 0; i < 4; i++)
         cJSON_Delete(params[i]);
     check_totals(e, 19, 9);
     eng_close(e);
