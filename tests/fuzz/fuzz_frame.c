@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/buf.h"
 #include "base/json.h"
@@ -182,6 +183,12 @@ static void session(const char *p, size_t n, size_t piece)
         buf_add(&c.in, p + fed, k);
         fed += k;
         rcp_session_process_input(&c);
+        while (c.job) { /* COMPACT runs on a thread: wait for it as the loop would */
+            while (!rcp_job_finish(&c))
+                usleep(1000);
+            c.read_paused = false;
+            rcp_session_process_input(&c);
+        }
         rcp_watches_drain(&c);
         /* The socket layer would send what is ready; here it is dropped. */
         if (c.read_paused) {
@@ -191,6 +198,7 @@ static void session(const char *p, size_t n, size_t piece)
     }
     rcp_watches_drain(&c);
     rcp_watches_free(&c);
+    rcp_jobs_reap(&s, true);
     buf_free(&c.in);
     buf_free(&c.out);
     free(c.marks);
