@@ -242,6 +242,7 @@ static void remove_machine(eng *e, machine *m)
 /* Undoes one note; notes are undone newest first. */
 static void undo_one(eng *e, struct undo *u)
 {
+    e->list_gen++; /* may free an instance a list hint points at */
     switch (u->kind) {
     case U_RECORD:
         e->entries_bytes -= u->entries_bytes;

@@ -547,6 +547,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
 {
     const entry_fields f = *fp;
     const char *key = f.idempotency_key;
+    e->list_gen++; /* list hints point into the instances: forget them */
     /* a rehearsal, or a live record the WAL may yet fail to make durable */
     const bool undo = e->dry_run || !e->replaying;
     int64_t ts = f.ts;
@@ -1081,6 +1082,10 @@ void free_instance(instance *in)
 void eng_close(eng *e)
 {
     if (!e) return;
+    for (size_t i = 0; i < sizeof e->list_hints / sizeof e->list_hints[0]; i++) {
+        free(e->list_hints[i].machine);
+        free(e->list_hints[i].state);
+    }
     compactor_stop(e);
     snap_close(e);
     if (e->w) {

@@ -37,6 +37,16 @@ typedef struct mversion {
     uint64_t offset, seq;
 } mversion;
 
+/* Where a page of LIST_INSTANCES ended (ops.c): the next page by offset
+ * starts there instead of walking from the first instance again. Valid
+ * while gen == e->list_gen, which every change to the instances moves. */
+typedef struct list_hint {
+    uint64_t gen;
+    char *machine, *state; /* the filters, NULL when absent */
+    uint64_t offset;       /* the offset the next page asks for */
+    struct instance *at;   /* where its walk starts (NULL: the end) */
+} list_hint;
+
 /* How many live instances of a machine are in one state (state interned). */
 typedef struct state_count {
     const char *state;
@@ -178,6 +188,9 @@ struct eng {
     pthread_mutex_t compact_lock; /* one compaction at a time */
 
     uint64_t events_since_compact;
+    uint64_t list_gen;          /* moved by every applied or undone record */
+    list_hint list_hints[4];    /* a few clients paging at once */
+    unsigned list_hint_next;
     int64_t last_compact_ms;
     pthread_t compactor;
     bool compactor_running, stopping;

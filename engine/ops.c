@@ -557,6 +557,39 @@ static uint64_t head_seq(eng *e)
     return st.entry_count;
 }
 
+static bool same_filter(const char *a, const char *b)
+{
+    return a ? b && strcmp(a, b) == 0 : !b;
+}
+
+/* A hint for this page (offset and filters), or NULL. */
+static list_hint *list_hint_find(eng *e, const char *mname, const char *state, uint64_t offset)
+{
+    for (size_t i = 0; i < sizeof e->list_hints / sizeof e->list_hints[0]; i++) {
+        list_hint *h = &e->list_hints[i];
+        if (h->gen == e->list_gen && h->offset == offset && offset &&
+            same_filter(h->machine, mname) && same_filter(h->state, state))
+            return h;
+    }
+    return NULL;
+}
+
+static void list_hint_keep(eng *e, const char *mname, const char *state, uint64_t offset,
+                           instance *at)
+{
+    list_hint *h = list_hint_find(e, mname, state, offset);
+    if (!h) {
+        h = &e->list_hints[e->list_hint_next++ % (sizeof e->list_hints / sizeof e->list_hints[0])];
+        free(h->machine);
+        free(h->state);
+        h->machine = mname ? xstrdup(mname) : NULL;
+        h->state = state ? xstrdup(state) : NULL;
+    }
+    h->gen = e->list_gen;
+    h->offset = offset;
+    h->at = at;
+}
+
 static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t *seq,
                                   stm_err *err)
 {
@@ -589,7 +622,16 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
         known = e->n_instances;
     }
     bool full = counted && known <= offset;
-    for (instance *in = full ? NULL : inst_after(e, after); in; in = in->next[0]) {
+    instance *start = full ? NULL : inst_after(e, after), *last = NULL;
+    /* Paging by offset through the whole list walked every page from the
+     * first instance: 26 ms a page deep in 200,000. Where the last page
+     * ended is kept while nothing changes. */
+    list_hint *hint = counted && !full ? list_hint_find(e, mname, state, offset) : NULL;
+    if (hint) {
+        start = hint->at;
+        total = offset;
+    }
+    for (instance *in = start; in; in = in->next[0]) {
         if (in->deleted) continue;
         if (mname && strcmp(in->m->name, mname) != 0) continue;
         if (state && strcmp(in->state, state) != 0) continue;
@@ -610,7 +652,10 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
         cJSON_AddItemToArray(items, it);
         bytes += 160 + strlen(in->id) + strlen(in->m->name) + strlen(in->state);
         returned++;
+        last = in;
     }
+    if (counted && last && offset + returned < known)
+        list_hint_keep(e, mname, state, offset + returned, last->next[0]);
     if (counted) total = known;
     cJSON *r = cJSON_CreateObject();
     cJSON_AddBoolToObject(r, "has_more", offset + returned < total);
