@@ -1346,6 +1346,57 @@ START_TEST(list_pages_by_offset)
 }
 END_TEST
 
+/* One machine's ids among many of another's: the walk looks at a bounded
+ * stretch of instances per hold of the lock and stops once it has found as
+ * many as the machine has; what it returns is still every id, in order. */
+START_TEST(listing_one_machine_among_many)
+{
+    char *dir = tmpdir();
+    eng_opts o;
+    eng *e = open_small_order(dir, &o);
+    char *other = strdup(ORDER);
+    memcpy(strstr(other, "\"order\""), "\"other\"", 7);
+    cJSON_Delete(ok(e, "PUT_MACHINE", other));
+    free(other);
+    char p[160];
+    size_t n_other = 0;
+    for (int i = 0; i < 10000; i++) {
+        bool mine = i % 401 == 7;
+        snprintf(p, sizeof p, "{\"machine\":\"%s\",\"version\":1,\"instance_id\":\"x-%05d\"}",
+                 mine ? "other" : "order", i);
+        cJSON_Delete(ok(e, "CREATE_INSTANCE", p));
+        n_other += mine;
+    }
+    cJSON_Delete(ok(e, "DELETE_INSTANCE", "{\"instance_id\":\"x-00408\"}")); /* an "other" */
+    n_other--;
+    id_list got = {0};
+    ck_assert_uint_eq(eng_list_instance_ids(e, "other", NULL, SIZE_MAX, collect_id, &got), n_other);
+    ck_assert_uint_eq(got.n, n_other);
+    size_t k = 0;
+    for (int i = 0; i < 10000; i++) {
+        if (i % 401 != 7 || i == 408) continue;
+        snprintf(p, sizeof p, "x-%05d", i);
+        ck_assert_str_eq(got.ids[k++], p);
+    }
+    /* from a cursor, and at most 3 */
+    id_list some = {0};
+    ck_assert_uint_eq(eng_list_instance_ids(e, "other", "x-05000", 3, collect_id, &some), 3);
+    ck_assert_str_eq(some.ids[0], "x-05220");
+    ck_assert_str_eq(some.ids[2], "x-06022");
+    id_list none = {0};
+    ck_assert_uint_eq(eng_list_instance_ids(e, "nothing", NULL, SIZE_MAX, collect_id, &none), 0);
+    ck_assert_uint_eq(eng_list_instance_ids(e, "order", NULL, SIZE_MAX, collect_id, &none),
+                      10000 - n_other - 1);
+    for (size_t i = 0; i < got.n; i++) free(got.ids[i]);
+    for (size_t i = 0; i < some.n; i++) free(some.ids[i]);
+    for (size_t i = 0; i < none.n; i++) free(none.ids[i]);
+    free(got.ids), free(some.ids), free(none.ids);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 /* Compaction reads the idempotency keys in two passes with the lock
  * released between them, while requests go on adding keys and evicting the
  * oldest. Creates with keys race repeated compactions, 64 keys kept: after
@@ -2101,6 +2152,7 @@ int main(void)
     tcase_add_test(tc, compaction_races_key_eviction);
     tcase_add_test(tc, list_totals_kept_as_counts);
     tcase_add_test(tc, list_pages_by_offset);
+    tcase_add_test(tc, listing_one_machine_among_many);
     tcase_add_test(tc, subscription_from_compacted_offset);
     tcase_add_test(tc, damaged_only_snapshot_refuses);
     tcase_add_test(tc, stale_snapshot_tmp_removed);
