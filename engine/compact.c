@@ -65,12 +65,37 @@ stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *e
 
 /* ---- writing ------------------------------------------------------------ */
 
+/* What compaction takes of an instance under the lock. The ids and history
+ * entries of all instances sit in two shared arrays (plan_take): taken one
+ * allocation each, 100,000 instances held the lock 30-50 ms longer. */
 typedef struct {
-    char *id;
-    hist_entry *hist;
+    size_t id;       /* in the ids buffer */
+    size_t hist;     /* first entry in the hist array */
     uint32_t n_hist;
-    uint64_t *new_pos;
 } plan_inst;
+
+/* Appends v in decimal: snprintf for every number of every instance line
+ * was a good part of the time the lock is held. */
+static void put_u64(buf *out, uint64_t v)
+{
+    char t[24];
+    int n = 0;
+    do {
+        t[sizeof t - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    buf_add(out, t + sizeof t - n, (size_t)n);
+}
+
+static void put_i64(buf *out, int64_t v)
+{
+    if (v < 0) {
+        buf_putc(out, '-');
+        put_u64(out, (uint64_t)0 - (uint64_t)v);
+    } else {
+        put_u64(out, (uint64_t)v);
+    }
+}
 
 static void write_machine_lines(eng *e, buf *out)
 {
@@ -93,18 +118,27 @@ static void write_instance_line(instance *in, buf *out)
     json_write_str(out, in->id);
     buf_puts(out, ",\"machine\":");
     json_write_str(out, in->m->name);
-    buf_printf(out, ",\"version\":%u,\"state\":", in->mv->version);
+    buf_puts(out, ",\"version\":");
+    put_u64(out, in->mv->version);
+    buf_puts(out, ",\"state\":");
     json_write_str(out, in->state);
-    buf_printf(out, ",\"ctx\":%s", in->ctx);
+    buf_puts(out, ",\"ctx\":");
+    buf_puts(out, in->ctx);
     if (in->last_event_id) {
         buf_puts(out, ",\"event_id\":");
         json_write_str(out, in->last_event_id);
     }
-    buf_printf(out, ",\"last_off\":%llu,\"last_seq\":%llu,\"created_at\":%lld,"
-                    "\"updated_at\":%lld,\"deleted\":%s,\"hist\":%u}\n",
-               (unsigned long long)in->last_offset, (unsigned long long)in->last_seq,
-               (long long)in->created_at, (long long)in->updated_at,
-               in->deleted ? "true" : "false", in->n_hist);
+    buf_puts(out, ",\"last_off\":");
+    put_u64(out, in->last_offset);
+    buf_puts(out, ",\"last_seq\":");
+    put_u64(out, in->last_seq);
+    buf_puts(out, ",\"created_at\":");
+    put_i64(out, in->created_at);
+    buf_puts(out, ",\"updated_at\":");
+    put_i64(out, in->updated_at);
+    buf_puts(out, in->deleted ? ",\"deleted\":true,\"hist\":" : ",\"deleted\":false,\"hist\":");
+    put_u64(out, in->n_hist);
+    buf_puts(out, "}\n");
 }
 
 /* The history line of h, from the snapshot or the WAL. */
@@ -225,9 +259,13 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
     buf content = {0};
     plan_inst *plan = NULL;
     size_t n_plan = 0;
+    buf plan_ids = {0}, ilines = {0};
+    hist_entry *plan_hist = NULL;
+    uint64_t *new_pos = NULL;
+    size_t *iline_at = NULL;
     idem_entry **keys = NULL, *key_copies = NULL;
     size_t n_keys = 0;
-    buf *key_lines = NULL;
+    buf *key_lines = NULL, key_text = {0};
     char **key_results = NULL;
     if (fresh && S > 0) {
         buf_printf(&content,
@@ -238,32 +276,56 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         size_t total = e->n_instances + e->n_deleted;
         plan = xcalloc(total + 1, sizeof *plan);
         inst_link_all(e);
+        size_t n_hist = 0;
+        for (instance *in = e->head->next[0]; in; in = in->next[0]) n_hist += in->n_hist;
+        plan_hist = xmalloc((n_hist + 1) * sizeof *plan_hist);
+        new_pos = xcalloc(n_hist + 1, sizeof *new_pos);
+        n_hist = 0;
         for (instance *in = e->head->next[0]; in; in = in->next[0]) {
             plan_inst *p = &plan[n_plan++];
-            p->id = xstrdup(in->id);
+            p->id = plan_ids.len;
+            buf_add(&plan_ids, in->id, strlen(in->id) + 1);
+            p->hist = n_hist;
             p->n_hist = in->n_hist;
-            p->hist = xmalloc((in->n_hist + 1) * sizeof *p->hist);
-            memcpy(p->hist, in->hist, in->n_hist * sizeof *p->hist);
-            p->new_pos = xcalloc(in->n_hist + 1, sizeof *p->new_pos);
+            memcpy(plan_hist + n_hist, in->hist, in->n_hist * sizeof *plan_hist);
+            n_hist += in->n_hist;
         }
         /* Copies of the keys, rendered below without the lock (each may
          * read its record back from the log); the pointers say later which
          * ones are still there. */
         keys = xmalloc((e->n_keys + 1) * sizeof *keys);
         key_copies = xcalloc(e->n_keys + 1, sizeof *key_copies);
+        /* their strings go in one buffer, pointed at once it stops moving */
+        size_t (*at)[3] = xmalloc((e->n_keys + 1) * sizeof *at);
         for (idem_entry *k = e->fifo_head; k; k = k->fifo_next) {
-            idem_entry *kc = &key_copies[n_keys];
-            *kc = *k;
-            kc->scope = xstrdup(k->scope);
-            kc->key = xstrdup(k->key);
-            kc->result = k->result ? xstrdup(k->result) : NULL;
-            kc->hnext = kc->fifo_next = NULL;
+            key_copies[n_keys] = *k;
+            at[n_keys][0] = key_text.len;
+            buf_add(&key_text, k->scope, strlen(k->scope) + 1);
+            at[n_keys][1] = key_text.len;
+            buf_add(&key_text, k->key, strlen(k->key) + 1);
+            at[n_keys][2] = SIZE_MAX;
+            if (k->result) {
+                at[n_keys][2] = key_text.len;
+                buf_add(&key_text, k->result, strlen(k->result) + 1);
+            }
             keys[n_keys++] = k;
         }
+        for (size_t j = 0; j < n_keys; j++) {
+            idem_entry *kc = &key_copies[j];
+            kc->scope = key_text.data + at[j][0];
+            kc->key = key_text.data + at[j][1];
+            kc->result = at[j][2] == SIZE_MAX ? NULL : key_text.data + at[j][2];
+            kc->hnext = kc->fifo_next = NULL;
+        }
+        free(at);
         /* Instance lines are taken now, under the lock, so they match S. */
         size_t i = 0;
-        buf *lines = xcalloc(n_plan + 1, sizeof *lines);
-        for (instance *in = e->head->next[0]; in; in = in->next[0]) write_instance_line(in, &lines[i++]);
+        iline_at = xmalloc((n_plan + 1) * sizeof *iline_at);
+        for (instance *in = e->head->next[0]; in; in = in->next[0]) {
+            iline_at[i++] = ilines.len;
+            write_instance_line(in, &ilines);
+        }
+        iline_at[i] = ilines.len;
         pthread_mutex_unlock(&e->lock);
 
         /* Everything in the snapshot must be on disk before it stands in for
@@ -274,14 +336,12 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         wal_stats st;
         wal_get_stats(e->w, &st);
         for (size_t j = 0; j < n_plan && rc == STM_OK; j++) {
-            buf_add(&content, lines[j].data, lines[j].len);
+            buf_add(&content, ilines.data + iline_at[j], iline_at[j + 1] - iline_at[j]);
             for (uint32_t h = 0; h < plan[j].n_hist && rc == STM_OK; h++) {
-                plan[j].new_pos[h] = content.len;
-                rc = render_line(e, &plan[j].hist[h], st.first_offset, &content, err);
+                new_pos[plan[j].hist + h] = content.len;
+                rc = render_line(e, &plan_hist[plan[j].hist + h], st.first_offset, &content, err);
             }
         }
-        for (size_t j = 0; j < n_plan; j++) buf_free(&lines[j]);
-        free(lines);
         /* Keys: their records may be compacted, so carry their results,
          * rendered here from the copies, without the lock. */
         key_lines = xcalloc(n_keys + 1, sizeof *key_lines);
@@ -342,10 +402,10 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
             if (rc == STM_OK) {
                 pthread_mutex_lock(&e->lock);
                 for (size_t j = 0; j < n_plan; j++) {
-                    instance *in = inst_find(e, plan[j].id);
+                    instance *in = inst_find(e, plan_ids.data + plan[j].id);
                     if (!in) continue;
                     for (uint32_t h = 0; h < plan[j].n_hist && h < in->n_hist; h++)
-                        in->hist[h].snap_pos = plan[j].new_pos[h];
+                        in->hist[h].snap_pos = new_pos[plan[j].hist + h];
                 }
                 snap_close(e);
                 e->snap_fd = fd;
@@ -360,21 +420,19 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
     } else {
         pthread_mutex_unlock(&e->lock);
     }
-    for (size_t j = 0; j < n_plan; j++) {
-        free(plan[j].id);
-        free(plan[j].hist);
-        free(plan[j].new_pos);
-    }
     free(plan);
+    buf_free(&plan_ids);
+    buf_free(&ilines);
+    free(plan_hist);
+    free(new_pos);
+    free(iline_at);
     free(keys);
     for (size_t j = 0; j < n_keys; j++) {
-        free(key_copies[j].scope);
-        free(key_copies[j].key);
-        free(key_copies[j].result);
         if (key_lines) buf_free(&key_lines[j]);
         if (key_results) free(key_results[j]);
     }
     free(key_copies);
+    buf_free(&key_text);
     free(key_lines);
     free(key_results);
     buf_free(&content);
