@@ -1087,6 +1087,15 @@ static eng *open_small_order(char *dir, eng_opts *o)
     return e;
 }
 
+/* A second machine, "other", with ORDER's definition. */
+static void put_other_machine(eng *e)
+{
+    char *other = strdup(ORDER);
+    memcpy(strstr(other, "\"order\""), "\"other\"", 7);
+    cJSON_Delete(ok(e, "PUT_MACHINE", other));
+    free(other);
+}
+
 START_TEST(compaction_keeps_everything)
 {
     char *dir = tmpdir();
@@ -1212,11 +1221,7 @@ START_TEST(list_totals_kept_as_counts)
     stm_err err;
     eng *e = open_small_order(dir, &o);
     char p[200];
-    char *other = strdup(ORDER);
-    char *at = strstr(other, "\"order\"");
-    memcpy(at, "\"other\"", 7);
-    cJSON_Delete(ok(e, "PUT_MACHINE", other));
-    free(other);
+    put_other_machine(e);
     for (int i = 0; i < 30; i++) {
         snprintf(p, sizeof p, "{\"machine\":\"%s\",\"version\":1,\"instance_id\":\"n-%02d\"}",
                  i % 3 ? "order" : "other", i);
@@ -1354,10 +1359,7 @@ START_TEST(listing_one_machine_among_many)
     char *dir = tmpdir();
     eng_opts o;
     eng *e = open_small_order(dir, &o);
-    char *other = strdup(ORDER);
-    memcpy(strstr(other, "\"order\""), "\"other\"", 7);
-    cJSON_Delete(ok(e, "PUT_MACHINE", other));
-    free(other);
+    put_other_machine(e);
     char p[160];
     size_t n_other = 0;
     for (int i = 0; i < 10000; i++) {
