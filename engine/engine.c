@@ -785,6 +785,11 @@ stm_code eng_sync(eng *e, stm_err *err)
     return wal_sync(e->w, err);
 }
 
+bool eng_failed(eng *e)
+{
+    return __atomic_load_n(&e->failed, __ATOMIC_ACQUIRE);
+}
+
 uint64_t eng_acked_seq(eng *e)
 {
     return __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE);

@@ -110,6 +110,9 @@ stm_code eng_call_atomic(eng *e, size_t n, const char *const *ops, const cJSON *
 /* ---- durability ---------------------------------------------------------- */
 
 uint64_t eng_acked_seq(eng *e);
+/* Whether the WAL has failed (and what it had not acknowledged is undone):
+ * no write will be acknowledged again. Takes no lock. */
+bool eng_failed(eng *e);
 /* Writes and fdatasyncs everything appended so far, whatever the fsync
  * policy (fsync(2) on the mount, a clean shutdown). */
 stm_code eng_sync(eng *e, stm_err *err);

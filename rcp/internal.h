@@ -122,6 +122,7 @@ struct rcp_server {
     size_t n_busy;
     size_t n_waiting; /* connections with responses waiting for the log */
     rcp_job *jobs;    /* requests running on threads of their own (job.c) */
+    size_t n_jobs;
     uint64_t max_conns;
     uint64_t last_reject_log_ms; /* when a refusal past max_conns was last logged */
     uint64_t idle_ms;
@@ -182,7 +183,7 @@ stm_code rcp_session_op(rcp_conn *c, int op, const cJSON *params, cJSON **result
 /* job.c: requests that would hold the loop too long (COMPACT) run on a
  * thread of their own; c takes no further request until the answer is
  * queued. */
-bool rcp_job_wanted(int op);
+bool rcp_job_wanted(const rcp_conn *c, int op, const cJSON *params);
 /* Starts op on a thread; false (nothing started) when none can be made. */
 bool rcp_job_start(rcp_conn *c, int op, const char *id, const cJSON *params, uint64_t t0_ns);
 /* Queues the answer of c's job if it is done; true when it did. */

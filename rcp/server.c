@@ -517,10 +517,10 @@ static void settle_all(rcp_server *s)
 {
     if (!s->wal_failed) {
         /* The engine tells its listeners once more when the WAL fails, so
-         * this runs after every failure (and it never clears). */
-        eng_stats st;
-        eng_get_stats(s->e, &st);
-        s->wal_failed = st.wal.failed;
+         * this runs after every failure (and it never clears). Without the
+         * engine's lock: a long LIST or compaction step held every wake of
+         * the loop here. */
+        s->wal_failed = eng_failed(s->e);
     }
     if (s->stop_requested) begin_stop(s);
     if (s->jobs) rcp_jobs_reap(s, false);

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""rcp_compact.py STMFS - COMPACT holds up only the connection that asked.
+"""rcp_compact.py STMFS - a long request holds up only the connection that
+asked.
 
 COMPACT writes a snapshot of every instance, which takes a while on a big
-database (here 20,000 instances with idempotency keys). Other connections
-must be answered meanwhile; the asking connection's later requests wait
-and are answered after it, in order; a client that leaves or a server
-that stops while it runs loses nothing and crashes nothing.
+database (here 20,000 instances with idempotency keys); WAL_READ without a
+limit and LIST_INSTANCES with a big one build answers of megabytes. Other
+connections must be answered meanwhile; the asking connection's later
+requests wait and are answered after it, in order; many at once all get
+their answers; a client that leaves or a server that stops while one runs
+loses nothing and crashes nothing.
 """
 
 import hashlib
@@ -19,6 +22,20 @@ from rcp_lib import ORDER_DEF, Runner, Server  # noqa: E402
 STMFS = sys.argv[1]
 N = 20000
 TOKEN = "compact-token"
+
+
+def arrived(c):
+    """Whether any byte of an answer has come (without waiting)."""
+    if c.buf:
+        return True
+    c.sock.setblocking(False)
+    try:
+        c.buf += c.sock.recv(1 << 20)
+    except BlockingIOError:
+        pass
+    finally:
+        c.sock.setblocking(True)
+    return bool(c.buf)
 
 
 def answer_if_any(c):
@@ -67,6 +84,42 @@ def t_others_answered(srv):
     print("    %d PING+GET pairs answered on another connection during COMPACT" % pings)
     c.close()
     o.close()
+
+
+def t_big_reads_beside_others(srv):
+    """WAL_READ without a limit and a LIST of 100,000 leave PINGs answered."""
+    for op, params, field in (("WAL_READ", {"from_offset": 0}, "records"),
+                              ("LIST_INSTANCES", {"limit": 100000}, "instances")):
+        c, o = srv.connect(timeout=120), srv.connect(timeout=120)
+        c.send(c.request_msg(op, params, rid="big"))
+        c.send(c.request_msg("PING", None, rid="after"))
+        # PINGs answered before the first byte of the big answer: a frame
+        # of megabytes takes a while to read, so later ones do not count
+        pings = 0
+        while not arrived(c):
+            assert o.ok("PING") == {"pong": True}
+            pings += 1
+        r = c.recv(timeout=120)
+        assert r["id"] == "big" and r["status"] == "ok", str(r)[:300]
+        assert len(r["result"][field]) >= N, (op, len(r["result"][field]))
+        assert c.recv(timeout=60)["id"] == "after"
+        print("    %s: %d records, %d PINGs answered on another connection before it"
+              % (op, len(r["result"][field]), pings))
+        assert pings >= 5, "only %d PINGs answered beside %s" % (pings, op)
+        c.close()
+        o.close()
+
+
+def t_many_at_once(srv):
+    """Eight big WAL_READs at once (more than run on threads): all answered."""
+    conns = [srv.connect(timeout=120) for _ in range(8)]
+    for k, c in enumerate(conns):
+        c.send(c.request_msg("WAL_READ", {"from_offset": 0, "limit": 5000 + k}, rid="w%d" % k))
+    for k, c in enumerate(conns):
+        r = c.recv(timeout=120)
+        assert r["id"] == "w%d" % k and r["status"] == "ok", str(r)[:200]
+        assert len(r["result"]["records"]) == 5000 + k
+        c.close()
 
 
 def t_same_connection_in_order(srv):
@@ -145,6 +198,8 @@ def main():
         fill(c, 0, N)
         c.close()
         t.run("others answered during COMPACT", t_others_answered, srv)
+        t.run("big reads beside others", t_big_reads_beside_others, srv)
+        t.run("many big reads at once", t_many_at_once, srv)
         t.run("same connection in order", t_same_connection_in_order, srv)
         t.run("client leaves mid-COMPACT", t_client_leaves, srv)
         t.run("auth gate", t_auth_gate, srv)
