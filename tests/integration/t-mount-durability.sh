@@ -204,7 +204,10 @@ test_expect_success 'the reaper aborts the connection when told the daemon died'
     test "$(echo $kids | wc -w)" = 2 &&
     for k in $kids; do kill -USR1 "$k"; done &&
     test_poll 10 "! ls rmnt/instances 2>err.r" &&
-    grep -q "Transport endpoint is not connected" err.r &&
+    cat err.r &&
+    # ENOTCONN once the abort is done; ECONNABORTED for a request the abort
+    # caught on its way (seen once in CI): either way the mount let go
+    grep -qE "Transport endpoint is not connected|Software caused connection abort" err.r &&
     fusermount3 -u "$TEST_DIR/rmnt" &&
     test_poll 20 "daemon_gone $dpid"
 EOT
