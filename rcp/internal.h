@@ -121,8 +121,9 @@ struct rcp_server {
     rcp_conn *busy;   /* connections with marks or watches (rcp_conn_track) */
     size_t n_busy;
     size_t n_waiting; /* connections with responses waiting for the log */
-    rcp_job *jobs;    /* requests running on threads of their own (job.c) */
-    size_t n_jobs;
+    rcp_job *jobs;    /* requests on threads of their own, or waiting (job.c) */
+    rcp_job *job_wait, *job_wait_tail; /* those waiting for a thread, oldest first */
+    size_t n_jobs;    /* threads running */
     uint64_t max_conns;
     uint64_t last_reject_log_ms; /* when a refusal past max_conns was last logged */
     uint64_t idle_ms;
@@ -183,8 +184,9 @@ stm_code rcp_session_op(rcp_conn *c, int op, const cJSON *params, cJSON **result
 /* job.c: requests that would hold the loop too long (COMPACT) run on a
  * thread of their own; c takes no further request until the answer is
  * queued. */
-bool rcp_job_wanted(const rcp_conn *c, int op, const cJSON *params);
-/* Starts op on a thread; false (nothing started) when none can be made. */
+bool rcp_job_wanted(int op, const cJSON *params);
+/* Starts op on a thread, or queues it while RCP_MAX_JOBS run; false (and
+ * nothing done) only when its params cannot be copied. */
 bool rcp_job_start(rcp_conn *c, int op, const char *id, const cJSON *params, uint64_t t0_ns);
 /* Queues the answer of c's job if it is done; true when it did. */
 bool rcp_job_finish(rcp_conn *c);

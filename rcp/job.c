@@ -10,8 +10,9 @@
  * the answer is queued (so a pipelining client still gets its answers in
  * order); the worker also writes the answer's frame, and the loop only
  * copies it. The engine lets the others go on between its short locked
- * steps. At most RCP_MAX_JOBS run at once; past that a request runs on the
- * loop as before, so a crowd of clients cannot make a crowd of threads.
+ * steps. At most RCP_MAX_JOBS run at once, so a crowd of clients cannot
+ * make a crowd of threads; the others wait their turn in a queue, off the
+ * loop too.
  *
  * The worker touches nothing but its job; the loop owns the list of jobs,
  * the connection and the answer. A connection that goes away leaves its
@@ -29,7 +30,9 @@
 struct rcp_job {
     rcp_server *s;
     rcp_conn *c; /* NULL once the connection is gone (loop only) */
-    rcp_job *prev, *next; /* s->jobs (loop only) */
+    rcp_job *prev, *next; /* s->jobs, every job (loop only) */
+    rcp_job *wait_next;   /* s->job_wait, those not started yet (loop only) */
+    bool started;
     pthread_t thread;
     int op;
     char *id;
@@ -49,9 +52,8 @@ struct rcp_job {
  * documented WAL_READ maximum. */
 #define RCP_INLINE_LIMIT 1000
 
-bool rcp_job_wanted(const rcp_conn *c, int op, const cJSON *params)
+bool rcp_job_wanted(int op, const cJSON *params)
 {
-    if (c->srv->n_jobs >= RCP_MAX_JOBS) return false;
     if (op == RCP_OP_COMPACT) return true;
     if (op != RCP_OP_WAL_READ && op != RCP_OP_LIST_INSTANCES) return false;
     /* WAL_READ without a limit is unlimited (rstmdb's rule) */
@@ -61,10 +63,8 @@ bool rcp_job_wanted(const rcp_conn *c, int op, const cJSON *params)
     return n > RCP_INLINE_LIMIT;
 }
 
-static void *job_main(void *arg)
+static void run_job(rcp_job *j)
 {
-    rcp_job *j = arg;
-    util_name_thread("rcp-job");
     cJSON *result = NULL;
     stm_err err = {0};
     j->code = eng_call(j->s->e, rcp_op_name(j->op), j->params, &result, &j->seq, &err);
@@ -76,24 +76,57 @@ static void *job_main(void *arg)
     }
     cJSON_Delete(result);
     __atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
-    rcp_server_wake(j->s);
+    rcp_server_wake(j->s); /* on the loop's own thread, a flag */
+}
+
+static void *job_thread(void *arg)
+{
+    util_name_thread("rcp-job");
+    run_job(arg);
     return NULL;
 }
 
 static void job_free(rcp_job *j)
 {
     rcp_server *s = j->s;
-    pthread_join(j->thread, NULL);
+    if (j->started) {
+        pthread_join(j->thread, NULL);
+        s->n_jobs--;
+    }
     if (j->prev)
         j->prev->next = j->next;
     else
         s->jobs = j->next;
     if (j->next) j->next->prev = j->prev;
-    s->n_jobs--;
     buf_free(&j->frame);
     cJSON_Delete(j->params);
     free(j->id);
     free(j);
+}
+
+/* Starts waiting jobs while fewer than RCP_MAX_JOBS run; drops those whose
+ * connection has gone meanwhile. */
+static void start_waiting(rcp_server *s)
+{
+    while (s->job_wait && s->n_jobs < RCP_MAX_JOBS) {
+        rcp_job *j = s->job_wait;
+        s->job_wait = j->wait_next;
+        if (!s->job_wait) s->job_wait_tail = NULL;
+        if (!j->c) {
+            job_free(j);
+            continue;
+        }
+        j->started = true;
+        s->n_jobs++;
+        if (pthread_create(&j->thread, NULL, job_thread, j) != 0) {
+            /* no thread to be had: the loop does it, as it did them all once */
+            log_warn("rcp %s: no thread for %s, running it on the loop", j->c->peer,
+                     rcp_op_name(j->op));
+            j->started = false;
+            s->n_jobs--;
+            run_job(j);
+        }
+    }
 }
 
 bool rcp_job_start(rcp_conn *c, int op, const char *id, const cJSON *params, uint64_t t0_ns)
@@ -108,9 +141,7 @@ bool rcp_job_start(rcp_conn *c, int op, const char *id, const cJSON *params, uin
     j->params = params ? cJSON_Duplicate(params, true) : NULL;
     j->t0_ns = t0_ns;
     j->wire = c->wire_out; /* fixed meanwhile: c reads nothing until the answer */
-    if ((params && !j->params) || pthread_create(&j->thread, NULL, job_main, j) != 0) {
-        log_warn("rcp %s: no thread for %s, running it on the loop", c->peer, rcp_op_name(op));
-        cJSON_Delete(j->params);
+    if (params && !j->params) {
         free(j->id);
         free(j);
         return false;
@@ -118,10 +149,15 @@ bool rcp_job_start(rcp_conn *c, int op, const char *id, const cJSON *params, uin
     j->next = s->jobs;
     if (s->jobs) s->jobs->prev = j;
     s->jobs = j;
-    s->n_jobs++;
+    if (s->job_wait_tail)
+        s->job_wait_tail->wait_next = j;
+    else
+        s->job_wait = j;
+    s->job_wait_tail = j;
     c->job = j;
     c->read_paused = true; /* resumed in conn_settle once the answer is queued */
     rcp_conn_track(c);
+    start_waiting(s);
     return true;
 }
 
@@ -138,6 +174,7 @@ bool rcp_job_finish(rcp_conn *c)
     }
     c->job = NULL;
     job_free(j);
+    start_waiting(c->srv);
     rcp_conn_track(c);
     return true;
 }
@@ -151,9 +188,13 @@ void rcp_job_orphan(rcp_conn *c)
 
 void rcp_jobs_reap(rcp_server *s, bool wait)
 {
+    if (wait) s->job_wait = s->job_wait_tail = NULL; /* those never start */
     for (rcp_job *j = s->jobs, *next; j; j = next) {
         next = j->next;
         if (wait && j->c) rcp_job_orphan(j->c);
+        /* a job not done is either running or waiting in the queue, where
+         * start_waiting drops it once its turn comes */
         if (!j->c && (wait || __atomic_load_n(&j->done, __ATOMIC_ACQUIRE))) job_free(j);
     }
+    if (!wait) start_waiting(s);
 }

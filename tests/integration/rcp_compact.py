@@ -124,6 +124,27 @@ def t_many_at_once(srv):
         c.close()
 
 
+def t_more_than_four(srv):
+    """Eight COMPACTs at once: four run, the rest wait their turn off the
+    loop, so PINGs are answered before the last of them."""
+    conns = [srv.connect(timeout=120) for _ in range(8)]
+    touch(conns[0])
+    for k, c in enumerate(conns):
+        c.send(c.request_msg("COMPACT", {"force_snapshot": True}, rid="c%d" % k))
+    o = srv.connect(timeout=120)
+    pings = 0
+    while not arrived(conns[-1]):
+        assert o.ok("PING") == {"pong": True}
+        pings += 1
+    for k, c in enumerate(conns):
+        r = c.recv(timeout=120)
+        assert r["id"] == "c%d" % k and r["status"] == "ok", r
+        c.close()
+    print("    %d PINGs answered before the eighth COMPACT's answer" % pings)
+    assert pings >= 5, "only %d PINGs answered beside eight COMPACTs" % pings
+    o.close()
+
+
 def t_churn(srv):
     """Clients sending long requests among short ones and leaving at random
     moments, with writes going on: every answer that comes is the right
@@ -258,6 +279,7 @@ def main():
         t.run("others answered during COMPACT", t_others_answered, srv)
         t.run("big reads beside others", t_big_reads_beside_others, srv)
         t.run("many big reads at once", t_many_at_once, srv)
+        t.run("more long requests than threads", t_more_than_four, srv)
         t.run("clients come and go with long requests", t_churn, srv)
         t.run("same connection in order", t_same_connection_in_order, srv)
         t.run("client leaves mid-COMPACT", t_client_leaves, srv)
