@@ -73,15 +73,15 @@ size_t eng_list_instance_ids(eng *e, const char *machine, const char *after, siz
      * one 50 ms walk that every writer waited for. */
     enum { CHUNK = 256, SCAN = 4096 };
     char *ids[CHUNK];
-    size_t visited = 0, found = 0;
+    size_t visited = 0;
     char *cursor = after ? xstrdup(after) : NULL;
     for (;;) {
         size_t n = 0, scanned = 0;
         pthread_mutex_lock(&e->lock);
         const struct machine *m = machine ? machine_find(e, machine) : NULL;
-        /* past the machine's last live instance there is nothing to find
-         * (after a cursor, as many as the machine has at most) */
-        bool end = machine && (!m || found >= m->n_instances);
+        /* a machine with no live instance has nothing to find (a count of
+         * those found so far could end early: deletes during the walk) */
+        bool end = machine && (!m || m->n_instances == 0);
         instance *in = end ? NULL : inst_after(e, cursor), *last = NULL;
         for (; in && n < CHUNK && visited + n < max && scanned < SCAN; in = in->next[0]) {
             scanned++;
@@ -94,7 +94,6 @@ size_t eng_list_instance_ids(eng *e, const char *machine, const char *after, siz
         free(cursor);
         cursor = last ? xstrdup(last->id) : NULL;
         pthread_mutex_unlock(&e->lock);
-        found += n;
         bool stop = false;
         for (size_t i = 0; i < n; i++)
             if (!stop) {
