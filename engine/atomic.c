@@ -214,13 +214,7 @@ static void remove_instance(eng *e, instance *in)
             if (x->next[i] == in) x->next[i] = in->next[i];
         }
     }
-    if (in->deleted) {
-        e->n_deleted--;
-    } else {
-        e->n_instances--;
-        if (in->m) in->m->n_instances--;
-        if (in->m && in->state) machine_count_state(in->m, in->state, -1);
-    }
+    inst_count(e, in, -1);
     free_instance(in);
 }
 
@@ -263,26 +257,15 @@ static void undo_one(eng *e, struct undo *u)
             in->ctx = u->ctx;
             in->last_event_id = u->last_event_id;
         }
-        if (!in->deleted) machine_count_state(in->m, in->state, -1);
+        inst_count(e, in, -1);
         in->state = u->state;
         in->last_offset = u->last_offset;
         in->last_seq = u->last_seq;
         in->updated_at = u->updated_at;
         in->n_hist = u->n_hist;
         in->hist_bytes = u->hist_bytes;
-        if (in->deleted != u->deleted) {
-            in->deleted = u->deleted;
-            if (in->deleted) {
-                e->n_instances--;
-                in->m->n_instances--;
-                e->n_deleted++;
-            } else {
-                e->n_instances++;
-                in->m->n_instances++;
-                e->n_deleted--;
-            }
-        }
-        if (!in->deleted) machine_count_state(in->m, in->state, +1);
+        in->deleted = u->deleted;
+        inst_count(e, in, +1);
         break;
     }
     case U_NEW_VERSION: {

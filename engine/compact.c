@@ -613,7 +613,6 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             }
             cur = inst_add(e, id);
             cur->m = machine_find(e, mname);
-            cur->m->n_instances++;
             cur->mv = mversion_find(cur->m, (uint32_t)v);
             if (!cur->mv) {
                 cur->mv = xcalloc(1, sizeof *cur->mv);
@@ -630,14 +629,8 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             const cJSON *ca = json_get(o, "created_at"), *ua = json_get(o, "updated_at");
             cur->created_at = json_int64(ca);
             cur->updated_at = json_int64(ua);
-            if (cJSON_IsTrue(json_get(o, "deleted"))) {
-                cur->deleted = true;
-                e->n_instances--;
-                cur->m->n_instances--;
-                e->n_deleted++;
-            } else {
-                machine_count_state(cur->m, cur->state, +1);
-            }
+            cur->deleted = cJSON_IsTrue(json_get(o, "deleted"));
+            inst_count(e, cur, +1);
         } else if (json_get(o, "k")) {
             uint64_t type = 0, off = 0, seq = 0, fp = 0;
             const char *key = str_or_null(o, "k"), *scope = str_or_null(o, "scope");

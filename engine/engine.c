@@ -82,7 +82,7 @@ machine *machine_find(eng *e, const char *name)
     return NULL;
 }
 
-void machine_count_state(machine *m, const char *state, int delta)
+static void machine_count_state(machine *m, const char *state, int delta)
 {
     for (size_t i = 0; i < m->n_by_state; i++)
         if (m->by_state[i].state == state) {
@@ -94,6 +94,17 @@ void machine_count_state(machine *m, const char *state, int delta)
         m->by_state = xrealloc(m->by_state, m->cap_by_state * sizeof *m->by_state);
     }
     m->by_state[m->n_by_state++] = (state_count){state, (uint64_t)(int64_t)delta};
+}
+
+void inst_count(eng *e, instance *in, int delta)
+{
+    if (in->deleted) {
+        e->n_deleted += (size_t)(ptrdiff_t)delta;
+        return;
+    }
+    e->n_instances += (size_t)(ptrdiff_t)delta;
+    in->m->n_instances += (uint64_t)(int64_t)delta;
+    machine_count_state(in->m, in->state, delta);
 }
 
 uint64_t machine_state_total(const machine *m, const char *state)
@@ -216,8 +227,7 @@ instance *inst_add(eng *e, const char *id)
         e->unlinked = xrealloc(e->unlinked, e->cap_unlinked * sizeof *e->unlinked);
     }
     e->unlinked[e->n_unlinked++] = in;
-    e->n_instances++;
-    return in;
+    return in; /* counted by the caller once it is whole (inst_count) */
 }
 
 static int cmp_inst_id(const void *a, const void *b)
@@ -602,7 +612,6 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         if (undo) undo_new_instance(e, in);
         in->m = machine_find(e, name);
         if (!in->m) in->m = machine_add(e, name); /* a create before its machine: keep it */
-        in->m->n_instances++;
         in->mv = mversion_find(in->m, (uint32_t)version);
         if (!in->mv) {
             /* Keep the version number even without a definition (rstmdb data can
@@ -612,7 +621,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
             mversion_insert(in->m, in->mv);
         }
         in->state = intern(e, st);
-        machine_count_state(in->m, in->state, +1);
+        inst_count(e, in, +1);
         in->ctx = text_or_null(f.initial_ctx, f.initial_ctx_len);
         in->created_at = in->updated_at = ts;
         in->last_offset = rec->offset;
@@ -634,9 +643,9 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         in = f.inst ? f.inst : id ? inst_find(e, id) : NULL;
         if (!in || !to) break;
         if (undo) undo_save_instance(e, in, true); /* takes ctx: rewritten below */
-        if (!in->deleted) machine_count_state(in->m, in->state, -1);
+        inst_count(e, in, -1);
         in->state = intern(e, to);
-        if (!in->deleted) machine_count_state(in->m, in->state, +1);
+        inst_count(e, in, +1);
         /* in place: most events leave the context about as long as it was */
         const char *ctx = f.ctx ? f.ctx : "null";
         size_t ctx_len = f.ctx ? f.ctx_len : 4;
@@ -667,11 +676,9 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
             break;
         }
         if (undo) undo_save_instance(e, in, false);
+        inst_count(e, in, -1);
         in->deleted = true;
-        e->n_instances--;
-        in->m->n_instances--;
-        machine_count_state(in->m, in->state, -1);
-        e->n_deleted++;
+        inst_count(e, in, +1);
         in->last_offset = rec->offset;
         in->last_seq = rec->seq;
         if (ts) in->updated_at = ts;

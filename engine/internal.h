@@ -238,8 +238,11 @@ instance *inst_after(eng *e, const char *after);
  * e->lock): call it before walking e->head->next[0] (inst_after does). */
 void inst_link_all(eng *e);
 machine *machine_find(eng *e, const char *name);
-/* Counts a live instance of m in state (interned) in or out (delta +1/-1). */
-void machine_count_state(machine *m, const char *state, int delta);
+/* Counts in (delta +1) or out (-1) of the instance counts as it stands:
+ * e->n_deleted if deleted, else e->n_instances and its machine's counts,
+ * whole and by state, which LIST_INSTANCES's total reads. Every change of
+ * an instance's existence, deletion or state goes between an out and an in. */
+void inst_count(eng *e, instance *in, int delta);
 /* Live instances of m in the state named state. */
 uint64_t machine_state_total(const machine *m, const char *state);
 mversion *mversion_find(machine *m, uint32_t version);
