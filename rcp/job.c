@@ -167,7 +167,15 @@ bool rcp_job_finish(rcp_conn *c)
     if (!j || !__atomic_load_n(&j->done, __ATOMIC_ACQUIRE)) return false;
     if (j->code != STM_OK) c->srv->m.errors[j->code]++;
     if (j->written) {
-        buf_add(&c->out, j->frame.data, j->frame.len);
+        if (c->out.len == 0) {
+            /* nothing queued before it: the frame becomes the output (an
+             * answer of up to 16 MiB is not copied on the loop) */
+            buf t = c->out;
+            c->out = j->frame;
+            j->frame = t;
+        } else {
+            buf_add(&c->out, j->frame.data, j->frame.len);
+        }
         rcp_queue_mark(c, j->seq, j->op, j->t0_ns);
     } else {
         c->closing = true;

@@ -16,9 +16,9 @@
  * answers at once: no client can send anything before then, so nothing is
  * lost by blocking, and the two thread hand-offs per group are gone (16
  * clients at depth 1: +7-14% ops/s in alternating runs, p99 from 0.7-1.8
- * to 0.6-1.0 ms). While some connection may
- * still send, it waits for it at most half an fdatasync (as the flusher
- * would), then hands the group to the flusher.
+ * to 0.6-1.0 ms). While some connection may still send, it waits for it at
+ * most half an fdatasync (as the flusher would), then hands the group to
+ * the flusher.
  *
  * Connection lifecycle: accepted (refused at once past max_connections),
  * optionally a TLS handshake, then requests. BYE, a broken frame, or EOF
