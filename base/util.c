@@ -3,12 +3,14 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <limits.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <stdio.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 #include <unistd.h>
 
 int64_t util_now_ms(void)
@@ -112,4 +114,14 @@ void util_name_thread(const char *name)
     /* prctl names the calling thread only; a failure leaves the inherited
      * name, which is harmless */
     (void)prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+void util_stdio_to_null(void)
+{
+    int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (nul < 0) return;
+    dup2(nul, 0); /* dup2 leaves close-on-exec off the copies */
+    dup2(nul, 1);
+    dup2(nul, 2);
+    if (nul > 2) close(nul);
 }

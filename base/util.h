@@ -40,5 +40,7 @@ bool util_gate_wait_mark(util_gate *g, const uint64_t *mark, uint64_t target, co
 /* Names the calling thread (at most 15 characters), so that top -H, ps -L
  * and gdb show which of the daemon's threads is busy or stuck. */
 void util_name_thread(const char *name);
+/* Points stdin, stdout and stderr at /dev/null (a daemon, a helper process). */
+void util_stdio_to_null(void);
 
 #endif

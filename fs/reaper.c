@@ -23,13 +23,7 @@ int fs_child_fds(int fd)
         fd = 3;
     }
     close_range(4, ~0U, 0);
-    int nul = open("/dev/null", O_RDWR);
-    if (nul >= 0) {
-        dup2(nul, 0);
-        dup2(nul, 1);
-        dup2(nul, 2);
-        if (nul > 3) close(nul);
-    }
+    util_stdio_to_null();
     return fd;
 }
 

@@ -29,6 +29,7 @@
 
 #include "base/buf.h"
 #include "base/log.h"
+#include "base/util.h"
 #include "engine/engine.h"
 #include "fs/fs.h"
 #include "rcp/rcp.h"
@@ -351,15 +352,7 @@ int cmd_mount(int argc, char **argv)
             fprintf(stderr, "stmfs mount: warning: config: ignoring %s: no such setting\n",
                     cfg.ignored);
     }
-    if (!foreground) {
-        int nul = open("/dev/null", O_RDWR);
-        if (nul >= 0) {
-            dup2(nul, 0);
-            dup2(nul, 1);
-            dup2(nul, 2);
-            if (nul > 2) close(nul);
-        }
-    }
+    if (!foreground) util_stdio_to_null();
 
     /* Every thread started from here inherits these blocked; fs_run
      * unblocks them in the loop's thread, which is then the one woken. */
