@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/crc32c.h"
@@ -48,13 +49,20 @@ static void snap_path(eng *e, uint64_t offset, char *out, size_t n)
 void snap_close(eng *e)
 {
     if (e->snap_fd >= 0) close(e->snap_fd);
-    e->snap_fd = -1;
+    if (e->snap_next_fd >= 0) close(e->snap_next_fd);
+    e->snap_fd = e->snap_next_fd = -1;
+    free(e->cap_cursor);
+    e->cap_cursor = NULL;
 }
 
 stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *err)
 {
+    int fd = (pos & SNAP_POS_GEN) == e->snap_gen ? e->snap_fd : e->snap_next_fd;
+    if (fd < 0)
+        return stm_fail(err, STM_INTERNAL_ERROR,
+                        "a history line points into a snapshot that is not open");
     buf_reserve(out, len);
-    ssize_t n = pread(e->snap_fd, out->data + out->len, len, (off_t)pos);
+    ssize_t n = pread(fd, out->data + out->len, len, (off_t)(pos & ~SNAP_POS_GEN));
     if (n != (ssize_t)len)
         return stm_fail(err, STM_WAL_IO_ERROR, "cannot read a history line from the snapshot: %s",
                         n < 0 ? strerror(errno) : "short read");
@@ -64,15 +72,6 @@ stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *e
 }
 
 /* ---- writing ------------------------------------------------------------ */
-
-/* What compaction takes of an instance under the lock. The ids, history
- * entries and snapshot lines of all instances sit in shared buffers: taken
- * one allocation each, 100,000 instances held the lock 30-50 ms longer. */
-typedef struct {
-    size_t id;       /* in the ids buffer */
-    size_t hist;     /* first entry in the hist array */
-    uint32_t n_hist;
-} plan_inst;
 
 /* Appends v in decimal: snprintf for every number of every instance line
  * was a good part of the time the lock is held. */
@@ -245,6 +244,235 @@ static void remove_older(eng *e, uint64_t keep)
     closedir(d);
 }
 
+/* ---- taking the snapshot's content --------------------------------------
+ *
+ * The snapshot describes the database at S, the last record applied when
+ * the compaction begins, but copying 100,000 instances took the engine's
+ * lock for 115-150 ms, during which every request of every client and
+ * every read of the mount waited. So the copy goes a chunk of instances at
+ * a time, in id order, and the instances it has not reached yet are kept
+ * as they were at S: the first change to one of them after S saves its
+ * line and its count of history entries first (snap_capture_before_change,
+ * called with the lock held by the engine's only two paths that change an
+ * instance that exists, an event and a delete). Instances created after S
+ * are left out (their first history entry is after S); history entries
+ * only grow, so those of S are the first n_hist of them. The idempotency
+ * keys go the same way: in the FIFO they sit in the order of their
+ * records, and eviction only takes its head. */
+
+enum { CAPTURE_CHUNK = 1024 };
+
+struct snap_capture {
+    uint32_t n_hist;
+    size_t len;
+    char line[]; /* the instance's snapshot line at S */
+};
+
+/* Called between two chunks. A thread that asked for the lock while a
+ * chunk held it was woken by the unlock, but a mutex goes to whoever asks
+ * first, and the compactor asks again at once: a GET beside a compaction
+ * of 100,000 instances waited 86 ms across the whole copy, though no chunk
+ * held the lock 2 ms. A pause about as long as a wake-up lets it in. */
+static void let_waiters_in(void)
+{
+    struct timespec pause = {0, 50 * 1000};
+    nanosleep(&pause, NULL);
+}
+
+static bool born_after(const instance *in, uint64_t S)
+{
+    return in->n_hist && in->hist[0].seq > S;
+}
+
+void snap_capture_before_change(eng *e, instance *in)
+{
+    if (in->cap || born_after(in, e->cap_seq)) return;
+    if (e->cap_cursor && strcmp(in->id, e->cap_cursor) <= 0) return; /* copied already */
+    buf line = {0};
+    write_instance_line(in, &line);
+    struct snap_capture *c = xmalloc(sizeof *c + line.len + 1);
+    c->n_hist = in->n_hist;
+    c->len = line.len;
+    memcpy(c->line, line.data, line.len);
+    c->line[line.len] = 0;
+    buf_free(&line);
+    in->cap = c;
+}
+
+void snap_capture_free(instance *in)
+{
+    free(in->cap);
+    in->cap = NULL;
+}
+
+/* What compaction takes of the instances. The ids, history entries and
+ * snapshot lines of all instances sit in shared buffers: taken one
+ * allocation each, 100,000 instances held the lock 30-50 ms longer. */
+typedef struct {
+    size_t id;       /* in the ids buffer */
+    size_t hist;     /* first entry in the hist array */
+    uint32_t n_hist;
+} plan_inst;
+
+typedef struct {
+    plan_inst *inst;
+    size_t *iline_at; /* where each instance's line starts in ilines; one more at the end */
+    size_t n, cap;
+    buf ids, ilines;
+    hist_entry *hist;
+    size_t n_hist, cap_hist;
+} snap_plan;
+
+static void plan_take(snap_plan *p, instance *in)
+{
+    if (p->n + 2 > p->cap) {
+        p->cap = p->cap ? 2 * p->cap : 1024;
+        p->inst = xrealloc(p->inst, p->cap * sizeof *p->inst);
+        p->iline_at = xrealloc(p->iline_at, p->cap * sizeof *p->iline_at);
+    }
+    plan_inst *pi = &p->inst[p->n];
+    p->iline_at[p->n++] = p->ilines.len;
+    uint32_t nh = in->n_hist;
+    if (in->cap) {
+        buf_add(&p->ilines, in->cap->line, in->cap->len);
+        nh = in->cap->n_hist;
+        snap_capture_free(in);
+    } else {
+        write_instance_line(in, &p->ilines);
+    }
+    pi->id = p->ids.len;
+    buf_add(&p->ids, in->id, strlen(in->id) + 1);
+    if (p->n_hist + nh > p->cap_hist) {
+        p->cap_hist = 2 * (p->n_hist + nh);
+        p->hist = xrealloc(p->hist, p->cap_hist * sizeof *p->hist);
+    }
+    pi->hist = p->n_hist;
+    pi->n_hist = nh;
+    if (nh) memcpy(p->hist + p->n_hist, in->hist, nh * sizeof *p->hist);
+    p->n_hist += nh;
+}
+
+static void plan_free(snap_plan *p)
+{
+    free(p->inst);
+    free(p->iline_at);
+    buf_free(&p->ids);
+    buf_free(&p->ilines);
+    free(p->hist);
+}
+
+/* Copies every instance of S into p, CAPTURE_CHUNK at a time under the
+ * lock; e->cap_active is set by the caller in the same hold that read S. */
+static void capture_instances(eng *e, uint64_t S, snap_plan *p)
+{
+    for (bool done = false; !done;) {
+        pthread_mutex_lock(&e->lock);
+        instance *in = inst_after(e, e->cap_cursor), *last = NULL;
+        for (size_t k = 0; in && k < CAPTURE_CHUNK; in = in->next[0], k++) {
+            last = in;
+            if (!born_after(in, S)) plan_take(p, in);
+        }
+        if (last) {
+            free(e->cap_cursor);
+            e->cap_cursor = xstrdup(last->id);
+        }
+        done = in == NULL;
+        if (done) {
+            e->cap_active = false;
+            free(e->cap_cursor);
+            e->cap_cursor = NULL;
+        }
+        pthread_mutex_unlock(&e->lock);
+        if (!done) let_waiters_in();
+    }
+    if (!p->iline_at) p->iline_at = xmalloc(sizeof *p->iline_at);
+    p->iline_at[p->n] = p->ilines.len;
+}
+
+typedef struct {
+    idem_entry *k; /* copies; their strings in text, pointed at once it stops moving */
+    size_t (*at)[3];
+    size_t n, cap;
+    buf text;
+} key_plan;
+
+/* Copies the idempotency keys of records up to S, a chunk at a time. A key
+ * that the last chunk stopped at may be evicted meanwhile: then every key
+ * before the FIFO's new head went too, and the copy goes on from there. */
+static void capture_keys(eng *e, uint64_t S, key_plan *kp)
+{
+    idem_entry *next = NULL;
+    uint64_t next_seq = 0;
+    for (bool first = true; first || next; first = false) {
+        pthread_mutex_lock(&e->lock);
+        idem_entry *k = next;
+        if (first || !e->fifo_head || e->fifo_head->seq > next_seq) k = e->fifo_head;
+        for (size_t taken = 0; k && k->seq <= S && taken < CAPTURE_CHUNK; k = k->fifo_next) {
+            if (kp->n == kp->cap) {
+                kp->cap = kp->cap ? 2 * kp->cap : 256;
+                kp->k = xrealloc(kp->k, kp->cap * sizeof *kp->k);
+                kp->at = xrealloc(kp->at, kp->cap * sizeof *kp->at);
+            }
+            kp->k[kp->n] = *k;
+            kp->at[kp->n][0] = kp->text.len;
+            buf_add(&kp->text, k->scope, strlen(k->scope) + 1);
+            kp->at[kp->n][1] = kp->text.len;
+            buf_add(&kp->text, k->key, strlen(k->key) + 1);
+            kp->at[kp->n][2] = SIZE_MAX;
+            if (k->result) {
+                kp->at[kp->n][2] = kp->text.len;
+                buf_add(&kp->text, k->result, strlen(k->result) + 1);
+            }
+            kp->n++;
+            taken++;
+        }
+        next = k && k->seq <= S ? k : NULL;
+        next_seq = next ? next->seq : 0;
+        pthread_mutex_unlock(&e->lock);
+        if (next) let_waiters_in();
+    }
+    for (size_t j = 0; j < kp->n; j++) {
+        idem_entry *kc = &kp->k[j];
+        kc->scope = kp->text.data + kp->at[j][0];
+        kc->key = kp->text.data + kp->at[j][1];
+        kc->result = kp->at[j][2] == SIZE_MAX ? NULL : kp->text.data + kp->at[j][2];
+        kc->hnext = kc->fifo_next = NULL;
+    }
+}
+
+/* Points the history entries of the plan at their lines in the new
+ * snapshot (open on fd), a chunk of instances at a time. Until the last
+ * chunk is done, lines are read from both files, told apart by the entry's
+ * SNAP_POS_GEN bit; then the old file closes. */
+static void repoint_entries(eng *e, const snap_plan *p, const uint64_t *new_pos, int fd,
+                            uint64_t X, uint64_t S)
+{
+    pthread_mutex_lock(&e->lock);
+    uint64_t gen = e->snap_gen ^ SNAP_POS_GEN;
+    e->snap_next_fd = fd;
+    pthread_mutex_unlock(&e->lock);
+    for (size_t j0 = 0; j0 < p->n; j0 += CAPTURE_CHUNK) {
+        pthread_mutex_lock(&e->lock);
+        for (size_t j = j0; j < p->n && j < j0 + CAPTURE_CHUNK; j++) {
+            instance *in = inst_find(e, p->ids.data + p->inst[j].id);
+            if (!in) continue;
+            for (uint32_t h = 0; h < p->inst[j].n_hist && h < in->n_hist; h++)
+                in->hist[h].snap_pos = new_pos[p->inst[j].hist + h] | gen;
+        }
+        pthread_mutex_unlock(&e->lock);
+        let_waiters_in();
+    }
+    pthread_mutex_lock(&e->lock);
+    if (e->snap_fd >= 0) close(e->snap_fd);
+    e->snap_fd = fd;
+    e->snap_next_fd = -1;
+    e->snap_gen = gen;
+    e->snap_offset = X;
+    e->snap_seq = S;
+    e->events_since_compact = 0;
+    pthread_mutex_unlock(&e->lock);
+}
+
 stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *bytes,
                           stm_err *err)
 {
@@ -257,15 +485,10 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
     uint64_t X = e->applied_offset, S = e->applied_seq;
     bool fresh = S > e->snap_seq || e->snap_fd < 0;
     buf content = {0};
-    plan_inst *plan = NULL;
-    size_t n_plan = 0;
-    buf plan_ids = {0}, ilines = {0};
-    hist_entry *plan_hist = NULL;
+    snap_plan plan = {0};
+    key_plan kp = {0};
     uint64_t *new_pos = NULL;
-    size_t *iline_at = NULL;
-    idem_entry **keys = NULL, *key_copies = NULL;
-    size_t n_keys = 0;
-    buf *key_lines = NULL, key_text = {0};
+    buf *key_lines = NULL;
     char **key_results = NULL;
     if (fresh && S > 0) {
         buf_printf(&content,
@@ -273,59 +496,14 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
                    "\"created_at\":%lld}\n",
                    (unsigned long long)X, (unsigned long long)S, (long long)util_now_ms());
         write_machine_lines(e, &content);
-        size_t total = e->n_instances + e->n_deleted;
-        plan = xcalloc(total + 1, sizeof *plan);
-        inst_link_all(e);
-        /* One walk: ids, history entries and the instance lines, which are
-         * taken now, under the lock, so that they match S. */
-        size_t n_hist = 0, cap_hist = 0;
-        iline_at = xmalloc((total + 2) * sizeof *iline_at);
-        for (instance *in = e->head->next[0]; in; in = in->next[0]) {
-            plan_inst *p = &plan[n_plan];
-            iline_at[n_plan++] = ilines.len;
-            write_instance_line(in, &ilines);
-            p->id = plan_ids.len;
-            buf_add(&plan_ids, in->id, strlen(in->id) + 1);
-            if (n_hist + in->n_hist > cap_hist) {
-                cap_hist = 2 * (n_hist + in->n_hist);
-                plan_hist = xrealloc(plan_hist, cap_hist * sizeof *plan_hist);
-            }
-            p->hist = n_hist;
-            p->n_hist = in->n_hist;
-            if (in->n_hist) memcpy(plan_hist + n_hist, in->hist, in->n_hist * sizeof *plan_hist);
-            n_hist += in->n_hist;
-        }
-        iline_at[n_plan] = ilines.len;
-        new_pos = xcalloc(n_hist + 1, sizeof *new_pos);
-        /* Copies of the keys, rendered below without the lock (each may
-         * read its record back from the log); the pointers say later which
-         * ones are still there. */
-        keys = xmalloc((e->n_keys + 1) * sizeof *keys);
-        key_copies = xcalloc(e->n_keys + 1, sizeof *key_copies);
-        /* their strings go in one buffer, pointed at once it stops moving */
-        size_t (*at)[3] = xmalloc((e->n_keys + 1) * sizeof *at);
-        for (idem_entry *k = e->fifo_head; k; k = k->fifo_next) {
-            key_copies[n_keys] = *k;
-            at[n_keys][0] = key_text.len;
-            buf_add(&key_text, k->scope, strlen(k->scope) + 1);
-            at[n_keys][1] = key_text.len;
-            buf_add(&key_text, k->key, strlen(k->key) + 1);
-            at[n_keys][2] = SIZE_MAX;
-            if (k->result) {
-                at[n_keys][2] = key_text.len;
-                buf_add(&key_text, k->result, strlen(k->result) + 1);
-            }
-            keys[n_keys++] = k;
-        }
-        for (size_t j = 0; j < n_keys; j++) {
-            idem_entry *kc = &key_copies[j];
-            kc->scope = key_text.data + at[j][0];
-            kc->key = key_text.data + at[j][1];
-            kc->result = at[j][2] == SIZE_MAX ? NULL : key_text.data + at[j][2];
-            kc->hnext = kc->fifo_next = NULL;
-        }
-        free(at);
+        e->cap_active = true;
+        e->cap_seq = S;
+        free(e->cap_cursor);
+        e->cap_cursor = NULL;
         pthread_mutex_unlock(&e->lock);
+        capture_instances(e, S, &plan);
+        capture_keys(e, S, &kp);
+        new_pos = xcalloc(plan.n_hist + 1, sizeof *new_pos);
 
         /* Everything in the snapshot must be on disk before it stands in for
          * the log, whatever the policy: a snapshot ahead of the log after a
@@ -334,20 +512,21 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         if (rc == STM_OK) rc = eng_sync(e, err);
         wal_stats st;
         wal_get_stats(e->w, &st);
-        for (size_t j = 0; j < n_plan && rc == STM_OK; j++) {
-            buf_add(&content, ilines.data + iline_at[j], iline_at[j + 1] - iline_at[j]);
-            for (uint32_t h = 0; h < plan[j].n_hist && rc == STM_OK; h++) {
-                new_pos[plan[j].hist + h] = content.len;
-                rc = render_line(e, &plan_hist[plan[j].hist + h], st.first_offset, &content, err);
+        for (size_t j = 0; j < plan.n && rc == STM_OK; j++) {
+            buf_add(&content, plan.ilines.data + plan.iline_at[j],
+                    plan.iline_at[j + 1] - plan.iline_at[j]);
+            for (uint32_t h = 0; h < plan.inst[j].n_hist && rc == STM_OK; h++) {
+                new_pos[plan.inst[j].hist + h] = content.len;
+                rc = render_line(e, &plan.hist[plan.inst[j].hist + h], st.first_offset, &content,
+                                 err);
             }
         }
         /* Keys: their records may be compacted, so carry their results,
          * rendered here from the copies, without the lock. */
-        key_lines = xcalloc(n_keys + 1, sizeof *key_lines);
-        key_results = xcalloc(n_keys + 1, sizeof *key_results);
-        for (size_t j = 0; j < n_keys && rc == STM_OK; j++) {
-            const idem_entry *k = &key_copies[j];
-            if (k->seq > S) continue;
+        key_lines = xcalloc(kp.n + 1, sizeof *key_lines);
+        key_results = xcalloc(kp.n + 1, sizeof *key_results);
+        for (size_t j = 0; j < kp.n && rc == STM_OK; j++) {
+            const idem_entry *k = &kp.k[j];
             buf r = {0};
             rc = key_result(e, k, &r, err);
             buf *l = &key_lines[j];
@@ -362,32 +541,30 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
             buf_puts(l, "}\n");
             key_results[j] = buf_detach(&r, NULL);
         }
-        /* Only the keys still kept go in. Entries are freed only by
-         * eviction, which needs the lock taken here, and eviction takes the
-         * oldest first: the keys still there are those from the one now at
-         * the FIFO's head on (a head newer than S means none is: every key
-         * after S came later). Found in one pass: looking each key up in
-         * the whole FIFO made compaction quadratic, 7 s with the lock held
-         * for 30,000 keys. */
+        /* Only the keys still kept go in: eviction takes the oldest first,
+         * so those from the FIFO's head on (a head newer than S: none). */
         pthread_mutex_lock(&e->lock);
-        size_t first_kept = n_keys;
-        if (e->fifo_head && e->fifo_head->seq <= S)
-            for (size_t j = 0; j < n_keys; j++)
-                if (keys[j] == e->fifo_head) {
-                    first_kept = j;
-                    break;
-                }
-        for (size_t j = first_kept; j < n_keys && rc == STM_OK; j++) {
-            idem_entry *k = keys[j];
-            if (k->seq > S) continue;
-            buf_add(&content, key_lines[j].data, key_lines[j].len);
-            if (!k->result && k->offset <= X) {
-                /* keep the result in memory too: its record may go below */
-                k->result = key_results[j];
-                key_results[j] = NULL;
-            }
-        }
+        uint64_t head_seq = e->fifo_head ? e->fifo_head->seq : UINT64_MAX;
         pthread_mutex_unlock(&e->lock);
+        size_t first_kept = 0;
+        while (first_kept < kp.n && kp.k[first_kept].seq < head_seq) first_kept++;
+        for (size_t j = first_kept; j < kp.n && rc == STM_OK; j++)
+            buf_add(&content, key_lines[j].data, key_lines[j].len);
+        /* and a key whose record goes below keeps its result in memory */
+        for (size_t j0 = first_kept; j0 < kp.n && rc == STM_OK; j0 += CAPTURE_CHUNK) {
+            pthread_mutex_lock(&e->lock);
+            for (size_t j = j0; j < kp.n && j < j0 + CAPTURE_CHUNK; j++) {
+                const idem_entry *kc = &kp.k[j];
+                if (kc->result || kc->offset > X) continue;
+                idem_entry *k = idem_find(e, kc->scope, kc->key);
+                if (k && k->seq == kc->seq && !k->result) {
+                    k->result = key_results[j];
+                    key_results[j] = NULL;
+                }
+            }
+            pthread_mutex_unlock(&e->lock);
+            let_waiters_in();
+        }
         if (rc == STM_OK) {
             uint32_t crc = crc32c(0, content.data, content.len);
             buf_printf(&content, "{\"end\":true,\"bytes\":%zu,\"crc\":\"%08x\"}\n", content.len, crc);
@@ -399,19 +576,7 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
                 rc = stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot reopen %s: %s", path,
                               strerror(errno));
             if (rc == STM_OK) {
-                pthread_mutex_lock(&e->lock);
-                for (size_t j = 0; j < n_plan; j++) {
-                    instance *in = inst_find(e, plan_ids.data + plan[j].id);
-                    if (!in) continue;
-                    for (uint32_t h = 0; h < plan[j].n_hist && h < in->n_hist; h++)
-                        in->hist[h].snap_pos = new_pos[plan[j].hist + h];
-                }
-                snap_close(e);
-                e->snap_fd = fd;
-                e->snap_offset = X;
-                e->snap_seq = S;
-                e->events_since_compact = 0;
-                pthread_mutex_unlock(&e->lock);
+                repoint_entries(e, &plan, new_pos, fd, X, S);
                 *created = true;
                 remove_older(e, X);
             }
@@ -419,19 +584,15 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
     } else {
         pthread_mutex_unlock(&e->lock);
     }
-    free(plan);
-    buf_free(&plan_ids);
-    buf_free(&ilines);
-    free(plan_hist);
+    plan_free(&plan);
     free(new_pos);
-    free(iline_at);
-    free(keys);
-    for (size_t j = 0; j < n_keys; j++) {
+    for (size_t j = 0; j < kp.n; j++) {
         if (key_lines) buf_free(&key_lines[j]);
         if (key_results) free(key_results[j]);
     }
-    free(key_copies);
-    buf_free(&key_text);
+    free(kp.k);
+    free(kp.at);
+    buf_free(&kp.text);
     free(key_lines);
     free(key_results);
     buf_free(&content);

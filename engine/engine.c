@@ -642,6 +642,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         const char *to = f.to_state;
         in = f.inst ? f.inst : id ? inst_find(e, id) : NULL;
         if (!in || !to) break;
+        if (e->cap_active) snap_capture_before_change(e, in);
         if (undo) undo_save_instance(e, in, true); /* takes ctx: rewritten below */
         inst_count(e, in, -1);
         in->state = intern(e, to);
@@ -675,6 +676,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
             in = NULL;
             break;
         }
+        if (e->cap_active) snap_capture_before_change(e, in);
         if (undo) undo_save_instance(e, in, false);
         inst_count(e, in, -1);
         in->deleted = true;
@@ -1041,6 +1043,7 @@ stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recover
     pthread_cond_init(&e->stop_cond, NULL);
     pthread_mutex_init(&e->compact_lock, NULL);
     e->snap_fd = -1;
+    e->snap_next_fd = -1;
     e->head = xcalloc(1, sizeof *e->head + SKIP_MAX_LEVEL * sizeof(instance *));
     e->head->id = xstrdup("");
     e->skip_level = 1;
@@ -1085,6 +1088,7 @@ stm_code eng_open(const eng_opts *o, eng **out, wal_recovery *rep, stm_err *err)
 
 void free_instance(instance *in)
 {
+    snap_capture_free(in);
     free(in->ctx);
     free(in->last_event_id);
     free(in->hist);

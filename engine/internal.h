@@ -66,8 +66,10 @@ typedef struct machine {
 typedef struct hist_entry {
     uint64_t offset;
     uint64_t seq;
-    uint64_t snap_pos;          /* where the line stands in the current database
-                                   snapshot (0 = not in one): read from there once
+    uint64_t snap_pos;          /* where the line stands in a database snapshot
+                                   (0 = not in one), with SNAP_POS_GEN telling
+                                   which of the two a compaction may have open
+                                   (snap_read_line): read from there once
                                    compaction has removed its WAL record */
     uint32_t line_len;
     uint8_t chain[32];
@@ -88,6 +90,8 @@ typedef struct instance {
     uint32_t n_hist, cap_hist;
     uint64_t hist_bytes;
     struct instance *hnext;     /* hash chain */
+    struct snap_capture *cap;   /* as it was when a running compaction began,
+                                   taken at its first change since (compact.c) */
     int level;
     struct instance *next[];    /* skip list forward pointers, level entries */
 } instance;
@@ -182,6 +186,14 @@ struct eng {
 
     /* compaction (compact.c): the newest database snapshot */
     int snap_fd;                /* open on it for history lines, -1 if none */
+    int snap_next_fd;           /* the one a compaction is moving entries to */
+    uint64_t snap_gen;          /* SNAP_POS_GEN of entries that point into snap_fd */
+    /* While a compaction copies the instances a chunk at a time, the
+     * instances it has not reached keep what they were at its start
+     * (cap_seq) through snap_capture_before_change. */
+    bool cap_active;
+    uint64_t cap_seq;
+    char *cap_cursor;           /* the last instance id copied; NULL: none yet */
     char *snap_damaged;         /* the newest snapshot file found damaged at open, or NULL */
     uint64_t snap_offset, snap_seq; /* the last record it covers */
     uint64_t applied_offset, applied_seq; /* the last record applied */
@@ -318,8 +330,17 @@ stm_code snap_load(eng *e, stm_err *err);
 /* Takes a database snapshot and deletes the WAL segments it covers. */
 stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *bytes,
                           stm_err *err);
-/* Reads one history line kept in the snapshot. */
+/* The bit of hist_entry.snap_pos that says which snapshot file it points
+ * into: the entries move to a new file a chunk at a time, while lines are
+ * still read from both. */
+#define SNAP_POS_GEN (1ull << 63)
+/* Reads one history line kept in a snapshot (e->lock held); pos is a
+ * hist_entry's current snap_pos. */
 stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *err);
+/* Call with e->lock held before changing an instance that existed before
+ * the compaction in progress began: keeps its line as of then. */
+void snap_capture_before_change(eng *e, instance *in);
+void snap_capture_free(instance *in);
 void snap_close(eng *e);
 /* The background compactor of compaction.* settings. */
 void compactor_start(eng *e);

@@ -263,20 +263,29 @@ stm_code eng_history_read(eng *e, const char *id, uint64_t from, size_t max, buf
     buf payload = {0}, line = {0}, store = {0};
     for (size_t k = 0; k < n && rc == STM_OK; k++) {
         buf_reset(&line);
-        if (copy[k].snap_pos && copy[k].offset < st.first_offset) {
-            /* its record was compacted away: the snapshot keeps the line */
+        wal_record rec;
+        entry_fields f;
+        bool read = false;
+        if (copy[k].offset >= st.first_offset) {
+            read = read_record(e, copy[k].offset, &payload, &rec, &store, &f, err);
+            if (read) eng_render_history(&line, rec.type, &f, rec.offset, rec.seq, copy[k].chain);
+        }
+        if (!read) {
+            /* Its record was compacted away, maybe since the copy: the
+             * entry itself says where a snapshot keeps the line now (the
+             * instance stays: its records are acknowledged). */
             pthread_mutex_lock(&e->lock);
-            rc = snap_read_line(e, copy[k].snap_pos, copy[k].line_len, &line, err);
+            uint64_t at = i + k < in->n_hist ? in->hist[i + k].snap_pos : 0;
+            if (at)
+                rc = snap_read_line(e, at, copy[k].line_len, &line, err);
+            else if (copy[k].offset < st.first_offset)
+                rc = stm_fail(err, STM_WAL_IO_ERROR,
+                              "history of %s: the record at offset %llu is in neither the "
+                              "WAL nor a snapshot", id, (unsigned long long)copy[k].offset);
+            else
+                rc = err ? err->code : STM_WAL_IO_ERROR; /* the log's own error */
             pthread_mutex_unlock(&e->lock);
             if (rc != STM_OK) break;
-        } else {
-            wal_record rec;
-            entry_fields f;
-            if (!read_record(e, copy[k].offset, &payload, &rec, &store, &f, err)) {
-                rc = err ? err->code : STM_WAL_IO_ERROR;
-                break;
-            }
-            eng_render_history(&line, rec.type, &f, rec.offset, rec.seq, copy[k].chain);
         }
         /* the part of this line inside [from, from+max) */
         uint64_t lstart = pos, lend = pos + line.len;

@@ -1477,6 +1477,217 @@ START_TEST(compaction_races_key_eviction)
 }
 END_TEST
 
+/* Compaction copies the instances a chunk at a time with the lock let go
+ * in between, while an event or a delete first saves what an instance not
+ * copied yet was at the snapshot's record. Writers flip 3,000 instances,
+ * delete some and create more, and a reader reads histories (some from the
+ * snapshot, as 4 KiB segments get deleted), all during repeated
+ * compactions. Every snapshot must hold the database at exactly its record
+ * (no instance line or history line after it: replaying the log after it
+ * would apply those twice), and a restart must show what was there before
+ * it, history line for history line. */
+static const char *TICK =
+    "{\"machine\":\"tick\",\"version\":1,\"definition\":{\"states\":[\"on\",\"off\"],\"initial\":"
+    "\"on\",\"transitions\":[{\"from\":\"on\",\"event\":\"FLIP\",\"to\":\"off\"},{\"from\":\"off\","
+    "\"event\":\"FLIP\",\"to\":\"on\"}]}}";
+
+enum { FLIPPED = 3000 };
+
+typedef struct {
+    eng *e;
+    volatile int stop, done;
+    volatile int ops;
+    int reads;
+} churn;
+
+static void run_op(eng *e, const char *op, const char *params)
+{
+    cJSON *p = cJSON_Parse(params), *r = NULL;
+    uint64_t seq;
+    stm_err err;
+    ck_assert_msg(eng_call(e, op, p, &r, &seq, &err) == STM_OK, "%s %s: %s", op, params, err.msg);
+    cJSON_Delete(p);
+    cJSON_Delete(r);
+}
+
+static void *flip_loop(void *arg)
+{
+    churn *c = arg;
+    char p[256];
+    int created = 0;
+    for (int pass = 0; c->ops < 20 * FLIPPED; pass++)
+        for (int i = FLIPPED - 1; i >= 0 && c->ops < 20 * FLIPPED; i--) {
+            if (i % 13 == 0 && pass > 0) {
+                if (pass == 1) {
+                    snprintf(p, sizeof p, "{\"instance_id\":\"c-%05d\"}", i);
+                    run_op(c->e, "DELETE_INSTANCE", p);
+                }
+                continue;
+            }
+            snprintf(p, sizeof p,
+                     "{\"instance_id\":\"c-%05d\",\"event\":\"FLIP\",\"payload\":{\"pass\":%d}}", i,
+                     pass);
+            run_op(c->e, "APPLY_EVENT", p);
+            /* slower than the engine goes, so that compactions of a small
+             * log overlap the writes several times */
+            if (c->ops % 20 == 0) usleep(500);
+            if (++c->ops % 40 == 0) {
+                snprintf(p, sizeof p, "{\"machine\":\"tick\",\"version\":1,\"instance_id\":"
+                                      "\"n-%05d\",\"idempotency_key\":\"nk-%d\"}", created, created);
+                created++;
+                run_op(c->e, "CREATE_INSTANCE", p);
+            }
+        }
+    c->done = 1;
+    return NULL;
+}
+
+static void *history_loop(void *arg)
+{
+    churn *c = arg;
+    unsigned seed = 7;
+    while (!c->stop) {
+        char id[16];
+        snprintf(id, sizeof id, "c-%05d", (int)(rand_r(&seed) % FLIPPED));
+        buf text = {0};
+        uint64_t total = 0;
+        stm_err err;
+        stm_code rc = eng_history_read(c->e, id, 0, 1u << 30, &text, &total, &err);
+        ck_assert_msg(rc == STM_OK, "history of %s: %s", id, err.msg);
+        ck_assert_uint_eq(text.len, total);
+        /* every line whole: a line read from the wrong snapshot is not */
+        for (char *l = text.data, *nl; l && l < text.data + text.len; l = nl + 1) {
+            nl = memchr(l, '\n', (size_t)(text.data + text.len - l));
+            ck_assert_ptr_nonnull(nl);
+            cJSON *h = cJSON_ParseWithLength(l, (size_t)(nl - l));
+            ck_assert_msg(h && json_get(h, "seq"), "history of %s: bad line %.*s", id,
+                          (int)(nl - l), l);
+            cJSON_Delete(h);
+        }
+        buf_free(&text);
+        c->reads++;
+    }
+    return NULL;
+}
+
+static bool add_id(void *arg, const char *id)
+{
+    buf *ids = arg;
+    buf_add(ids, id, strlen(id) + 1);
+    return true;
+}
+
+/* Every instance: its view and its whole history. */
+static void whole_text(eng *e, buf *out)
+{
+    buf ids = {0};
+    eng_list_instance_ids(e, NULL, NULL, SIZE_MAX, add_id, &ids);
+    ck_assert_uint_gt(ids.len, 0);
+    for (const char *id = ids.data; id < ids.data + ids.len; id += strlen(id) + 1) {
+        eng_instance_view v;
+        stm_err err;
+        ck_assert_int_eq(eng_get_instance_view(e, id, false, &v, &err), STM_OK);
+        buf_printf(out, "%s %s %s %d %llu\n", v.id, v.state, v.ctx_json, v.deleted,
+                   (unsigned long long)v.history_lines);
+        eng_instance_view_free(&v);
+        uint64_t total;
+        ck_assert_int_eq(eng_history_read(e, id, 0, 1u << 30, out, &total, &err), STM_OK);
+    }
+    buf_free(&ids);
+}
+
+/* The newest snapshot holds nothing after its own record. */
+static void check_snapshot_exact(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/snapshots", dir);
+    DIR *d = opendir(path);
+    ck_assert_ptr_nonnull(d);
+    char newest[256] = "";
+    for (struct dirent *de; (de = readdir(d));)
+        if (strstr(de->d_name, ".snap") && !strstr(de->d_name, ".tmp") &&
+            strcmp(de->d_name, newest) > 0)
+            snprintf(newest, sizeof newest, "%s", de->d_name);
+    closedir(d);
+    ck_assert_msg(newest[0], "no snapshot in %s", path);
+    snprintf(path, sizeof path, "%s/snapshots/%s", dir, newest);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    double S = -1, hist_left = 0;
+    int instances = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        cJSON *o = cJSON_Parse(line);
+        ck_assert_msg(o != NULL, "%s: bad line %s", newest, line);
+        if (json_get(o, "format")) {
+            S = num(o, "seq");
+        } else if (json_get(o, "i")) {
+            ck_assert_msg(hist_left == 0, "%s: history lines missing before %s", newest, line);
+            ck_assert_msg(num(o, "last_seq") <= S, "%s: instance after seq %.0f: %s", newest, S,
+                          line);
+            hist_left = num(o, "hist");
+            instances++;
+        } else if (json_get(o, "offset") && json_get(o, "seq") && !json_get(o, "k")) {
+            ck_assert_msg(hist_left > 0, "%s: a history line too many: %s", newest, line);
+            ck_assert_msg(num(o, "seq") <= S, "%s: history after seq %.0f: %s", newest, S, line);
+            hist_left--;
+        }
+        cJSON_Delete(o);
+    }
+    free(line);
+    fclose(f);
+    ck_assert_msg(hist_left == 0, "%s: history lines missing at the end", newest);
+    ck_assert_int_ge(instances, FLIPPED);
+}
+
+START_TEST(compaction_takes_one_record_while_writes_go_on)
+{
+    char *dir = tmpdir();
+    eng_opts o;
+    eng *e = open_small_order(dir, &o);
+    cJSON_Delete(ok(e, "PUT_MACHINE", TICK));
+    char p[256];
+    for (int i = 0; i < FLIPPED; i++) {
+        snprintf(p, sizeof p, "{\"machine\":\"tick\",\"version\":1,\"instance_id\":\"c-%05d\","
+                              "\"idempotency_key\":\"ck-%d\",\"initial_ctx\":{\"n\":%d}}", i, i, i);
+        run_op(e, "CREATE_INSTANCE", p);
+    }
+    churn c = {.e = e};
+    pthread_t w, r;
+    ck_assert_int_eq(pthread_create(&w, NULL, flip_loop, &c), 0);
+    ck_assert_int_eq(pthread_create(&r, NULL, history_loop, &c), 0);
+    int compactions = 0;
+    while (!c.done) {
+        int before = c.ops;
+        cJSON_Delete(ok(e, "COMPACT", "{\"force_snapshot\":true}"));
+        if (c.ops == before) continue;
+        compactions++; /* writes went on during this one */
+        check_snapshot_exact(dir);
+    }
+    ck_assert_int_ge(compactions, 2);
+    c.stop = 1;
+    pthread_join(w, NULL);
+    pthread_join(r, NULL);
+    ck_assert_int_gt(c.reads, 0);
+    buf before = {0}, after = {0};
+    whole_text(e, &before);
+    eng_close(e);
+    stm_err err;
+    ck_assert_int_eq(eng_open(&o, &e, NULL, &err), STM_OK);
+    whole_text(e, &after);
+    ck_assert_uint_eq(before.len, after.len);
+    ck_assert_msg(memcmp(before.data, after.data, before.len) == 0,
+                  "the database after a restart differs from before it");
+    buf_free(&before);
+    buf_free(&after);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 /* A watch from an offset that compaction deleted is refused with the oldest
  * offset kept; starting there silently would hide a hole in the stream. The
  * start (offset 0 or 1) and the oldest kept offset still work. */
@@ -2152,6 +2363,7 @@ int main(void)
     tcase_add_test(tc, replay_at_offset);
     tcase_add_test(tc, compaction_keeps_everything);
     tcase_add_test(tc, compaction_races_key_eviction);
+    tcase_add_test(tc, compaction_takes_one_record_while_writes_go_on);
     tcase_add_test(tc, list_totals_kept_as_counts);
     tcase_add_test(tc, list_pages_by_offset);
     tcase_add_test(tc, listing_one_machine_among_many);
