@@ -28,7 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "base/crc32c.h"
@@ -268,17 +267,6 @@ struct snap_capture {
     char line[]; /* the instance's snapshot line at S */
 };
 
-/* Called between two chunks. A thread that asked for the lock while a
- * chunk held it was woken by the unlock, but a mutex goes to whoever asks
- * first, and the compactor asks again at once: a GET beside a compaction
- * of 100,000 instances waited 86 ms across the whole copy, though no chunk
- * held the lock 2 ms. A pause about as long as a wake-up lets it in. */
-static void let_waiters_in(void)
-{
-    struct timespec pause = {0, 50 * 1000};
-    nanosleep(&pause, NULL);
-}
-
 static bool born_after(const instance *in, uint64_t S)
 {
     return in->n_hist && in->hist[0].seq > S;
@@ -383,7 +371,7 @@ static void capture_instances(eng *e, uint64_t S, snap_plan *p)
             e->cap_cursor = NULL;
         }
         pthread_mutex_unlock(&e->lock);
-        if (!done) let_waiters_in();
+        if (!done) lock_pause();
     }
     if (!p->iline_at) p->iline_at = xmalloc(sizeof *p->iline_at);
     p->iline_at[p->n] = p->ilines.len;
@@ -429,7 +417,7 @@ static void capture_keys(eng *e, uint64_t S, key_plan *kp)
         next = k && k->seq <= S ? k : NULL;
         next_seq = next ? next->seq : 0;
         pthread_mutex_unlock(&e->lock);
-        if (next) let_waiters_in();
+        if (next) lock_pause();
     }
     for (size_t j = 0; j < kp->n; j++) {
         idem_entry *kc = &kp->k[j];
@@ -460,7 +448,7 @@ static void repoint_entries(eng *e, const snap_plan *p, const uint64_t *new_pos,
                 in->hist[h].snap_pos = new_pos[p->inst[j].hist + h] | gen;
         }
         pthread_mutex_unlock(&e->lock);
-        let_waiters_in();
+        lock_pause();
     }
     pthread_mutex_lock(&e->lock);
     if (e->snap_fd >= 0) close(e->snap_fd);
@@ -563,7 +551,7 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
                 }
             }
             pthread_mutex_unlock(&e->lock);
-            let_waiters_in();
+            lock_pause();
         }
         if (rc == STM_OK) {
             uint32_t crc = crc32c(0, content.data, content.len);

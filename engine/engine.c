@@ -267,6 +267,12 @@ void inst_link_all(eng *e)
     e->n_unlinked = 0;
 }
 
+void lock_pause(void)
+{
+    struct timespec pause = {0, 50 * 1000};
+    nanosleep(&pause, NULL);
+}
+
 /* First instance with id > after (after NULL: the first). */
 instance *inst_after(eng *e, const char *after)
 {

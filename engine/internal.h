@@ -322,6 +322,14 @@ void undo_free_all(eng *e);
 typedef stm_code (*op_fn)(eng *, const cJSON *, cJSON **, uint64_t *, stm_err *);
 op_fn ops_lookup(const char *op, bool *locked);
 
+/* For a loop that takes e->lock a chunk at a time, between two chunks. A
+ * thread that asked for the lock during a chunk was woken by the unlock,
+ * but a mutex goes to whoever asks first, and the loop asks again at once:
+ * a GET beside a compaction of 100,000 instances waited 86 ms across the
+ * whole copy, though no chunk held the lock 2 ms. A pause about as long as
+ * a wake-up lets it in. */
+void lock_pause(void);
+
 /* compact.c */
 /* Removes snapshot temp files a crash left behind (at open, writers only). */
 void snap_remove_stale_tmp(eng *e);

@@ -102,6 +102,7 @@ size_t eng_list_instance_ids(eng *e, const char *machine, const char *after, siz
             }
         for (size_t i = 0; i < n; i++) free(ids[i]);
         if (stop || end || !last || visited >= max) break;
+        lock_pause();
     }
     free(cursor);
     return visited;
