@@ -7,6 +7,7 @@
 #include <linux/futex.h>
 #include <stdio.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -114,6 +115,17 @@ void util_name_thread(const char *name)
     /* prctl names the calling thread only; a failure leaves the inherited
      * name, which is harmless */
     (void)prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
+unsigned long long util_raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0) rl = want;
+    }
+    return (unsigned long long)rl.rlim_cur;
 }
 
 void util_stdio_to_null(void)

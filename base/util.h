@@ -42,5 +42,9 @@ bool util_gate_wait_mark(util_gate *g, const uint64_t *mark, uint64_t target, co
 void util_name_thread(const char *name);
 /* Points stdin, stdout and stderr at /dev/null (a daemon, a helper process). */
 void util_stdio_to_null(void);
+/* Raises the soft limit of open descriptors to the hard one and returns
+ * it: the log keeps each segment open and every client is a socket, and a
+ * shell's usual 1,024 would stop a long log or a big pool with EMFILE. */
+unsigned long long util_raise_fd_limit(void);
 
 #endif

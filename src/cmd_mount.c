@@ -364,6 +364,7 @@ int cmd_mount(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    log_debug("open descriptors: up to %llu", util_raise_fd_limit());
     eng_opts o;
     config_to_eng_opts(&cfg, &o);
     o.data_dir = cfg.data_dir;

@@ -16,6 +16,7 @@
 
 #include "base/buf.h"
 #include "base/log.h"
+#include "base/util.h"
 #include "engine/engine.h"
 #include "rcp/rcp.h"
 #include "src/cmds.h"
@@ -111,6 +112,7 @@ int cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    log_debug("open descriptors: up to %llu", util_raise_fd_limit());
     eng_opts o;
     config_to_eng_opts(&cfg, &o);
     o.data_dir = cfg.data_dir;

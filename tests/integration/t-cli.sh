@@ -28,7 +28,9 @@ expect() { # expect DESCRIPTION COMMAND...
     fi
 }
 
-"$STMFS" serve "$T/data" --bind 127.0.0.1:0 >"$T/serve.out" 2>"$T/serve.err" &
+# started from a shell with a low soft limit of descriptors, which serve
+# raises to the hard one (the log keeps its segments open)
+(ulimit -Sn 256 && exec "$STMFS" serve "$T/data" --bind 127.0.0.1:0 >"$T/serve.out" 2>"$T/serve.err") &
 SERVER=$!
 for _ in $(seq 100); do
     ADDR=$(sed -n 's/^listening on //p' "$T/serve.out" | head -1)
@@ -38,6 +40,8 @@ done
 call() { "$STMFS" call --addr "$ADDR" "$@"; }
 
 expect "serve prints the address it bound" test -n "$ADDR"
+expect "serve raises its soft limit of open files to the hard one" \
+    awk '/^Max open files/ { exit !($4 == $5) }' "/proc/$SERVER/limits"
 expect "call ping answers" sh -c "'$STMFS' call --addr $ADDR ping | grep -q pong"
 expect "call put-machine defines a machine" sh -c "'$STMFS' call --addr $ADDR put-machine \
   '{\"machine\":\"order\",\"version\":1,\"definition\":{\"states\":[\"created\",\"paid\"],\"initial\":\"created\",\"transitions\":[{\"from\":\"created\",\"event\":\"PAY\",\"to\":\"paid\"}]}}' \
