@@ -193,30 +193,89 @@ static stm_code key_result(eng *e, const idem_entry *k, buf *out, stm_err *err)
     return STM_OK;
 }
 
-static stm_code write_file(eng *e, const char *path, const buf *content, stm_err *err)
+/* The snapshot goes to its file as it is rendered, a few MiB at a time:
+ * built whole in memory first, it cost as much memory as the database's
+ * history (80 MB at 100,000 instances with a line each), on top of the
+ * database itself. It is written to a temp file, fdatasynced, renamed into
+ * place and the directory fsynced; a failure leaves no temp file. */
+#define SNAP_FLUSH_BYTES (4u << 20)
+
+typedef struct {
+    const wal_io *io;
+    char path[4200], tmp[4300], dir[4200];
+    int fd;
+    uint64_t written; /* bytes in the file */
+    uint32_t crc;     /* of those bytes */
+    buf pend;         /* rendered, not yet written */
+    int error;        /* errno of the first failed write (0: none) */
+} snap_writer;
+
+static stm_code sw_open(snap_writer *w, eng *e, uint64_t X, stm_err *err)
 {
-    const wal_io *io = io_of(e);
-    char tmp[4300], dir[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    snprintf(dir, sizeof dir, "%s/snapshots", e->data_dir);
-    int fd = io->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot create %s: %s", tmp,
+    memset(w, 0, sizeof *w);
+    w->io = io_of(e);
+    snap_path(e, X, w->path, sizeof w->path);
+    snprintf(w->tmp, sizeof w->tmp, "%s.tmp", w->path);
+    snprintf(w->dir, sizeof w->dir, "%s/snapshots", e->data_dir);
+    w->fd = w->io->open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (w->fd < 0)
+        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot create %s: %s", w->tmp,
                         strerror(errno));
+    return STM_OK;
+}
+
+/* Where the next byte appended to w->pend will stand in the file. */
+static uint64_t sw_pos(const snap_writer *w)
+{
+    return w->written + w->pend.len;
+}
+
+static void sw_flush(snap_writer *w)
+{
     size_t done = 0;
-    while (done < content->len) {
-        ssize_t n = io->pwrite(fd, content->data + done, content->len - done, (off_t)done);
-        if (n <= 0) break;
-        done += (size_t)n;
+    while (!w->error && done < w->pend.len) {
+        ssize_t n = w->io->pwrite(w->fd, w->pend.data + done, w->pend.len - done,
+                                  (off_t)(w->written + done));
+        if (n <= 0) w->error = n < 0 ? errno : EIO;
+        else done += (size_t)n;
     }
-    int saved = errno;
-    bool ok = done == content->len && io->fdatasync(fd) == 0;
-    if (!ok && done == content->len) saved = errno;
-    io->close(fd);
-    if (!ok || io->rename(tmp, path) != 0 || io->fsync_dir(dir) != 0) {
-        if (ok) saved = errno;
-        io->unlink(tmp);
-        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: writing %s failed: %s", path,
+    w->crc = crc32c(w->crc, w->pend.data, done);
+    w->written += done;
+    buf_reset(&w->pend);
+}
+
+static void sw_maybe_flush(snap_writer *w)
+{
+    if (w->pend.len >= SNAP_FLUSH_BYTES) sw_flush(w);
+}
+
+static void sw_abort(snap_writer *w)
+{
+    if (w->fd >= 0) {
+        w->io->close(w->fd);
+        w->io->unlink(w->tmp);
+    }
+    w->fd = -1;
+    buf_free(&w->pend);
+}
+
+/* Appends the trailer, makes the file durable and puts it in place. */
+static stm_code sw_finish(snap_writer *w, stm_err *err)
+{
+    sw_flush(w);
+    buf_printf(&w->pend, "{\"end\":true,\"bytes\":%llu,\"crc\":\"%08x\"}\n",
+               (unsigned long long)w->written, w->crc);
+    sw_flush(w);
+    int saved = w->error;
+    if (!saved && w->io->fdatasync(w->fd) != 0) saved = errno;
+    w->io->close(w->fd);
+    w->fd = -1;
+    if (!saved && w->io->rename(w->tmp, w->path) != 0) saved = errno;
+    if (!saved && w->io->fsync_dir(w->dir) != 0) saved = errno;
+    buf_free(&w->pend);
+    if (saved) {
+        w->io->unlink(w->tmp);
+        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: writing %s failed: %s", w->path,
                         strerror(saved));
     }
     return STM_OK;
@@ -472,18 +531,17 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
     pthread_mutex_lock(&e->lock);
     uint64_t X = e->applied_offset, S = e->applied_seq;
     bool fresh = S > e->snap_seq || e->snap_fd < 0;
-    buf content = {0};
+    buf head = {0};
     snap_plan plan = {0};
     key_plan kp = {0};
     uint64_t *new_pos = NULL;
-    buf *key_lines = NULL;
     char **key_results = NULL;
     if (fresh && S > 0) {
-        buf_printf(&content,
+        buf_printf(&head,
                    "{\"format\":\"stmfs-db-snapshot\",\"version\":1,\"offset\":%llu,\"seq\":%llu,"
                    "\"created_at\":%lld}\n",
                    (unsigned long long)X, (unsigned long long)S, (long long)util_now_ms());
-        write_machine_lines(e, &content);
+        write_machine_lines(e, &head);
         e->cap_active = true;
         e->cap_seq = S;
         free(e->cap_cursor);
@@ -492,32 +550,47 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         capture_instances(e, S, &plan);
         capture_keys(e, S, &kp);
         new_pos = xcalloc(plan.n_hist + 1, sizeof *new_pos);
+        key_results = xcalloc(kp.n + 1, sizeof *key_results);
 
         /* Everything in the snapshot must be on disk before it stands in for
          * the log, whatever the policy: a snapshot ahead of the log after a
          * power loss would describe records that no longer exist. */
         rc = eng_wait(e, S, err);
         if (rc == STM_OK) rc = eng_sync(e, err);
+        snap_writer sw;
+        bool writing = false;
+        if (rc == STM_OK) rc = sw_open(&sw, e, X, err);
+        if (rc == STM_OK) {
+            writing = true;
+            buf_add(&sw.pend, head.data, head.len);
+        }
         wal_stats st;
         wal_get_stats(e->w, &st);
         for (size_t j = 0; j < plan.n && rc == STM_OK; j++) {
-            buf_add(&content, plan.ilines.data + plan.iline_at[j],
+            buf_add(&sw.pend, plan.ilines.data + plan.iline_at[j],
                     plan.iline_at[j + 1] - plan.iline_at[j]);
             for (uint32_t h = 0; h < plan.inst[j].n_hist && rc == STM_OK; h++) {
-                new_pos[plan.inst[j].hist + h] = content.len;
-                rc = render_line(e, &plan.hist[plan.inst[j].hist + h], st.first_offset, &content,
+                new_pos[plan.inst[j].hist + h] = sw_pos(&sw);
+                rc = render_line(e, &plan.hist[plan.inst[j].hist + h], st.first_offset, &sw.pend,
                                  err);
             }
+            sw_maybe_flush(&sw);
+            if (sw.error) break; /* sw_finish reports it */
         }
         /* Keys: their records may be compacted, so carry their results,
-         * rendered here from the copies, without the lock. */
-        key_lines = xcalloc(kp.n + 1, sizeof *key_lines);
-        key_results = xcalloc(kp.n + 1, sizeof *key_results);
-        for (size_t j = 0; j < kp.n && rc == STM_OK; j++) {
+         * rendered from the copies, without the lock. Only those still
+         * kept go in: eviction takes the oldest first, so those from the
+         * FIFO's head on (a head newer than S: none). */
+        pthread_mutex_lock(&e->lock);
+        uint64_t head_seq = e->fifo_head ? e->fifo_head->seq : UINT64_MAX;
+        pthread_mutex_unlock(&e->lock);
+        size_t first_kept = 0;
+        while (first_kept < kp.n && kp.k[first_kept].seq < head_seq) first_kept++;
+        for (size_t j = first_kept; j < kp.n && rc == STM_OK; j++) {
             const idem_entry *k = &kp.k[j];
             buf r = {0};
             rc = key_result(e, k, &r, err);
-            buf *l = &key_lines[j];
+            buf *l = &sw.pend;
             buf_puts(l, "{\"k\":");
             json_write_str(l, k->key);
             buf_puts(l, ",\"scope\":");
@@ -527,23 +600,16 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
                        (unsigned long long)k->seq);
             buf_add(l, r.data, r.len);
             buf_puts(l, "}\n");
-            key_results[j] = buf_detach(&r, NULL);
+            sw_maybe_flush(&sw);
+            if (!k->result && k->offset <= X) key_results[j] = buf_detach(&r, NULL);
+            buf_free(&r);
         }
-        /* Only the keys still kept go in: eviction takes the oldest first,
-         * so those from the FIFO's head on (a head newer than S: none). */
-        pthread_mutex_lock(&e->lock);
-        uint64_t head_seq = e->fifo_head ? e->fifo_head->seq : UINT64_MAX;
-        pthread_mutex_unlock(&e->lock);
-        size_t first_kept = 0;
-        while (first_kept < kp.n && kp.k[first_kept].seq < head_seq) first_kept++;
-        for (size_t j = first_kept; j < kp.n && rc == STM_OK; j++)
-            buf_add(&content, key_lines[j].data, key_lines[j].len);
         /* and a key whose record goes below keeps its result in memory */
         for (size_t j0 = first_kept; j0 < kp.n && rc == STM_OK; j0 += CAPTURE_CHUNK) {
             pthread_mutex_lock(&e->lock);
             for (size_t j = j0; j < kp.n && j < j0 + CAPTURE_CHUNK; j++) {
                 const idem_entry *kc = &kp.k[j];
-                if (kc->result || kc->offset > X) continue;
+                if (!key_results[j]) continue;
                 idem_entry *k = idem_find(e, kc->scope, kc->key);
                 if (k && k->seq == kc->seq && !k->result) {
                     k->result = key_results[j];
@@ -554,36 +620,30 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
             lock_pause();
         }
         if (rc == STM_OK) {
-            uint32_t crc = crc32c(0, content.data, content.len);
-            buf_printf(&content, "{\"end\":true,\"bytes\":%zu,\"crc\":\"%08x\"}\n", content.len, crc);
-            char path[4200];
-            snap_path(e, X, path, sizeof path);
-            rc = write_file(e, path, &content, err);
-            int fd = rc == STM_OK ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+            rc = sw_finish(&sw, err);
+            int fd = rc == STM_OK ? open(sw.path, O_RDONLY | O_CLOEXEC) : -1;
             if (rc == STM_OK && fd < 0)
-                rc = stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot reopen %s: %s", path,
+                rc = stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot reopen %s: %s", sw.path,
                               strerror(errno));
             if (rc == STM_OK) {
                 repoint_entries(e, &plan, new_pos, fd, X, S);
                 *created = true;
                 remove_older(e, X);
             }
+        } else if (writing) {
+            sw_abort(&sw);
         }
     } else {
         pthread_mutex_unlock(&e->lock);
     }
+    buf_free(&head);
     plan_free(&plan);
     free(new_pos);
-    for (size_t j = 0; j < kp.n; j++) {
-        if (key_lines) buf_free(&key_lines[j]);
-        if (key_results) free(key_results[j]);
-    }
+    for (size_t j = 0; key_results && j < kp.n; j++) free(key_results[j]);
     free(kp.k);
     free(kp.at);
     buf_free(&kp.text);
-    free(key_lines);
     free(key_results);
-    buf_free(&content);
 
     /* Delete segments wholly before the one holding the snapshot's last
      * record; first take their lines out of the entries file's accounting. */
