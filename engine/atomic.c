@@ -369,6 +369,7 @@ stm_code eng_call_atomic(eng *e, size_t n, const char *const *ops, const cJSON *
     }
     static const cJSON empty = {.type = cJSON_Object};
     pthread_mutex_lock(&e->lock);
+    e->atomic_batch = true;
     e->dry_run = true;
     e->txn_written = 0;
     stm_code rc = STM_OK;
@@ -401,6 +402,7 @@ stm_code eng_call_atomic(eng *e, size_t n, const char *const *ops, const cJSON *
                 e->live[i].upto = e->live_seq;
         if (rc != STM_OK) free_results(results, n);
     }
+    e->atomic_batch = false;
     pthread_mutex_unlock(&e->lock);
     return rc;
 }

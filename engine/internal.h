@@ -201,6 +201,7 @@ struct eng {
 
     uint64_t events_since_compact;
     uint64_t list_gen;          /* moved by every applied or undone record */
+    bool atomic_batch;          /* one runs: its ops keep the lock throughout */
     list_hint list_hints[4];    /* a few clients paging at once */
     unsigned list_hint_next;
     int64_t last_compact_ms;

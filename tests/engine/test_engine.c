@@ -1688,6 +1688,78 @@ START_TEST(compaction_takes_one_record_while_writes_go_on)
 }
 END_TEST
 
+/* A long LIST_INSTANCES lets the lock go every 1,024 instances it walks,
+ * so writers go on in the middle of a page. Each page must still be a
+ * sorted list of distinct ids that exist (never an instance twice, never
+ * a freed one), whatever was created or deleted during it. */
+static void *create_delete_loop(void *arg)
+{
+    churn *c = arg;
+    char p[256];
+    for (int i = 0; i < FLIPPED && !c->stop; i++) {
+        if (i % 20 == 0) usleep(2000); /* spread over many pages */
+        snprintf(p, sizeof p, "{\"machine\":\"tick\",\"version\":1,\"instance_id\":\"d-%05d\"}",
+                 i);
+        run_op(c->e, "CREATE_INSTANCE", p);
+        snprintf(p, sizeof p, "{\"instance_id\":\"c-%05d\"}", (i * 7919) % FLIPPED);
+        cJSON *q = cJSON_Parse(p), *r = NULL;
+        uint64_t seq;
+        stm_err err;
+        eng_call(c->e, "DELETE_INSTANCE", q, &r, &seq, &err); /* again once deleted: fine */
+        cJSON_Delete(q);
+        cJSON_Delete(r);
+        c->ops++;
+    }
+    c->done = 1;
+    return NULL;
+}
+
+START_TEST(list_walks_in_chunks_beside_writes)
+{
+    char *dir = tmpdir();
+    eng *e = open_dir(dir, "never");
+    cJSON_Delete(ok(e, "PUT_MACHINE", TICK));
+    char p[256];
+    for (int i = 0; i < FLIPPED; i++) {
+        snprintf(p, sizeof p, "{\"machine\":\"tick\",\"version\":1,\"instance_id\":\"c-%05d\"}", i);
+        run_op(e, "CREATE_INSTANCE", p);
+    }
+    churn c = {.e = e};
+    pthread_t w;
+    ck_assert_int_eq(pthread_create(&w, NULL, create_delete_loop, &c), 0);
+    int pages = 0, overlapped = 0;
+    while (!c.done || pages < 10) {
+        int before = c.ops;
+        const char *params = pages % 2 ? "{\"limit\":100000}" : "{\"limit\":100000,\"offset\":5}";
+        cJSON *l = ok(e, "LIST_INSTANCES", params);
+        const cJSON *it;
+        const char *prev = NULL;
+        int n = 0;
+        cJSON_ArrayForEach(it, json_get(l, "instances"))
+        {
+            const char *id = str(it, "id");
+            ck_assert_msg(!prev || strcmp(prev, id) < 0, "page %d: %s after %s", pages, id, prev);
+            ck_assert_msg(id[0] == 'c' || id[0] == 'd', "page %d: id %s", pages, id);
+            prev = id;
+            n++;
+        }
+        ck_assert_int_gt(n, 0);
+        cJSON_Delete(l);
+        pages++;
+        overlapped += c.ops != before;
+    }
+    ck_assert_int_ge(overlapped, 3);
+    pthread_join(w, NULL);
+    /* at rest, a page is exact again */
+    cJSON *l = ok(e, "LIST_INSTANCES", "{\"limit\":100000}");
+    ck_assert_int_eq(cJSON_GetArraySize(json_get(l, "instances")), (int)num(l, "total"));
+    cJSON_Delete(l);
+    eng_close(e);
+    rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 /* The snapshot is written as it is rendered, 4 MiB at a time. A disk that
  * fills up in the middle of it (the second chunk of a 6 MB snapshot fails
  * with ENOSPC, the log's own writes still pass) fails the COMPACT with the
@@ -2452,6 +2524,7 @@ int main(void)
     tcase_add_test(tc, compaction_races_key_eviction);
     tcase_add_test(tc, compaction_takes_one_record_while_writes_go_on);
     tcase_add_test(tc, snapshot_write_fails_midway);
+    tcase_add_test(tc, list_walks_in_chunks_beside_writes);
     tcase_add_test(tc, list_totals_kept_as_counts);
     tcase_add_test(tc, list_pages_by_offset);
     tcase_add_test(tc, listing_one_machine_among_many);
