@@ -45,6 +45,16 @@ static void snap_path(eng *e, uint64_t offset, char *out, size_t n)
     snprintf(out, n, "%s/snapshots/db-%016llx.snap", e->data_dir, (unsigned long long)offset);
 }
 
+/* Once the copy is done: captures of instances an undo removed meanwhile
+ * were never taken (e->lock held), and at close. */
+static void caps_free(eng *e)
+{
+    for (size_t i = 0; i < e->n_caps; i++) free(e->caps[i]);
+    free(e->caps);
+    e->caps = NULL;
+    e->n_caps = e->cap_caps = 0;
+}
+
 void snap_close(eng *e)
 {
     if (e->snap_fd >= 0) close(e->snap_fd);
@@ -52,6 +62,7 @@ void snap_close(eng *e)
     e->snap_fd = e->snap_next_fd = -1;
     free(e->cap_cursor);
     e->cap_cursor = NULL;
+    caps_free(e);
 }
 
 stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *err)
@@ -343,14 +354,14 @@ void snap_capture_before_change(eng *e, instance *in)
     memcpy(c->line, line.data, line.len);
     c->line[line.len] = 0;
     buf_free(&line);
-    in->cap = c;
+    if (e->n_caps == e->cap_caps) {
+        e->cap_caps = e->cap_caps ? 2 * e->cap_caps : 64;
+        e->caps = xrealloc(e->caps, e->cap_caps * sizeof *e->caps);
+    }
+    e->caps[e->n_caps++] = c;
+    in->cap = (uint32_t)e->n_caps;
 }
 
-void snap_capture_free(instance *in)
-{
-    free(in->cap);
-    in->cap = NULL;
-}
 
 /* What compaction takes of the instances. The ids, history entries and
  * snapshot lines of all instances sit in shared buffers: taken one
@@ -370,7 +381,7 @@ typedef struct {
     size_t n_hist, cap_hist;
 } snap_plan;
 
-static void plan_take(snap_plan *p, instance *in)
+static void plan_take(eng *e, snap_plan *p, instance *in)
 {
     if (p->n + 2 > p->cap) {
         p->cap = p->cap ? 2 * p->cap : 1024;
@@ -381,9 +392,12 @@ static void plan_take(snap_plan *p, instance *in)
     p->iline_at[p->n++] = p->ilines.len;
     uint32_t nh = in->n_hist;
     if (in->cap) {
-        buf_add(&p->ilines, in->cap->line, in->cap->len);
-        nh = in->cap->n_hist;
-        snap_capture_free(in);
+        struct snap_capture *c = e->caps[in->cap - 1];
+        buf_add(&p->ilines, c->line, c->len);
+        nh = c->n_hist;
+        free(c);
+        e->caps[in->cap - 1] = NULL;
+        in->cap = 0;
     } else {
         write_instance_line(in, &p->ilines);
     }
@@ -417,7 +431,7 @@ static void capture_instances(eng *e, uint64_t S, snap_plan *p)
         instance *in = inst_after(e, e->cap_cursor), *last = NULL;
         for (size_t k = 0; in && k < CAPTURE_CHUNK; in = in->next[0], k++) {
             last = in;
-            if (!born_after(in, S)) plan_take(p, in);
+            if (!born_after(in, S)) plan_take(e, p, in);
         }
         if (last) {
             free(e->cap_cursor);
@@ -428,6 +442,7 @@ static void capture_instances(eng *e, uint64_t S, snap_plan *p)
             e->cap_active = false;
             free(e->cap_cursor);
             e->cap_cursor = NULL;
+            caps_free(e);
         }
         pthread_mutex_unlock(&e->lock);
         if (!done) lock_pause();

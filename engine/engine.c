@@ -1094,7 +1094,6 @@ stm_code eng_open(const eng_opts *o, eng **out, wal_recovery *rep, stm_err *err)
 
 void free_instance(instance *in)
 {
-    snap_capture_free(in);
     free(in->ctx);
     free(in->last_event_id);
     free(in->hist);

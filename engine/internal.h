@@ -90,9 +90,11 @@ typedef struct instance {
     uint32_t n_hist, cap_hist;
     uint64_t hist_bytes;
     struct instance *hnext;     /* hash chain */
-    struct snap_capture *cap;   /* as it was when a running compaction began,
-                                   taken at its first change since (compact.c) */
     int level;
+    /* as it was when a running compaction began, taken at its first change
+     * since: e->caps[cap - 1], 0 if none (compact.c); in the padding before
+     * next[], so the hot part of an instance stays 128 bytes */
+    uint32_t cap;
     struct instance *next[];    /* skip list forward pointers, level entries */
 } instance;
 
@@ -186,6 +188,22 @@ struct eng {
 
     /* compaction (compact.c): the newest database snapshot */
     int snap_fd;                /* open on it for history lines, -1 if none */
+    char *snap_damaged;         /* the newest snapshot file found damaged at open, or NULL */
+    uint64_t snap_offset, snap_seq; /* the last record it covers */
+    uint64_t applied_offset, applied_seq; /* the last record applied */
+    pthread_mutex_t compact_lock; /* one compaction at a time */
+
+    uint64_t events_since_compact;
+    uint64_t list_gen;          /* moved by every applied or undone record */
+    list_hint list_hints[4];    /* a few clients paging at once */
+    unsigned list_hint_next;
+    int64_t last_compact_ms;
+    pthread_t compactor;
+    bool compactor_running, stopping;
+    pthread_cond_t stop_cond;
+
+    /* Rarely touched, so at the end: the fields above are laid out as they
+     * were measured. compact.c: */
     int snap_next_fd;           /* the one a compaction is moving entries to */
     uint64_t snap_gen;          /* SNAP_POS_GEN of entries that point into snap_fd */
     /* While a compaction copies the instances a chunk at a time, the
@@ -194,20 +212,10 @@ struct eng {
     bool cap_active;
     uint64_t cap_seq;
     char *cap_cursor;           /* the last instance id copied; NULL: none yet */
-    char *snap_damaged;         /* the newest snapshot file found damaged at open, or NULL */
-    uint64_t snap_offset, snap_seq; /* the last record it covers */
-    uint64_t applied_offset, applied_seq; /* the last record applied */
-    pthread_mutex_t compact_lock; /* one compaction at a time */
-
-    uint64_t events_since_compact;
-    uint64_t list_gen;          /* moved by every applied or undone record */
+    struct snap_capture **caps; /* taken so far (instance.cap) */
+    size_t n_caps, cap_caps;
+    /* atomic.c: */
     bool atomic_batch;          /* one runs: its ops keep the lock throughout */
-    list_hint list_hints[4];    /* a few clients paging at once */
-    unsigned list_hint_next;
-    int64_t last_compact_ms;
-    pthread_t compactor;
-    bool compactor_running, stopping;
-    pthread_cond_t stop_cond;
 };
 
 #define ENTRY_INDEX_STEP 256
@@ -349,7 +357,6 @@ stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *e
 /* Call with e->lock held before changing an instance that existed before
  * the compaction in progress began: keeps its line as of then. */
 void snap_capture_before_change(eng *e, instance *in);
-void snap_capture_free(instance *in);
 void snap_close(eng *e);
 /* The background compactor of compaction.* settings. */
 void compactor_start(eng *e);
