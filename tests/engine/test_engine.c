@@ -113,6 +113,16 @@ static double num(const cJSON *o, const char *k)
     return v->valuedouble;
 }
 
+/* GET_INSTANCE of id answers with state want. */
+static void check_state(eng *e, const char *id, const char *want)
+{
+    char p[256];
+    snprintf(p, sizeof p, "{\"instance_id\":\"%s\"}", id);
+    cJSON *r = ok(e, "GET_INSTANCE", p);
+    ck_assert_str_eq(str(r, "state"), want);
+    cJSON_Delete(r);
+}
+
 /* eng_wait for a number no record has returns an error at once (a damaged
  * snapshot naming one made a history read hang). */
 START_TEST(wait_for_unwritten_seq_fails)
@@ -361,9 +371,7 @@ START_TEST(atomic_batch_all_or_nothing)
     }
     eng_close(e);
     e = open_dir(dir, NULL);
-    cJSON *r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"b-1\"}");
-    ck_assert_str_eq(str(r, "state"), "shipped");
-    cJSON_Delete(r);
+    check_state(e, "b-1", "shipped");
     eng_close(e);
     rmrf(dir);
     free(dir);
@@ -513,9 +521,7 @@ START_TEST(atomic_batch_repeated_key)
     ck_assert_uint_eq(failed, 1);
     eng_get_stats(e, &es);
     ck_assert_uint_eq(es.wal.entry_count, records); /* nothing written */
-    cJSON *g = ok(e, "GET_INSTANCE", "{\"instance_id\":\"bk3\"}");
-    ck_assert_str_eq(str(g, "state"), "created");
-    cJSON_Delete(g);
+    check_state(e, "bk3", "created");
     /* best effort, op by op: the second is the conflict */
     cJSON_Delete(ok(e, "APPLY_EVENT", differ[0]));
     fails(e, "APPLY_EVENT", differ[1], STM_CONFLICT, "pay-bk3");
@@ -1009,9 +1015,7 @@ START_TEST(limits_refuse_and_name_the_key)
                       .max_ctx_bytes = 40, .max_payload_bytes = 30};
     e = open_limited(dir, &lim);
     /* what the log holds loads and reads as before, under tighter limits */
-    cJSON *r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"a-long-id-0123456789\"}");
-    ck_assert_str_eq(str(r, "state"), "created");
-    cJSON_Delete(r);
+    check_state(e, "a-long-id-0123456789", "created");
     /* an identical re-put is still a no-op, not a refusal */
     cJSON_Delete(ok(e, "PUT_MACHINE", ORDER));
     cJSON_Delete(ok(e, "CREATE_INSTANCE", "{\"machine\":\"order\",\"version\":1,\"instance_id\":"
@@ -1061,9 +1065,7 @@ START_TEST(limits_refuse_and_name_the_key)
           STM_BAD_REQUEST, "the merged context would be 50 bytes as compact JSON, over limits.max_ctx_bytes (40)");
     /* nothing of the refused requests reached the log or the state */
     ck_assert_uint_eq(eng_acked_seq(e), before);
-    r = ok(e, "GET_INSTANCE", "{\"instance_id\":\"c\"}");
-    ck_assert_str_eq(str(r, "state"), "created");
-    cJSON_Delete(r);
+    check_state(e, "c", "created");
     /* within the limits, the same machine works */
     cJSON_Delete(ok(e, "APPLY_EVENT",
                     "{\"instance_id\":\"c\",\"event\":\"PAY\",\"payload\":{\"p\":\"0\"}}"));
@@ -1836,9 +1838,7 @@ START_TEST(snapshot_write_fails_midway)
     cJSON *l = ok(e, "LIST_INSTANCES", "{\"machine\":\"order\",\"limit\":1}");
     ck_assert_int_eq((int)num(l, "total"), 3000);
     cJSON_Delete(l);
-    cJSON *g = ok(e, "GET_INSTANCE", "{\"instance_id\":\"f-2999\"}");
-    ck_assert_str_eq(str(g, "state"), "paid");
-    cJSON_Delete(g);
+    check_state(e, "f-2999", "paid");
     free(big);
     free(p);
     eng_close(e);
@@ -2492,9 +2492,7 @@ START_TEST(stale_snapshot_tmp_removed)
     fclose(log);
     ck_assert_msg(strstr(text, "db-0000010000000400.snap.tmp (16000 bytes)"), "log: %s", text);
     ck_assert_msg(strstr(text, ".snap-5b1e.snap.tmp"), "log: %s", text);
-    cJSON *g = ok(e, "GET_INSTANCE", "{\"instance_id\":\"s-1\"}");
-    ck_assert_str_eq(str(g, "state"), "created");
-    cJSON_Delete(g);
+    check_state(e, "s-1", "created");
     eng_close(e);
     rmrf(dir);
     free(dir);
