@@ -7,6 +7,7 @@
 #include <check.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -1408,7 +1409,7 @@ END_TEST
  * of the newest keys still answers its retry with its original result. */
 typedef struct {
     eng *e;
-    volatile int done;
+    atomic_int done;
     int compactions, failures;
 } compactor;
 
@@ -1497,9 +1498,7 @@ enum { FLIPPED = 3000 };
 
 typedef struct {
     eng *e;
-    volatile int stop, done;
-    volatile int ops;
-    int reads;
+    atomic_int stop, done, ops, reads;
 } churn;
 
 static void run_op(eng *e, const char *op, const char *params)
