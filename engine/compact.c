@@ -531,7 +531,7 @@ static void repoint_entries(eng *e, const snap_plan *p, const uint64_t *new_pos,
     e->snap_gen = gen;
     e->snap_offset = X;
     e->snap_seq = S;
-    e->events_since_compact = 0;
+    __atomic_store_n(&e->events_since_compact, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&e->lock);
 }
 
@@ -694,7 +694,7 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
             }
         }
     }
-    e->last_compact_ms = util_now_ms();
+    __atomic_store_n(&e->last_compact_ms, util_now_ms(), __ATOMIC_RELAXED);
     pthread_mutex_unlock(&e->compact_lock);
     return rc;
 }
@@ -968,14 +968,18 @@ static void *compactor_main(void *arg)
         if (e->stopping) break;
         pthread_mutex_unlock(&e->wait_lock);
         int64_t now = util_now_ms();
-        bool due = now - e->last_compact_ms >= (int64_t)e->opts.compact_min_interval_secs * 1000;
+        /* read without the lock: heuristics, but atomic (a COMPACT over RCP
+         * sets them from another thread) */
+        int64_t last = __atomic_load_n(&e->last_compact_ms, __ATOMIC_RELAXED);
+        bool due = now - last >= (int64_t)e->opts.compact_min_interval_secs * 1000;
         bool events = e->opts.compact_events_threshold &&
-                      e->events_since_compact >= e->opts.compact_events_threshold;
+                      __atomic_load_n(&e->events_since_compact, __ATOMIC_RELAXED) >=
+                          e->opts.compact_events_threshold;
         wal_stats st;
         wal_get_stats(e->w, &st);
         bool size = e->opts.compact_size_threshold_mb &&
                     st.total_size_bytes >= e->opts.compact_size_threshold_mb * 1024 * 1024;
-        if (due && (events || size) && !e->failed) {
+        if (due && (events || size) && !eng_failed(e)) {
             bool created;
             uint64_t segs, bytes;
             stm_err err;

@@ -672,7 +672,8 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
                      fingerprint(f.event, f.payload ? f.payload : "null", NULL, NULL),
                      rec->offset, rec->seq);
         }
-        e->events_since_compact++;
+        /* read by the compactor without the lock */
+        __atomic_add_fetch(&e->events_since_compact, 1, __ATOMIC_RELAXED);
         break;
     }
     case WAL_T_DELETE_INSTANCE: {

@@ -158,6 +158,7 @@ typedef struct fs {
     fs_temp *temps;
     fs_errtext *errors;
     uint64_t error_gen;
+    /* set by the notifier, read by any handler: atomic loads and stores */
     int64_t machines_mtime, instances_mtime, wal_mtime;
 
     /* notifier (notify.c) */

@@ -531,14 +531,14 @@ static void on_event(fs *f, const eng_event *ev, inoset *data, inoset *attrs)
     want_data(f, data, attrs, K_WAL_ENTRIES, NULL, NULL, 0);
     want_data(f, data, attrs, K_WAL_STATS, NULL, NULL, 0);
     want_attr(f, attrs, K_WAL, NULL);
-    f->wal_mtime = ev->ts;
+    __atomic_store_n(&f->wal_mtime, ev->ts, __ATOMIC_RELAXED);
     switch (ev->type) {
     case WAL_T_CREATE_INSTANCE:
     case WAL_T_DELETE_INSTANCE:
         instances_ino = want_attr(f, attrs, K_INSTANCES, NULL);
         minsts_ino = ev->machine ? want_attr(f, attrs, K_MINSTS, ev->machine) : 0;
         link_ino = ev->machine ? ino_of(f, K_MLINK, ev->machine, id, 0) : 0;
-        f->instances_mtime = ev->ts;
+        __atomic_store_n(&f->instances_mtime, ev->ts, __ATOMIC_RELAXED);
         /* fall through: the instance's own files changed as well */
         /* FALLTHROUGH */
     case WAL_T_APPLY_EVENT:
@@ -560,7 +560,7 @@ static void on_event(fs *f, const eng_event *ev, inoset *data, inoset *attrs)
         for (size_t i = 0; i < f->nbuckets; i++)
             for (fs_node *n = f->by_key[i]; n; n = n->next_key)
                 if (n->alias && n->a && strcmp(n->a, ev->machine) == 0) ino_add(data, n->ino);
-        f->machines_mtime = ev->ts;
+        __atomic_store_n(&f->machines_mtime, ev->ts, __ATOMIC_RELAXED);
         break;
     }
     default: break;

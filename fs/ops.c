@@ -1647,7 +1647,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
             f->empty_machines = xrealloc(f->empty_machines,
                                          (f->n_empty_machines + 1) * sizeof *f->empty_machines);
             f->empty_machines[f->n_empty_machines++] = xstrdup(buf_cstr(&raw));
-            f->machines_mtime = util_now_ms();
+            __atomic_store_n(&f->machines_mtime, util_now_ms(), __ATOMIC_RELAXED);
             pthread_mutex_unlock(&f->lock);
             reply_node(req, K_MACHINE, buf_cstr(&raw), NULL, 0);
         }

@@ -364,12 +364,12 @@ int fs_stat_node(fs *f, fs_node *n, struct stat *st)
         st->st_mode = S_IFDIR | 0755;
         st->st_nlink = 2;
         switch (k) {
-        case K_MACHINES: mt = f->machines_mtime; break;
-        case K_INSTANCES: mt = f->instances_mtime; break;
-        case K_WAL: mt = f->wal_mtime; break;
+        case K_MACHINES: mt = __atomic_load_n(&f->machines_mtime, __ATOMIC_RELAXED); break;
+        case K_INSTANCES: mt = __atomic_load_n(&f->instances_mtime, __ATOMIC_RELAXED); break;
+        case K_WAL: mt = __atomic_load_n(&f->wal_mtime, __ATOMIC_RELAXED); break;
         case K_MACHINE: case K_VERSIONS: case K_MINSTS:
             if (!machine_exists(f, n->a)) return -ENOENT;
-            mt = f->machines_mtime;
+            mt = __atomic_load_n(&f->machines_mtime, __ATOMIC_RELAXED);
             break;
         case K_INST: {
             eng_instance_view v;
@@ -392,7 +392,7 @@ int fs_stat_node(fs *f, fs_node *n, struct stat *st)
         fs_name_encode(n->b, &t);
         st->st_size = (off_t)t.len;
         buf_free(&t);
-        set_time(st, f->instances_mtime);
+        set_time(st, __atomic_load_n(&f->instances_mtime, __ATOMIC_RELAXED));
         return 0;
     }
     st->st_nlink = 1;
@@ -419,7 +419,7 @@ int fs_stat_node(fs *f, fs_node *n, struct stat *st)
         eng_entries_read(f->e, 0, 0, &out, &total, &err);
         buf_free(&out);
         st->st_size = (off_t)total;
-        set_time(st, f->wal_mtime);
+        set_time(st, __atomic_load_n(&f->wal_mtime, __ATOMIC_RELAXED));
     } else if (k == K_WATCH || k == K_WAL_WATCH) {
         if (k == K_WATCH) {
             eng_instance_view v;
@@ -459,7 +459,7 @@ int fs_stat_node(fs *f, fs_node *n, struct stat *st)
             if (t) mt = t->mtime_ms;
             pthread_mutex_unlock(&f->lock);
         } else if (k == K_WAL_STATS) {
-            mt = f->wal_mtime;
+            mt = __atomic_load_n(&f->wal_mtime, __ATOMIC_RELAXED);
         } else {
             pthread_mutex_lock(&f->lock);
             if (n->blob) mt = n->blob_mtime;

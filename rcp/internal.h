@@ -129,7 +129,7 @@ struct rcp_server {
     uint64_t idle_ms;
     bool stopping;
     uint64_t stop_deadline_ms;
-    volatile int stop_requested;
+    int stop_requested; /* set by rcp_stop's thread (atomic) */
     /* auth */
     bool auth_required;
     char (*hashes)[65];

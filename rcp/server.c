@@ -522,7 +522,7 @@ static void settle_all(rcp_server *s)
          * the loop here. */
         s->wal_failed = eng_failed(s->e);
     }
-    if (s->stop_requested) begin_stop(s);
+    if (__atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE)) begin_stop(s);
     if (s->jobs) rcp_jobs_reap(s, false);
     /* conn_settle may unlink c (or close it) but no other connection;
      * one it puts back goes to the head, behind this walk */
@@ -821,7 +821,7 @@ void rcp_stop(rcp_server *s)
 {
     if (!s) return;
     if (s->thread_started) {
-        s->stop_requested = 1;
+        __atomic_store_n(&s->stop_requested, 1, __ATOMIC_RELEASE);
         uint64_t one = 1;
         ssize_t r = write(s->wake_fd, &one, sizeof one);
         (void)r;
