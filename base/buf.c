@@ -141,3 +141,17 @@ void buf_add_shown(buf *b, const char *s, size_t n, size_t cap)
     }
     if (i < n) buf_printf(b, "... (%zu bytes in all)", n);
 }
+
+void buf_put_u64(buf *b, uint64_t v)
+{
+    char t[24], *p = t + sizeof t;
+    do *--p = (char)('0' + v % 10);
+    while (v /= 10);
+    buf_add(b, p, (size_t)(t + sizeof t - p));
+}
+
+void buf_put_i64(buf *b, int64_t v)
+{
+    if (v < 0) buf_putc(b, '-');
+    buf_put_u64(b, v < 0 ? 0ull - (uint64_t)v : (uint64_t)v);
+}

@@ -11,6 +11,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct {
@@ -25,6 +26,10 @@ void buf_grow(buf *b, size_t extra);          /* buf_reserve's allocating half *
 void buf_puts(buf *b, const char *s);
 void buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_vprintf(buf *b, const char *fmt, va_list ap);
+/* Decimal, without printf: numbers of every line of a snapshot or a JSON
+ * answer are a good part of writing it. */
+void buf_put_u64(buf *b, uint64_t v);
+void buf_put_i64(buf *b, int64_t v);
 const char *buf_cstr(buf *b);                 /* "" for an empty, never-used buf */
 char *buf_detach(buf *b, size_t *len);        /* caller owns the returned malloc'd text */
 /* Appends the first `cap` bytes of s[0..n) as one line a person can read

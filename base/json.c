@@ -93,13 +93,7 @@ void json_write_num(buf *out, double d)
     }
     if (d == floor(d) && fabs(d) < 9.2e18) {
         /* integers are most numbers in practice: no printf on this path */
-        long long v = (long long)d;
-        unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-        char *p = tmp + sizeof tmp;
-        do *--p = (char)('0' + u % 10);
-        while (u /= 10);
-        if (v < 0) *--p = '-';
-        buf_add(out, p, (size_t)(tmp + sizeof tmp - p));
+        buf_put_i64(out, (int64_t)d);
         return;
     }
     for (int prec = 15; prec <= 17; prec++) {

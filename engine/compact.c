@@ -83,29 +83,6 @@ stm_code snap_read_line(eng *e, uint64_t pos, uint32_t len, buf *out, stm_err *e
 
 /* ---- writing ------------------------------------------------------------ */
 
-/* Appends v in decimal: snprintf for every number of every instance line
- * was a good part of the time the lock is held. */
-static void put_u64(buf *out, uint64_t v)
-{
-    char t[24];
-    int n = 0;
-    do {
-        t[sizeof t - 1 - n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    buf_add(out, t + sizeof t - n, (size_t)n);
-}
-
-static void put_i64(buf *out, int64_t v)
-{
-    if (v < 0) {
-        buf_putc(out, '-');
-        put_u64(out, (uint64_t)0 - (uint64_t)v);
-    } else {
-        put_u64(out, (uint64_t)v);
-    }
-}
-
 static void write_machine_lines(eng *e, buf *out)
 {
     for (size_t b = 0; b < e->mtab_size; b++)
@@ -128,7 +105,7 @@ static void write_instance_line(instance *in, buf *out)
     buf_puts(out, ",\"machine\":");
     json_write_str(out, in->m->name);
     buf_puts(out, ",\"version\":");
-    put_u64(out, in->mv->version);
+    buf_put_u64(out, in->mv->version);
     buf_puts(out, ",\"state\":");
     json_write_str(out, in->state);
     buf_puts(out, ",\"ctx\":");
@@ -138,15 +115,15 @@ static void write_instance_line(instance *in, buf *out)
         json_write_str(out, in->last_event_id);
     }
     buf_puts(out, ",\"last_off\":");
-    put_u64(out, in->last_offset);
+    buf_put_u64(out, in->last_offset);
     buf_puts(out, ",\"last_seq\":");
-    put_u64(out, in->last_seq);
+    buf_put_u64(out, in->last_seq);
     buf_puts(out, ",\"created_at\":");
-    put_i64(out, in->created_at);
+    buf_put_i64(out, in->created_at);
     buf_puts(out, ",\"updated_at\":");
-    put_i64(out, in->updated_at);
+    buf_put_i64(out, in->updated_at);
     buf_puts(out, in->deleted ? ",\"deleted\":true,\"hist\":" : ",\"deleted\":false,\"hist\":");
-    put_u64(out, in->n_hist);
+    buf_put_u64(out, in->n_hist);
     buf_puts(out, "}\n");
 }
 
