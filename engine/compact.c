@@ -35,11 +35,6 @@
 #include "base/util.h"
 #include "wal/io.h"
 
-static const wal_io *io_of(eng *e)
-{
-    return e->opts.io ? e->opts.io : &wal_posix_io;
-}
-
 static void snap_path(eng *e, uint64_t offset, char *out, size_t n)
 {
     snprintf(out, n, "%s/snapshots/db-%016llx.snap", e->data_dir, (unsigned long long)offset);
@@ -181,94 +176,6 @@ static stm_code key_result(eng *e, const idem_entry *k, buf *out, stm_err *err)
     return STM_OK;
 }
 
-/* The snapshot goes to its file as it is rendered, a few MiB at a time:
- * built whole in memory first, it cost as much memory as the database's
- * history (80 MB at 100,000 instances with a line each), on top of the
- * database itself. It is written to a temp file, fdatasynced, renamed into
- * place and the directory fsynced; a failure leaves no temp file. */
-#define SNAP_FLUSH_BYTES (4u << 20)
-
-typedef struct {
-    const wal_io *io;
-    char path[4200], tmp[4300], dir[4200];
-    int fd;
-    uint64_t written; /* bytes in the file */
-    uint32_t crc;     /* of those bytes */
-    buf pend;         /* rendered, not yet written */
-    int error;        /* errno of the first failed write (0: none) */
-} snap_writer;
-
-static stm_code sw_open(snap_writer *w, eng *e, uint64_t X, stm_err *err)
-{
-    memset(w, 0, sizeof *w);
-    w->io = io_of(e);
-    snap_path(e, X, w->path, sizeof w->path);
-    snprintf(w->tmp, sizeof w->tmp, "%s.tmp", w->path);
-    snprintf(w->dir, sizeof w->dir, "%s/snapshots", e->data_dir);
-    w->fd = w->io->open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (w->fd < 0)
-        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot create %s: %s", w->tmp,
-                        strerror(errno));
-    return STM_OK;
-}
-
-/* Where the next byte appended to w->pend will stand in the file. */
-static uint64_t sw_pos(const snap_writer *w)
-{
-    return w->written + w->pend.len;
-}
-
-static void sw_flush(snap_writer *w)
-{
-    size_t done = 0;
-    while (!w->error && done < w->pend.len) {
-        ssize_t n = w->io->pwrite(w->fd, w->pend.data + done, w->pend.len - done,
-                                  (off_t)(w->written + done));
-        if (n <= 0) w->error = n < 0 ? errno : EIO;
-        else done += (size_t)n;
-    }
-    w->crc = crc32c(w->crc, w->pend.data, done);
-    w->written += done;
-    buf_reset(&w->pend);
-}
-
-static void sw_maybe_flush(snap_writer *w)
-{
-    if (w->pend.len >= SNAP_FLUSH_BYTES) sw_flush(w);
-}
-
-static void sw_abort(snap_writer *w)
-{
-    if (w->fd >= 0) {
-        w->io->close(w->fd);
-        w->io->unlink(w->tmp);
-    }
-    w->fd = -1;
-    buf_free(&w->pend);
-}
-
-/* Appends the trailer, makes the file durable and puts it in place. */
-static stm_code sw_finish(snap_writer *w, stm_err *err)
-{
-    sw_flush(w);
-    buf_printf(&w->pend, "{\"end\":true,\"bytes\":%llu,\"crc\":\"%08x\"}\n",
-               (unsigned long long)w->written, w->crc);
-    sw_flush(w);
-    int saved = w->error;
-    if (!saved && w->io->fdatasync(w->fd) != 0) saved = errno;
-    w->io->close(w->fd);
-    w->fd = -1;
-    if (!saved && w->io->rename(w->tmp, w->path) != 0) saved = errno;
-    if (!saved && w->io->fsync_dir(w->dir) != 0) saved = errno;
-    buf_free(&w->pend);
-    if (saved) {
-        w->io->unlink(w->tmp);
-        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: writing %s failed: %s", w->path,
-                        strerror(saved));
-    }
-    return STM_OK;
-}
-
 /* Deletes db snapshots older than keep. */
 static void remove_older(eng *e, uint64_t keep)
 {
@@ -284,7 +191,7 @@ static void remove_older(eng *e, uint64_t keep)
             off < keep) {
             char path[4600];
             snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-            io_of(e)->unlink(path);
+            eng_io(e)->unlink(path);
         }
     }
     closedir(d);
@@ -549,9 +456,14 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
          * power loss would describe records that no longer exist. */
         rc = eng_wait(e, S, err);
         if (rc == STM_OK) rc = eng_sync(e, err);
-        snap_writer sw;
+        /* the snapshot goes to its file as it is rendered (dfile.c) */
+        dfile sw;
         bool writing = false;
-        if (rc == STM_OK) rc = sw_open(&sw, e, X, err);
+        char path[4200], tmp[4300], dir[4200];
+        snap_path(e, X, path, sizeof path);
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        snprintf(dir, sizeof dir, "%s/snapshots", e->data_dir);
+        if (rc == STM_OK) rc = dfile_open(&sw, eng_io(e), dir, path, tmp, err);
         if (rc == STM_OK) {
             writing = true;
             buf_add(&sw.pend, head.data, head.len);
@@ -562,12 +474,12 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
             buf_add(&sw.pend, plan.ilines.data + plan.iline_at[j],
                     plan.iline_at[j + 1] - plan.iline_at[j]);
             for (uint32_t h = 0; h < plan.inst[j].n_hist && rc == STM_OK; h++) {
-                new_pos[plan.inst[j].hist + h] = sw_pos(&sw);
+                new_pos[plan.inst[j].hist + h] = dfile_pos(&sw);
                 rc = render_line(e, &plan.hist[plan.inst[j].hist + h], st.first_offset, &sw.pend,
                                  err);
             }
-            sw_maybe_flush(&sw);
-            if (sw.error) break; /* sw_finish reports it */
+            dfile_maybe_flush(&sw);
+            if (sw.error) break; /* dfile_commit reports it */
         }
         /* Keys: their records may be compacted, so carry their results,
          * rendered from the copies, without the lock. Only those still
@@ -592,7 +504,7 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
                        (unsigned long long)k->seq);
             buf_add(l, r.data, r.len);
             buf_puts(l, "}\n");
-            sw_maybe_flush(&sw);
+            dfile_maybe_flush(&sw);
             if (!k->result && k->offset <= X) key_results[j] = buf_detach(&r, NULL);
             buf_free(&r);
         }
@@ -612,10 +524,14 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
             lock_pause();
         }
         if (rc == STM_OK) {
-            rc = sw_finish(&sw, err);
-            int fd = rc == STM_OK ? open(sw.path, O_RDONLY | O_CLOEXEC) : -1;
+            /* the trailer: size and CRC-32C of everything before it */
+            dfile_flush(&sw);
+            buf_printf(&sw.pend, "{\"end\":true,\"bytes\":%llu,\"crc\":\"%08x\"}\n",
+                       (unsigned long long)sw.written, sw.crc);
+            rc = dfile_commit(&sw, err);
+            int fd = rc == STM_OK ? open(path, O_RDONLY | O_CLOEXEC) : -1;
             if (rc == STM_OK && fd < 0)
-                rc = stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot reopen %s: %s", sw.path,
+                rc = stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot reopen %s: %s", path,
                               strerror(errno));
             if (rc == STM_OK) {
                 repoint_entries(e, &plan, new_pos, fd, X, S);
@@ -623,7 +539,7 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
                 remove_older(e, X);
             }
         } else if (writing) {
-            sw_abort(&sw);
+            dfile_abort(&sw);
         }
     } else {
         pthread_mutex_unlock(&e->lock);
@@ -881,7 +797,7 @@ void snap_remove_stale_tmp(eng *e)
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
         struct stat st;
         long long size = stat(path, &st) == 0 ? (long long)st.st_size : -1;
-        if (io_of(e)->unlink(path) == 0)
+        if (eng_io(e)->unlink(path) == 0)
             log_warn("removed %s (%lld bytes): a snapshot that a crash interrupted before it "
                      "was complete",
                      path, size);

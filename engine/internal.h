@@ -25,6 +25,7 @@
 #include "base/util.h"
 #include "engine/def.h"
 #include "engine/engine.h"
+#include "wal/io.h"
 #include "wal/wal.h"
 
 #define SKIP_MAX_LEVEL 24
@@ -338,6 +339,33 @@ op_fn ops_lookup(const char *op, bool *locked);
  * whole copy, though no chunk held the lock 2 ms. A pause about as long as
  * a wake-up lets it in. */
 void lock_pause(void);
+
+/* dfile.c: a file that appears whole or not at all. Append to f->pend
+ * (dfile_pos says where the next byte lands in the file, dfile_maybe_flush
+ * writes it out past a few MiB); dfile_commit makes it durable and puts it
+ * at path, dfile_abort drops it; either way no temp file stays. written and
+ * crc cover what has reached the file. */
+typedef struct {
+    const wal_io *io;
+    char dir[4200], path[4300], tmp[4400];
+    int fd;
+    uint64_t written;
+    uint32_t crc;
+    buf pend;
+    int error; /* errno of the first failed write: dfile_commit reports it */
+} dfile;
+stm_code dfile_open(dfile *f, const wal_io *io, const char *dir, const char *path,
+                    const char *tmp, stm_err *err);
+uint64_t dfile_pos(const dfile *f);
+void dfile_flush(dfile *f);
+void dfile_maybe_flush(dfile *f);
+stm_code dfile_commit(dfile *f, stm_err *err);
+void dfile_abort(dfile *f);
+/* The engine's file calls (fault injection in tests), else POSIX. */
+static inline const wal_io *eng_io(const eng *e)
+{
+    return e->opts.io ? e->opts.io : &wal_posix_io;
+}
 
 /* compact.c */
 /* Removes snapshot temp files a crash left behind (at open, writers only). */

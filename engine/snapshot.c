@@ -19,47 +19,18 @@
 #include "base/util.h"
 #include "wal/io.h"
 
-static const wal_io *io_of(eng *e)
-{
-    return e->opts.io ? e->opts.io : &wal_posix_io;
-}
-
-/* Writes path atomically: temp, fsync, rename, fsync dir. */
+/* Writes dir/name whole or not at all (dfile.c). */
 static stm_code write_atomic(eng *e, const char *dir, const char *name, const char *data,
                              size_t len, stm_err *err)
 {
-    const wal_io *io = io_of(e);
-    char tmp[4096], path[4096];
+    char tmp[4400], path[4300];
     snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name);
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    int fd = io->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: cannot create %s: %s", tmp,
-                        strerror(errno));
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = io->pwrite(fd, data + done, len - done, (off_t)done);
-        if (n <= 0) {
-            int saved = errno;
-            io->close(fd);
-            io->unlink(tmp);
-            return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: writing %s: %s", tmp,
-                            strerror(saved));
-        }
-        done += (size_t)n;
-    }
-    if (io->fdatasync(fd) != 0) {
-        int saved = errno;
-        io->close(fd);
-        io->unlink(tmp);
-        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: syncing %s: %s", tmp,
-                        strerror(saved));
-    }
-    io->close(fd);
-    if (io->rename(tmp, path) != 0 || io->fsync_dir(dir) != 0)
-        return stm_fail(err, STM_INTERNAL_ERROR, "snapshot: installing %s: %s", path,
-                        strerror(errno));
-    return STM_OK;
+    dfile f;
+    stm_code rc = dfile_open(&f, eng_io(e), dir, path, tmp, err);
+    if (rc != STM_OK) return rc;
+    buf_add(&f.pend, data, len);
+    return dfile_commit(&f, err);
 }
 
 /* Adds 2-space indentation to compact canonical JSON (strings respected). */
