@@ -213,6 +213,7 @@ static void remove_older(eng *e, uint64_t keep)
  * keys go the same way: in the FIFO they sit in the order of their
  * records, and eviction only takes its head. */
 
+/* keys, and entries moved to the new file, a chunk at a time */
 enum { CAPTURE_CHUNK = 1024 };
 
 struct snap_capture {
@@ -306,31 +307,21 @@ static void plan_free(snap_plan *p)
     free(p->hist);
 }
 
-/* Copies every instance of S into p, CAPTURE_CHUNK at a time under the
- * lock; e->cap_active is set by the caller in the same hold that read S. */
+/* Copies every instance of S into p, letting the lock go now and then
+ * (inst_walk_next); e->cap_active is set by the caller in the same hold
+ * that read S. */
 static void capture_instances(eng *e, uint64_t S, snap_plan *p)
 {
-    for (bool done = false; !done;) {
-        pthread_mutex_lock(&e->lock);
-        instance *in = inst_after(e, e->cap_cursor), *last = NULL;
-        for (size_t k = 0; in && k < CAPTURE_CHUNK; in = in->next[0], k++) {
-            last = in;
-            if (!born_after(in, S)) plan_take(e, p, in);
-        }
-        if (last) {
-            free(e->cap_cursor);
-            e->cap_cursor = xstrdup(last->id);
-        }
-        done = in == NULL;
-        if (done) {
-            e->cap_active = false;
-            free(e->cap_cursor);
-            e->cap_cursor = NULL;
-            caps_free(e);
-        }
-        pthread_mutex_unlock(&e->lock);
-        if (!done) lock_pause();
-    }
+    pthread_mutex_lock(&e->lock);
+    /* e->cap_cursor is the last instance copied whenever the lock is free */
+    inst_walk walk = {util_mono_ns(), 0, &e->cap_cursor};
+    for (instance *in = inst_after(e, NULL); in; in = inst_walk_next(e, &walk, in))
+        if (!born_after(in, S)) plan_take(e, p, in);
+    e->cap_active = false;
+    free(e->cap_cursor);
+    e->cap_cursor = NULL;
+    caps_free(e);
+    pthread_mutex_unlock(&e->lock);
     if (!p->iline_at) p->iline_at = xmalloc(sizeof *p->iline_at);
     p->iline_at[p->n] = p->ilines.len;
 }

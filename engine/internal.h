@@ -339,6 +339,19 @@ op_fn ops_lookup(const char *op, bool *locked);
  * whole copy, though no chunk held the lock 2 ms. A pause about as long as
  * a wake-up lets it in. */
 void lock_pause(void);
+/* A walk of the instances in id order, with e->lock held, that must not
+ * hold it long (a LIST, compaction's copy): called after each instance, it
+ * returns the next one; once the walk has held the lock WALK_HOLD_NS, it
+ * first puts in's id in *cursor (owned by the caller: what a writer that
+ * runs meanwhile may look at), lets the lock go (lock_pause) and returns
+ * the instance after it as things then stand. Start with since =
+ * util_mono_ns(). */
+typedef struct {
+    uint64_t since;
+    unsigned steps;
+    char **cursor;
+} inst_walk;
+instance *inst_walk_next(eng *e, inst_walk *w, instance *in);
 
 /* dfile.c: a file that appears whole or not at all. Append to f->pend
  * (dfile_pos says where the next byte lands in the file, dfile_maybe_flush

@@ -590,14 +590,6 @@ static void list_hint_keep(eng *e, const char *mname, const char *state, uint64_
     h->at = at;
 }
 
-/* How long a LIST_INSTANCES holds the lock at most before letting others
- * in, checked every LIST_CHECK instances: a count alone would pause as
- * often for a walk that skips (a machine's few among many: 100 ns an
- * instance) as for one that builds its page (2 us an instance), and a
- * pause on the RCP loop's thread holds up that loop's other clients. */
-#define LIST_HOLD_NS 1000000u
-enum { LIST_CHECK = 256 };
-
 static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t *seq,
                                   stm_err *err)
 {
@@ -639,15 +631,16 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
         start = hint->at;
         total = offset;
     }
-    /* A long walk lets others take the lock every LIST_HOLD_NS (lock_pause;
+    /* A long walk lets others take the lock now and then (inst_walk_next;
      * not inside an atomic batch, which holds it throughout): a GET beside
      * a LIST of 100,000 waited 219 ms. The page is then made of chunks,
      * each as it stood when it was read, and where it ended is kept only if
      * nothing changed meanwhile. */
     bool may_pause = !e->atomic_batch;
-    uint64_t gen0 = e->list_gen, held_since = util_mono_ns();
-    size_t walked = 0;
-    for (instance *in = start; in;) {
+    uint64_t gen0 = e->list_gen;
+    char *cursor = NULL;
+    inst_walk walk = {util_mono_ns(), 0, &cursor};
+    for (instance *in = start; in; in = may_pause ? inst_walk_next(e, &walk, in) : in->next[0]) {
         bool match = !in->deleted && (!mname || strcmp(in->m->name, mname) == 0) &&
                      (!state || strcmp(in->state, state) == 0);
         if (match && ++total > offset) {
@@ -668,20 +661,8 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
                 last = in;
             }
         }
-        if (may_pause && ++walked % LIST_CHECK == 0 && in->next[0] &&
-            util_mono_ns() - held_since >= LIST_HOLD_NS) {
-            char *cursor = xstrdup(in->id);
-            pthread_mutex_unlock(&e->lock);
-            lock_pause();
-            pthread_mutex_lock(&e->lock);
-            eng_take_failure_locked(e);
-            in = inst_after(e, cursor);
-            free(cursor);
-            held_since = util_mono_ns();
-        } else {
-            in = in->next[0];
-        }
     }
+    free(cursor);
     if (counted && e->list_gen == gen0 && last && offset + returned < known)
         list_hint_keep(e, mname, state, offset + returned, last->next[0]);
     if (counted) total = known;
