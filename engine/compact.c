@@ -122,22 +122,23 @@ static void write_instance_line(instance *in, buf *out)
     buf_puts(out, "}\n");
 }
 
-/* The history line of h, from the snapshot or the WAL. */
+/* The history line of h, from the snapshot or the WAL; payload and store
+ * are the caller's scratch, kept from line to line (a compaction renders
+ * every history line of the database). */
 static stm_code render_line(eng *e, const hist_entry *h, uint64_t wal_first, buf *out,
-                            stm_err *err)
+                            buf *payload, buf *store, stm_err *err)
 {
     if (h->snap_pos && e->snap_fd >= 0 && h->offset < wal_first)
         return snap_read_line(e, h->snap_pos, h->line_len, out, err);
-    buf payload = {0}, store = {0};
     wal_record rec;
     entry_fields f;
-    stm_code rc = wal_read_at(e->w, h->offset, &payload, &rec, err);
-    if (rc == STM_OK && !entry_scan(payload.data, payload.len, &store, &f))
+    buf_reset(payload);
+    buf_reset(store);
+    stm_code rc = wal_read_at(e->w, h->offset, payload, &rec, err);
+    if (rc == STM_OK && !entry_scan(payload->data, payload->len, store, &f))
         rc = stm_fail(err, STM_WAL_IO_ERROR, "the WAL record at offset %llu is not JSON",
                       (unsigned long long)h->offset);
     if (rc == STM_OK) eng_render_history(out, rec.type, &f, rec.offset, rec.seq, h->chain);
-    buf_free(&payload);
-    buf_free(&store);
     return rc;
 }
 
@@ -461,17 +462,20 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
         }
         wal_stats st;
         wal_get_stats(e->w, &st);
+        buf payload = {0}, store = {0};
         for (size_t j = 0; j < plan.n && rc == STM_OK; j++) {
             buf_add(&sw.pend, plan.ilines.data + plan.iline_at[j],
                     plan.iline_at[j + 1] - plan.iline_at[j]);
             for (uint32_t h = 0; h < plan.inst[j].n_hist && rc == STM_OK; h++) {
                 new_pos[plan.inst[j].hist + h] = dfile_pos(&sw);
                 rc = render_line(e, &plan.hist[plan.inst[j].hist + h], st.first_offset, &sw.pend,
-                                 err);
+                                 &payload, &store, err);
             }
             dfile_maybe_flush(&sw);
             if (sw.error) break; /* dfile_commit reports it */
         }
+        buf_free(&payload);
+        buf_free(&store);
         /* Keys: their records may be compacted, so carry their results,
          * rendered from the copies, without the lock. Only those still
          * kept go in: eviction takes the oldest first, so those from the
