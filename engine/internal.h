@@ -381,7 +381,10 @@ static inline const wal_io *eng_io(const eng *e)
 }
 
 /* compact.c */
-/* Removes snapshot temp files a crash left behind (at open, writers only). */
+/* The path of the database snapshot that ends at offset. */
+void snap_path(eng *e, uint64_t offset, char *out, size_t n);
+/* snapload.c: removes snapshot temp files a crash left behind (at open,
+ * writers only). */
 void snap_remove_stale_tmp(eng *e);
 /* Loads the newest valid database snapshot, if any (before WAL replay). */
 stm_code snap_load(eng *e, stm_err *err);
