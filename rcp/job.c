@@ -8,8 +8,8 @@
  * 48,000 records waited 143-176 ms). Run on a thread of its own, such a request
  * holds up only its own connection, which takes no further request until
  * the answer is queued (so a pipelining client still gets its answers in
- * order); the worker also writes the answer's frame, and the loop only
- * copies it. The engine lets the others go on between its short locked
+ * order); the worker also writes the answer's frame, and the loop sends it
+ * (copying it only behind output already queued). The engine lets the others go on between its short locked
  * steps. At most RCP_MAX_JOBS run at once, so a crowd of clients cannot
  * make a crowd of threads; the others wait their turn in a queue, off the
  * loop too.
