@@ -1516,8 +1516,9 @@ static void *flip_loop(void *arg)
     churn *c = arg;
     char p[256];
     int created = 0;
-    for (int pass = 0; c->ops < 20 * FLIPPED; pass++)
-        for (int i = FLIPPED - 1; i >= 0 && c->ops < 20 * FLIPPED; i--) {
+    /* until the test has its compactions, or a bound on the log's growth */
+    for (int pass = 0; !c->stop && c->ops < 40 * FLIPPED; pass++)
+        for (int i = FLIPPED - 1; i >= 0 && !c->stop && c->ops < 40 * FLIPPED; i--) {
             if (i % 13 == 0 && pass > 0) {
                 if (pass == 1) {
                     snprintf(p, sizeof p, "{\"instance_id\":\"c-%05d\"}", i);
@@ -1660,7 +1661,7 @@ START_TEST(compaction_takes_one_record_while_writes_go_on)
     ck_assert_int_eq(pthread_create(&w, NULL, flip_loop, &c), 0);
     ck_assert_int_eq(pthread_create(&r, NULL, history_loop, &c), 0);
     int compactions = 0;
-    while (!c.done) {
+    while (!c.done && compactions < 3) {
         int before = c.ops;
         cJSON_Delete(ok(e, "COMPACT", "{\"force_snapshot\":true}"));
         if (c.ops == before) continue;
