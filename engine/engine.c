@@ -166,6 +166,16 @@ void mversion_insert(machine *m, mversion *mv)
     m->n_versions++;
 }
 
+mversion *mversion_or_placeholder(machine *m, uint32_t version)
+{
+    mversion *mv = mversion_find(m, version);
+    if (mv) return mv;
+    mv = xcalloc(1, sizeof *mv);
+    mv->version = version;
+    mversion_insert(m, mv);
+    return mv;
+}
+
 instance *inst_find(eng *e, const char *id)
 {
     if (!e->itab_size) return NULL;
@@ -641,14 +651,7 @@ stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *fp,
         if (undo) undo_new_instance(e, in);
         in->m = machine_find(e, name);
         if (!in->m) in->m = machine_add(e, name); /* a create before its machine: keep it */
-        in->mv = mversion_find(in->m, (uint32_t)version);
-        if (!in->mv) {
-            /* Keep the version number even without a definition (rstmdb data can
-             * hold such records): a placeholder with no def. */
-            in->mv = xcalloc(1, sizeof *in->mv);
-            in->mv->version = (uint32_t)version;
-            mversion_insert(in->m, in->mv);
-        }
+        in->mv = mversion_or_placeholder(in->m, (uint32_t)version);
         in->state = intern(e, st);
         inst_count(e, in, +1);
         in->ctx = text_or_null(f.initial_ctx, f.initial_ctx_len);

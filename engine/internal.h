@@ -270,6 +270,9 @@ uint64_t machine_state_total(const machine *m, const char *state);
 mversion *mversion_find(machine *m, uint32_t version);
 /* Adds mv to m's versions, keeping them ascending. */
 void mversion_insert(machine *m, mversion *mv);
+/* m's version, or a placeholder with no definition that keeps the number:
+ * rstmdb data can hold instances of a version the log never defined. */
+mversion *mversion_or_placeholder(machine *m, uint32_t version);
 /* Applies one decoded WAL record to memory (live writes and replay share it).
  * The entries file is not its business: see eng_write and replay. */
 stm_code eng_apply_record(eng *e, const wal_record *rec, const entry_fields *f, stm_err *err);

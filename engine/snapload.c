@@ -154,13 +154,7 @@ static stm_code load_one(eng *e, const char *path, const char *data, size_t len,
             }
             cur = inst_add(e, id);
             cur->m = machine_find(e, mname);
-            cur->mv = mversion_find(cur->m, (uint32_t)v);
-            if (!cur->mv) {
-                cur->mv = xcalloc(1, sizeof *cur->mv);
-                cur->mv->version = (uint32_t)v;
-                /* placeholder, as replay makes for a missing definition */
-                mversion_insert(cur->m, cur->mv);
-            }
+            cur->mv = mversion_or_placeholder(cur->m, (uint32_t)v);
             cur->state = intern(e, state);
             cur->ctx = json_canonical(json_get(o, "ctx"), NULL);
             const char *eid = str_or_null(o, "event_id");
