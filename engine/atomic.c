@@ -203,7 +203,7 @@ static void remove_instance(eng *e, instance *in)
             if (e->unlinked[k] == in) {
                 memmove(&e->unlinked[k], &e->unlinked[k + 1],
                         (e->n_unlinked - k - 1) * sizeof *e->unlinked);
-                e->n_unlinked--;
+                inst_unlinked_set(e, e->n_unlinked - 1);
                 break;
             }
     } else {

@@ -315,6 +315,7 @@ static void capture_instances(eng *e, uint64_t S, snap_plan *p)
 {
     pthread_mutex_lock(&e->lock);
     /* e->cap_cursor is the last instance copied whenever the lock is free */
+    inst_link_paced(e);
     inst_walk walk = {util_mono_ns(), 0, &e->cap_cursor};
     for (instance *in = inst_after(e, NULL); in; in = inst_walk_next(e, &walk, in))
         if (!born_after(in, S)) plan_take(e, p, in);

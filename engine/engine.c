@@ -236,7 +236,8 @@ instance *inst_add(eng *e, const char *id)
         e->cap_unlinked = e->cap_unlinked ? e->cap_unlinked * 2 : 1024;
         e->unlinked = xrealloc(e->unlinked, e->cap_unlinked * sizeof *e->unlinked);
     }
-    e->unlinked[e->n_unlinked++] = in;
+    e->unlinked[e->n_unlinked] = in;
+    inst_unlinked_set(e, e->n_unlinked + 1);
     return in; /* counted by the caller once it is whole (inst_count) */
 }
 
@@ -245,17 +246,15 @@ static int cmp_inst_id(const void *a, const void *b)
     return strcmp((*(instance *const *)a)->id, (*(instance *const *)b)->id);
 }
 
-void inst_link_all(eng *e)
+/* Links v[0..n), sorted by id, into the skip list. In ascending order each
+ * descent starts where the previous one ended (a finger): update[i] is the
+ * last node before the previous id at level i, so before this one too. */
+static void link_sorted(eng *e, instance **v, size_t n)
 {
-    if (!e->n_unlinked) return;
-    qsort(e->unlinked, e->n_unlinked, sizeof *e->unlinked, cmp_inst_id);
-    /* In ascending order each descent starts where the previous one ended
-     * (a finger): update[i] is the last node before the previous id at
-     * level i, so before this one too. */
     instance *update[SKIP_MAX_LEVEL];
     for (int i = 0; i < SKIP_MAX_LEVEL; i++) update[i] = e->head;
-    for (size_t k = 0; k < e->n_unlinked; k++) {
-        instance *in = e->unlinked[k];
+    for (size_t k = 0; k < n; k++) {
+        instance *in = v[k];
         if (in->level > e->skip_level) e->skip_level = in->level;
         for (int i = e->skip_level - 1; i >= 0; i--) {
             instance *x = update[i];
@@ -274,13 +273,14 @@ void inst_link_all(eng *e)
         }
         in->linked = true;
     }
-    e->n_unlinked = 0;
 }
 
-void lock_pause(void)
+void inst_link_all(eng *e)
 {
-    struct timespec pause = {0, 50 * 1000};
-    nanosleep(&pause, NULL);
+    if (!e->n_unlinked) return;
+    qsort(e->unlinked, e->n_unlinked, sizeof *e->unlinked, cmp_inst_id);
+    link_sorted(e, e->unlinked, e->n_unlinked);
+    inst_unlinked_set(e, 0);
 }
 
 /* How long a walk holds the lock at most, checked every WALK_CHECK steps:
@@ -291,6 +291,44 @@ void lock_pause(void)
  * loop's other clients. */
 #define WALK_HOLD_NS 1000000u
 enum { WALK_CHECK = 256 };
+
+void inst_link_paced(eng *e)
+{
+    /* Chunks come off the end of the backlog, so nothing in it moves; each
+     * is sorted and linked with a finger on its own. A chunk of 512 held
+     * the lock about 1 ms (a GET beside the first LIST after 100,000
+     * creates waited 2.0-3.8 ms at most), one of 4,096 up to 13 ms. It
+     * costs more than one sorted pass (that LIST: 196-202 ms against 96,
+     * mostly descents of the skip list), but nobody else waits for it. */
+    enum { CHUNK = 512 };
+    uint64_t since = util_mono_ns();
+    while (e->n_unlinked > CHUNK) {
+        size_t n = e->n_unlinked;
+        instance **v = e->unlinked + (n - CHUNK);
+        qsort(v, CHUNK, sizeof *v, cmp_inst_id);
+        link_sorted(e, v, CHUNK);
+        inst_unlinked_set(e, n - CHUNK);
+        if (util_mono_ns() - since >= WALK_HOLD_NS) {
+            pthread_mutex_unlock(&e->lock);
+            lock_pause();
+            pthread_mutex_lock(&e->lock);
+            eng_take_failure_locked(e);
+            since = util_mono_ns();
+        }
+    }
+    inst_link_all(e);
+}
+
+size_t eng_index_backlog(eng *e)
+{
+    return __atomic_load_n(&e->n_unlinked, __ATOMIC_RELAXED);
+}
+
+void lock_pause(void)
+{
+    struct timespec pause = {0, 50 * 1000};
+    nanosleep(&pause, NULL);
+}
 
 instance *inst_walk_next(eng *e, inst_walk *w, instance *in)
 {

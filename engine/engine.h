@@ -171,6 +171,11 @@ void eng_instance_view_free(eng_instance_view *v);
 size_t eng_list_instance_ids(eng *e, const char *machine, const char *after, size_t max,
                              bool (*fn)(void *arg, const char *id), void *arg);
 uint64_t eng_instance_count(eng *e);
+/* Instances created since the sorted index was last brought up to date,
+ * read without the lock: a listing links them first, one to two
+ * microseconds each, so a caller that must not wait (the RCP loop) hands a
+ * listing with a long backlog to a thread of its own. */
+size_t eng_index_backlog(eng *e);
 
 /* Machine names in byte order; versions of one machine ascending. */
 size_t eng_list_machines(eng *e, bool (*fn)(void *arg, const char *name), void *arg);

@@ -602,6 +602,9 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
     TRY(p_uint(p, "limit", false, UINT32_MAX, &has, &limit, err));
     if (!has) limit = 100;
     TRY(p_uint(p, "offset", false, UINT32_MAX, &has, &offset, err));
+    /* first, while nothing is counted yet: the pauses may let others in */
+    bool may_pause = !e->atomic_batch;
+    if (may_pause) inst_link_paced(e);
     cJSON *items = cJSON_CreateArray();
     uint64_t total = 0, returned = 0;
     size_t bytes = 0;
@@ -636,7 +639,6 @@ static stm_code op_list_instances(eng *e, const cJSON *p, cJSON **res, uint64_t 
      * a LIST of 100,000 waited 219 ms. The page is then made of chunks,
      * each as it stood when it was read, and where it ended is kept only if
      * nothing changed meanwhile. */
-    bool may_pause = !e->atomic_batch;
     uint64_t gen0 = e->list_gen;
     char *cursor = NULL;
     inst_walk walk = {util_mono_ns(), 0, &cursor};

@@ -78,6 +78,7 @@ size_t eng_list_instance_ids(eng *e, const char *machine, const char *after, siz
     for (;;) {
         size_t n = 0, scanned = 0;
         pthread_mutex_lock(&e->lock);
+        inst_link_paced(e);
         const struct machine *m = machine ? machine_find(e, machine) : NULL;
         /* a machine with no live instance has nothing to find (a count of
          * those found so far could end early: deletes during the walk) */

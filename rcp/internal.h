@@ -182,9 +182,10 @@ void rcp_watches_free(rcp_conn *c);
 stm_code rcp_session_op(rcp_conn *c, int op, const cJSON *params, cJSON **result, stm_err *err);
 
 /* job.c: requests that would hold the loop too long (COMPACT, WAL_READ
- * without a limit, LIST_INSTANCES past 1,000) run on a thread of their own;
- * c takes no further request until the answer is queued. */
-bool rcp_job_wanted(int op, const cJSON *params);
+ * without a limit, LIST_INSTANCES past 1,000 or with many new instances
+ * to link first) run on a thread of their own; c takes no further request
+ * until the answer is queued. */
+bool rcp_job_wanted(eng *e, int op, const cJSON *params);
 /* Starts op on a thread, or queues it while RCP_MAX_JOBS run; false (and
  * nothing done) only when its params cannot be copied. */
 bool rcp_job_start(rcp_conn *c, int op, const char *id, const cJSON *params, uint64_t t0_ns);

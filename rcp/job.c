@@ -51,11 +51,16 @@ struct rcp_job {
 /* What a client may read in one answer without a thread: rstmdb's own
  * documented WAL_READ maximum. */
 #define RCP_INLINE_LIMIT 1000
+/* Instances a listing on the loop may have to link into the sorted index
+ * first (about a microsecond each, eng_index_backlog): after a burst of
+ * 100,000 creates, a LIST of 10 held the loop, and every client, 96 ms. */
+#define RCP_INLINE_BACKLOG 2048
 
-bool rcp_job_wanted(int op, const cJSON *params)
+bool rcp_job_wanted(eng *e, int op, const cJSON *params)
 {
     if (op == RCP_OP_COMPACT) return true;
     if (op != RCP_OP_WAL_READ && op != RCP_OP_LIST_INSTANCES) return false;
+    if (op == RCP_OP_LIST_INSTANCES && eng_index_backlog(e) > RCP_INLINE_BACKLOG) return true;
     /* WAL_READ without a limit is unlimited (rstmdb's rule) */
     const cJSON *limit = json_get(params, "limit");
     uint64_t n;

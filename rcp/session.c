@@ -191,7 +191,7 @@ static void handle_request(rcp_conn *c, const char *p, size_t n)
         op = -1;
     } else {
         s->m.requests[op]++;
-        if (rcp_job_wanted(op, r.params) && rcp_op_allowed(c, op) &&
+        if (rcp_job_wanted(s->e, op, r.params) && rcp_op_allowed(c, op) &&
             rcp_job_start(c, op, r.id, r.params, t0)) {
             rcp_request_free(&r);
             return;

@@ -112,6 +112,36 @@ def t_big_reads_beside_others(srv):
         o.close()
 
 
+def t_first_list_after_burst(srv):
+    """The first LIST after a burst of creates links them into the sorted
+    index first; with many to link it runs beside the others too, even a
+    LIST of 3 (on the loop, linking 30,000 held every client)."""
+    c, o = srv.connect(timeout=120), srv.connect(timeout=120)
+    burst = 30000
+    rng = random.Random(7)
+    ids = ["b%08x" % rng.getrandbits(32) for _ in range(burst)]
+    for base in range(0, burst, 100):
+        ops = [{"op": "CREATE_INSTANCE",
+                "params": {"machine": "order", "version": 1, "instance_id": i}}
+               for i in ids[base:base + 100]]
+        c.ok("BATCH", {"mode": "best_effort", "ops": ops}, timeout=60)
+    c.send(c.request_msg("LIST_INSTANCES", {"limit": 3, "machine": "order"}, rid="first"))
+    pings = 0
+    r = None
+    while r is None:
+        assert o.ok("PING") == {"pong": True}
+        pings += 1
+        r = answer_if_any(c)
+    assert r["id"] == "first" and r["status"] == "ok", r
+    got = [i["id"] for i in r["result"]["instances"]]
+    everyone = sorted(set(ids) | {"i%06d" % i for i in range(N)})
+    assert got == everyone[:3], (got, everyone[:3])
+    print("    %d PINGs answered on another connection during the first LIST" % pings)
+    assert pings >= 5, "only %d PINGs answered beside the first LIST" % pings
+    c.close()
+    o.close()
+
+
 def t_many_at_once(srv):
     """Eight big WAL_READs at once (more than run on threads): all answered."""
     conns = [srv.connect(timeout=120) for _ in range(8)]
@@ -278,6 +308,7 @@ def main():
         c.close()
         t.run("others answered during COMPACT", t_others_answered, srv)
         t.run("big reads beside others", t_big_reads_beside_others, srv)
+        t.run("first LIST after a burst of creates", t_first_list_after_burst, srv)
         t.run("many big reads at once", t_many_at_once, srv)
         t.run("more long requests than threads", t_more_than_four, srv)
         t.run("clients come and go with long requests", t_churn, srv)
