@@ -32,7 +32,8 @@ struct rcp_job {
     rcp_conn *c; /* NULL once the connection is gone (loop only) */
     rcp_job *prev, *next; /* s->jobs, every job (loop only) */
     rcp_job *wait_next;   /* s->job_wait, those not started yet (loop only) */
-    bool started;
+    bool started; /* has a thread, not yet joined */
+    bool running; /* counted in s->n_jobs: started, its end not yet seen */
     pthread_t thread;
     int op;
     char *id;
@@ -91,13 +92,31 @@ static void *job_thread(void *arg)
     return NULL;
 }
 
-static void job_free(rcp_job *j)
+static void job_ended(rcp_job *j)
+{
+    if (j->running) {
+        j->running = false;
+        j->s->n_jobs--;
+    }
+}
+
+/* Frees j once its thread is joined; without wait, only if it has already
+ * exited (false: try again later). A thread's exit can take a while after
+ * its job is done: glibc hands the thread's cache of freed blocks back to
+ * its arena, which after a LIST of 100,000 (an answer tree of 700,000
+ * blocks) merged them for about 50 ms, and a join here held every other
+ * client of the loop that long. */
+static bool job_free(rcp_job *j, bool wait)
 {
     rcp_server *s = j->s;
     if (j->started) {
-        pthread_join(j->thread, NULL);
-        s->n_jobs--;
+        if (wait)
+            pthread_join(j->thread, NULL);
+        else if (pthread_tryjoin_np(j->thread, NULL) != 0)
+            return false;
+        j->started = false;
     }
+    job_ended(j);
     if (j->prev)
         j->prev->next = j->next;
     else
@@ -107,6 +126,7 @@ static void job_free(rcp_job *j)
     cJSON_Delete(j->params);
     free(j->id);
     free(j);
+    return true;
 }
 
 /* Starts waiting jobs while fewer than RCP_MAX_JOBS run; drops those whose
@@ -118,17 +138,17 @@ static void start_waiting(rcp_server *s)
         s->job_wait = j->wait_next;
         if (!s->job_wait) s->job_wait_tail = NULL;
         if (!j->c) {
-            job_free(j);
+            job_free(j, false); /* never started: nothing to join */
             continue;
         }
-        j->started = true;
+        j->started = j->running = true;
         s->n_jobs++;
         if (pthread_create(&j->thread, NULL, job_thread, j) != 0) {
             /* no thread to be had: the loop does it, as it did them all once */
             log_warn("rcp %s: no thread for %s, running it on the loop", j->c->peer,
                      rcp_op_name(j->op));
             j->started = false;
-            s->n_jobs--;
+            job_ended(j);
             run_job(j);
         }
     }
@@ -186,7 +206,9 @@ bool rcp_job_finish(rcp_conn *c)
         c->closing = true;
     }
     c->job = NULL;
-    job_free(j);
+    j->c = NULL;
+    job_ended(j);
+    job_free(j, false); /* else freed by a later rcp_jobs_reap */
     start_waiting(c->srv);
     rcp_conn_track(c);
     return true;
@@ -207,7 +229,10 @@ void rcp_jobs_reap(rcp_server *s, bool wait)
         if (wait && j->c) rcp_job_orphan(j->c);
         /* a job not done is either running or waiting in the queue, where
          * start_waiting drops it once its turn comes */
-        if (!j->c && (wait || __atomic_load_n(&j->done, __ATOMIC_ACQUIRE))) job_free(j);
+        if (j->c) continue;
+        bool done = __atomic_load_n(&j->done, __ATOMIC_ACQUIRE);
+        if (done) job_ended(j); /* its slot is free though its thread may linger */
+        if (wait || done) job_free(j, wait);
     }
     if (!wait) start_waiting(s);
 }
