@@ -46,5 +46,10 @@ void util_stdio_to_null(void);
  * it: the log keeps each segment open and every client is a socket, and a
  * shell's usual 1,024 would stop a long log or a big pool with EMFILE. */
 unsigned long long util_raise_fd_limit(void);
+/* Sets glibc's malloc for a long-lived server whose threads hand big
+ * buffers to each other (an answer built on a job thread, sent and freed
+ * by the RCP loop): blocks of 1 MiB and more come straight from mmap, and
+ * an arena keeps up to 32 MiB free before it returns memory. */
+void util_tune_malloc(void);
 
 #endif

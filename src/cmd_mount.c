@@ -365,6 +365,7 @@ int cmd_mount(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     log_debug("open descriptors: up to %llu", util_raise_fd_limit());
+    util_tune_malloc();
     eng_opts o;
     config_to_eng_opts(&cfg, &o);
     o.data_dir = cfg.data_dir;
