@@ -192,11 +192,7 @@ void undo_evicted_key(eng *e, idem_entry *k)
 
 static void remove_instance(eng *e, instance *in)
 {
-    for (instance **p = inst_bucket(e, in->id); *p; p = &(*p)->hnext)
-        if (*p == in) {
-            *p = in->hnext;
-            break;
-        }
+    inst_unhash(e, in);
     if (!in->linked) {
         /* added since the last walk: still in the list of those, near its end */
         for (size_t k = e->n_unlinked; k-- > 0;)

@@ -176,17 +176,24 @@ mversion *mversion_or_placeholder(machine *m, uint32_t version)
     return mv;
 }
 
+static uint64_t inst_hash(const void *in)
+{
+    return hash_str(((const instance *)in)->id);
+}
+
 instance *inst_find(eng *e, const char *id)
 {
-    if (!e->itab_size) return NULL;
-    for (instance *in = e->itab[hash_str(id) & (e->itab_size - 1)]; in; in = in->hnext)
-        if (strcmp(in->id, id) == 0) return in;
+    void **chains[2];
+    size_t n = htab_chains(&e->itab, hash_str(id), chains);
+    for (size_t c = 0; c < n; c++)
+        for (instance *in = *chains[c]; in; in = in->hnext)
+            if (strcmp(in->id, id) == 0) return in;
     return NULL;
 }
 
-instance **inst_bucket(eng *e, const char *id)
+void inst_unhash(eng *e, instance *in)
 {
-    return &e->itab[hash_str(id) & (e->itab_size - 1)];
+    htab_remove(&e->itab, in, hash_str(in->id));
 }
 
 static int random_level(eng *e)
@@ -205,20 +212,6 @@ static int random_level(eng *e)
 
 instance *inst_add(eng *e, const char *id)
 {
-    if (e->n_instances + e->n_deleted + 1 > e->itab_size) {
-        size_t size = e->itab_size ? e->itab_size * 2 : 1024;
-        instance **tab = xcalloc(size, sizeof *tab);
-        for (size_t i = 0; i < e->itab_size; i++)
-            for (instance *in = e->itab[i], *next; in; in = next) {
-                next = in->hnext;
-                size_t b = hash_str(in->id) & (size - 1);
-                in->hnext = tab[b];
-                tab[b] = in;
-            }
-        free(e->itab);
-        e->itab = tab;
-        e->itab_size = size;
-    }
     int level = random_level(e);
     /* The id lives in the same block, right after the forward pointers: a
      * skip list step reads a node and its id, one cache line apart instead
@@ -228,9 +221,7 @@ instance *inst_add(eng *e, const char *id)
     in->id = (char *)&in->next[level];
     memcpy(in->id, id, idlen + 1);
     in->level = level;
-    size_t b = hash_str(id) & (e->itab_size - 1);
-    in->hnext = e->itab[b];
-    e->itab[b] = in;
+    htab_add(&e->itab, in, hash_str(id));
 
     if (e->n_unlinked == e->cap_unlinked) {
         e->cap_unlinked = e->cap_unlinked ? e->cap_unlinked * 2 : 1024;
@@ -389,27 +380,29 @@ static uint64_t idem_hash(const char *scope, const char *key)
     return hash_bytes(hash_bytes(0xcbf29ce484222325ull, scope) ^ 0x5c, key);
 }
 
+static uint64_t idem_entry_hash(const void *k)
+{
+    return idem_hash(((const idem_entry *)k)->scope, ((const idem_entry *)k)->key);
+}
+
 idem_entry *idem_find(eng *e, const char *scope, const char *key)
 {
-    if (!e->ktab_size) return NULL;
-    for (idem_entry *k = e->ktab[idem_hash(scope, key) & (e->ktab_size - 1)]; k; k = k->hnext)
-        if (strcmp(k->key, key) == 0 && strcmp(k->scope, scope) == 0) return k;
+    void **chains[2];
+    size_t n = htab_chains(&e->ktab, idem_hash(scope, key), chains);
+    for (size_t c = 0; c < n; c++)
+        for (idem_entry *k = *chains[c]; k; k = k->hnext)
+            if (strcmp(k->key, key) == 0 && strcmp(k->scope, scope) == 0) return k;
     return NULL;
 }
 
 void idem_unlink(eng *e, idem_entry *k)
 {
-    idem_entry **p = &e->ktab[idem_hash(k->scope, k->key) & (e->ktab_size - 1)];
-    while (*p && *p != k) p = &(*p)->hnext;
-    if (*p) *p = k->hnext;
-    e->n_keys--;
+    if (htab_remove(&e->ktab, k, idem_entry_hash(k))) e->n_keys--;
 }
 
 void idem_link(eng *e, idem_entry *k)
 {
-    size_t b = idem_hash(k->scope, k->key) & (e->ktab_size - 1);
-    k->hnext = e->ktab[b];
-    e->ktab[b] = k;
+    htab_add(&e->ktab, k, idem_entry_hash(k));
     e->n_keys++;
 }
 
@@ -417,20 +410,6 @@ void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t
               uint64_t offset, uint64_t seq)
 {
     if (idem_find(e, scope, key)) return;
-    if (e->n_keys + 1 > e->ktab_size) {
-        size_t size = e->ktab_size ? e->ktab_size * 2 : 256;
-        idem_entry **tab = xcalloc(size, sizeof *tab);
-        for (size_t i = 0; i < e->ktab_size; i++)
-            for (idem_entry *k = e->ktab[i], *next; k; k = next) {
-                next = k->hnext;
-                size_t b = idem_hash(k->scope, k->key) & (size - 1);
-                k->hnext = tab[b];
-                tab[b] = k;
-            }
-        free(e->ktab);
-        e->ktab = tab;
-        e->ktab_size = size;
-    }
     idem_entry *k = xcalloc(1, sizeof *k);
     k->scope = xstrdup(scope);
     k->key = xstrdup(key);
@@ -1120,6 +1099,8 @@ stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recover
     e->skip_level = 1;
     e->rng = 0x9E3779B97F4A7C15ull;
     e->last_compact_ms = util_now_ms();
+    htab_init(&e->itab, 1024, offsetof(instance, hnext), inst_hash);
+    htab_init(&e->ktab, 256, offsetof(idem_entry, hnext), idem_entry_hash);
 
     char path[4096];
     stm_code rc = STM_OK;
@@ -1193,7 +1174,7 @@ void eng_close(eng *e)
     free(e->unlinked);
     free(e->head->id);
     free(e->head);
-    free(e->itab);
+    htab_free(&e->itab);
     for (size_t i = 0; i < e->mtab_size; i++)
         for (machine *m = e->mtab[i], *next; m; m = next) {
             next = m->hnext;
@@ -1215,7 +1196,7 @@ void eng_close(eng *e)
         free(k->key);
         free(k);
     }
-    free(e->ktab);
+    htab_free(&e->ktab);
     free(e->eidx_pos);
     free(e->eidx_off);
     for (size_t i = 0; i < e->intern_size; i++) free(e->interned[i]);

@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 
 #include "base/buf.h"
+#include "base/htab.h"
 #include "base/json.h"
 #include "base/util.h"
 #include "engine/def.h"
@@ -127,8 +128,7 @@ struct eng {
     size_t mtab_size, n_machines, n_versions;
 
     /* instances */
-    instance **itab;
-    size_t itab_size, n_instances, n_deleted;
+    size_t n_instances, n_deleted;
     instance *head;             /* skip list sentinel */
     int skip_level;
     /* Instances added since the list was last walked: linked in, sorted, by
@@ -145,8 +145,7 @@ struct eng {
     size_t intern_size, n_interned;
 
     /* idempotency */
-    idem_entry **ktab;
-    size_t ktab_size, n_keys;
+    size_t n_keys;
     idem_entry *fifo_head, *fifo_tail;
 
     /* entries file: total bytes and a sparse index (every ENTRY_INDEX_STEP
@@ -217,6 +216,9 @@ struct eng {
     size_t n_caps, cap_caps;
     /* atomic.c: */
     bool atomic_batch;          /* one runs: its ops keep the lock throughout */
+    /* by id, and idempotency keys by (scope, key): tables that grow a few
+     * buckets at a time (base/htab.h) */
+    htab itab, ktab;
 };
 
 #define ENTRY_INDEX_STEP 256
@@ -248,8 +250,8 @@ bool entry_scan_tree(const char *text, size_t len, buf *store, entry_fields *f);
 stm_code eng_open_at(const eng_opts *o, uint64_t stop_at, eng **out, wal_recovery *rep,
                     stm_err *err);
 instance *inst_find(eng *e, const char *id);
-/* The hash chain an id is in. */
-instance **inst_bucket(eng *e, const char *id);
+/* Takes in out of the table by id (not out of the sorted list). */
+void inst_unhash(eng *e, instance *in);
 /* The one stored copy of s (lives until eng_close). */
 const char *intern(eng *e, const char *s);
 /* Adds a new instance to both indexes (id must be new). */

@@ -4,6 +4,7 @@
  */
 #include <check.h>
 #include <limits.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <time.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 
 #include "base/buf.h"
 #include "base/crc32c.h"
+#include "base/htab.h"
 #include "base/json.h"
 #include "base/util.h"
 
@@ -732,6 +734,72 @@ START_TEST(test_gate)
 }
 END_TEST
 
+/* The table doubles a few buckets at a time: the add that crosses the line
+ * moves no more than a handful of old buckets (it used to rehash them
+ * all), every entry stays findable while both arrays are in use, removals
+ * work on either array, and the move ends well before the next doubling. */
+typedef struct hnode {
+    unsigned key;
+    struct hnode *hnext;
+} hnode;
+
+static uint64_t hnode_hash(const void *p)
+{
+    /* a poor hash on purpose: many share a chain */
+    return ((const hnode *)p)->key * 2654435761u;
+}
+
+static hnode *hfind(const htab *t, unsigned key)
+{
+    hnode probe = {.key = key};
+    void **chains[2];
+    size_t n = htab_chains(t, hnode_hash(&probe), chains);
+    ck_assert_uint_le(n, 2);
+    for (size_t c = 0; c < n; c++)
+        for (hnode *x = *chains[c]; x; x = x->hnext)
+            if (x->key == key) return x;
+    return NULL;
+}
+
+START_TEST(test_htab_grows_in_steps)
+{
+    enum { N = 16384 + 100 }; /* ends just after a doubling */
+    static hnode nodes[N];
+    htab t;
+    htab_init(&t, 16, offsetof(hnode, hnext), hnode_hash);
+    ck_assert_ptr_null(hfind(&t, 1));
+    size_t growths = 0, max_moved = 0;
+    for (unsigned i = 0; i < N; i++) {
+        nodes[i].key = i;
+        size_t size = t.size, moved = t.old ? t.old_next : 0;
+        htab_add(&t, &nodes[i], hnode_hash(&nodes[i]));
+        if (t.size != size && size) {
+            growths++;
+            ck_assert_ptr_nonnull(t.old); /* the old array is emptied later */
+            ck_assert_uint_eq(t.old_size, size);
+        }
+        if (t.old && t.old_next > moved && t.old_next - moved > max_moved)
+            max_moved = t.old_next - moved;
+        ck_assert_uint_eq(t.n, i + 1);
+        if (i % 97 == 0 || t.old)
+            ck_assert_ptr_eq(hfind(&t, i / 2), &nodes[i / 2]);
+    }
+    ck_assert_uint_ge(growths, 9); /* 16 -> 32768 */
+    ck_assert_uint_le(max_moved, 8);
+    /* remove every third, while the last move is under way */
+    ck_assert_ptr_nonnull(t.old);
+    for (unsigned i = 0; i < N; i += 3) {
+        ck_assert(htab_remove(&t, &nodes[i], hnode_hash(&nodes[i])));
+        ck_assert(!htab_remove(&t, &nodes[i], hnode_hash(&nodes[i])));
+    }
+    for (unsigned i = 0; i < N; i++)
+        ck_assert_ptr_eq(hfind(&t, i), i % 3 ? &nodes[i] : NULL);
+    ck_assert_uint_eq(t.n, N - (N + 2) / 3);
+    htab_free(&t);
+    ck_assert_ptr_null(hfind(&t, 5));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("base");
@@ -752,6 +820,7 @@ int main(void)
     tcase_add_test(t, test_json_str_len);
     tcase_add_test(t, test_json_merge_canonical);
     tcase_add_test(t, test_gate);
+    tcase_add_test(t, test_htab_grows_in_steps);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
