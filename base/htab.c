@@ -16,6 +16,19 @@ void htab_init(htab *t, size_t first_size, size_t link, uint64_t (*hash)(const v
     *t = (htab){.first_size = first_size, .link = link, .hash = hash};
 }
 
+void htab_reserve(htab *t, size_t n)
+{
+    if (t->n || t->size >= n) return;
+    size_t size = t->first_size ? t->first_size : 16;
+    while (size < n) size *= 2;
+    free(t->tab);
+    free(t->old);
+    t->old = NULL;
+    t->old_size = t->old_next = 0;
+    t->tab = xcalloc(size, sizeof *t->tab);
+    t->size = size;
+}
+
 void htab_free(htab *t)
 {
     free(t->tab);

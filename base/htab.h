@@ -32,6 +32,9 @@ typedef struct {
  * (offsetof(T, member)); hash gives an entry's hash, the one its adds,
  * removals and lookups pass. */
 void htab_init(htab *t, size_t first_size, size_t link, uint64_t (*hash)(const void *entry));
+/* Sizes an empty table for n entries at once, so that filling it (a
+ * snapshot's load) moves nothing. */
+void htab_reserve(htab *t, size_t n);
 /* Frees the arrays, not the entries. */
 void htab_free(htab *t);
 /* The chains an entry of hash h may be on: fills heads with pointers to

@@ -142,6 +142,7 @@ typedef struct {
     int max_depth;
     const char *fail_at; /* where the first error is */
     const char *why;     /* what was wrong there; NULL = ran out of input */
+    bool keys_unique;    /* the writer never repeats a key: no dedupe pass */
 } parser;
 
 static bool fail(parser *ps, const char *at, const char *why)
@@ -685,7 +686,7 @@ static cJSON *parse_text(parser *ps, stm_err *err)
                      (size_t)(ps->p - text));
             return NULL;
         }
-        dedupe(ps, v);
+        if (!ps->keys_unique) dedupe(ps, v);
         return v;
     }
     size_t pos = (size_t)(ps->fail_at - text);
@@ -709,6 +710,13 @@ cJSON *json_parse_arena(json_arena *a, const char *text, size_t len, stm_err *er
 {
     parser ps = {.arena = a, .start = text, .p = text, .end = text + len,
                  .max_depth = JSON_MAX_DEPTH};
+    return parse_text(&ps, err);
+}
+
+cJSON *json_parse_arena_own(json_arena *a, const char *text, size_t len, stm_err *err)
+{
+    parser ps = {.arena = a, .start = text, .p = text, .end = text + len,
+                 .max_depth = JSON_MAX_DEPTH, .keys_unique = true};
     return parse_text(&ps, err);
 }
 

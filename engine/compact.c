@@ -3,7 +3,8 @@
  *
  * A database snapshot is one file, snapshots/db-<offset as 16 hex>.snap,
  * holding everything the WAL up to that record produced, as JSON lines:
- *   {"format":"stmfs-db-snapshot","version":1,"offset":X,"seq":S,"created_at":ms}
+ *   {"format":"stmfs-db-snapshot","version":1,"offset":X,"seq":S,"created_at":ms,
+ *    "instances":N,"keys":K}                     at most N instances, K keys follow
  *   {"m":name,"v":version,"def":{submitted},"ts":..,"off":..,"seq":..}   a machine version
  *   {"i":id,"machine":..,"version":..,"state":..,"ctx":{..},...}         an instance, then
  *   <its history lines, verbatim as the history file shows them>
@@ -429,10 +430,13 @@ stm_code snap_compact_now(eng *e, bool *created, uint64_t *segments, uint64_t *b
     uint64_t *new_pos = NULL;
     char **key_results = NULL;
     if (fresh && S > 0) {
+        /* instances and keys: at most this many follow (what the loader
+         * sizes its tables for; readers before them ignore them) */
         buf_printf(&head,
                    "{\"format\":\"stmfs-db-snapshot\",\"version\":1,\"offset\":%llu,\"seq\":%llu,"
-                   "\"created_at\":%lld}\n",
-                   (unsigned long long)X, (unsigned long long)S, (long long)util_now_ms());
+                   "\"created_at\":%lld,\"instances\":%zu,\"keys\":%zu}\n",
+                   (unsigned long long)X, (unsigned long long)S, (long long)util_now_ms(),
+                   e->n_instances + e->n_deleted, e->n_keys);
         write_machine_lines(e, &head);
         e->cap_active = true;
         e->cap_seq = S;

@@ -406,10 +406,11 @@ void idem_link(eng *e, idem_entry *k)
     e->n_keys++;
 }
 
-void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t fp,
-              uint64_t offset, uint64_t seq)
+idem_entry *idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t fp,
+                     uint64_t offset, uint64_t seq)
 {
-    if (idem_find(e, scope, key)) return;
+    idem_entry *had = idem_find(e, scope, key);
+    if (had) return had;
     idem_entry *k = xcalloc(1, sizeof *k);
     k->scope = xstrdup(scope);
     k->key = xstrdup(key);
@@ -424,10 +425,11 @@ void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t
     e->fifo_tail = k;
     bool live = !e->dry_run && !e->replaying;
     if (e->dry_run || live) undo_new_key(e, k, prev_tail);
-    if (e->dry_run) return; /* the real run evicts */
+    if (e->dry_run) return k; /* the real run evicts */
     /* Oldest keys go first: retries come soon after the original request. */
     while (e->opts.idempotency_max_keys && e->n_keys > e->opts.idempotency_max_keys) {
         idem_entry *old = e->fifo_head;
+        if (old == k) k = NULL; /* the newest goes last: only with no room at all */
         e->fifo_head = old->fifo_next;
         if (!e->fifo_head) e->fifo_tail = NULL;
         idem_unlink(e, old);
@@ -441,6 +443,7 @@ void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t
         free(old->key);
         free(old);
     }
+    return k;
 }
 
 /* ---- rendering ---------------------------------------------------------- */

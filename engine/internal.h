@@ -306,8 +306,10 @@ size_t eng_entry_len(size_t payload_len, uint64_t offset, uint64_t seq);
 
 /* idem.c-ish helpers in engine.c */
 idem_entry *idem_find(eng *e, const char *scope, const char *key);
-void idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t fp,
-              uint64_t offset, uint64_t seq);
+/* Notes a key (a key already noted stays as it was); returns its entry, or
+ * NULL if the limit of keys left no room even for it. */
+idem_entry *idem_put(eng *e, const char *scope, const char *key, uint8_t type, uint64_t fp,
+                     uint64_t offset, uint64_t seq);
 uint64_t fingerprint(const char *a, const char *b, const char *c, const char *d);
 void idem_unlink(eng *e, idem_entry *k);
 /* Puts an entry idem_unlink took out back into the hash (not the FIFO). */

@@ -797,6 +797,18 @@ START_TEST(test_htab_grows_in_steps)
     ck_assert_uint_eq(t.n, N - (N + 2) / 3);
     htab_free(&t);
     ck_assert_ptr_null(hfind(&t, 5));
+    /* sized beforehand, filling it moves nothing */
+    htab_init(&t, 16, offsetof(hnode, hnext), hnode_hash);
+    htab_reserve(&t, 5000);
+    size_t size = t.size;
+    ck_assert_uint_ge(size, 5000);
+    for (unsigned i = 0; i < 5000; i++) {
+        htab_add(&t, &nodes[i], hnode_hash(&nodes[i]));
+        ck_assert_ptr_null(t.old);
+    }
+    ck_assert_uint_eq(t.size, size);
+    ck_assert_ptr_eq(hfind(&t, 4321), &nodes[4321]);
+    htab_free(&t);
 }
 END_TEST
 
