@@ -62,6 +62,8 @@ static void setup(void)
 
 static void teardown(void)
 {
+    /* as the server's stop does: a job's thread may still be exiting */
+    rcp_jobs_reap(&S, true);
     conn_fini(&C);
     free(S.hashes);
     eng_close(E);
