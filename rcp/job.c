@@ -53,7 +53,7 @@ struct rcp_job {
  * documented WAL_READ maximum. */
 #define RCP_INLINE_LIMIT 1000
 /* Instances a listing on the loop may have to link into the sorted index
- * first (about a microsecond each, eng_index_backlog): after a burst of
+ * first (one to two microseconds each, eng_index_backlog): after a burst of
  * 100,000 creates, a LIST of 10 held the loop, and every client, 96 ms. */
 #define RCP_INLINE_BACKLOG 2048
 
