@@ -283,6 +283,15 @@ void inst_link_all(eng *e)
 #define WALK_HOLD_NS 1000000u
 enum { WALK_CHECK = 256 };
 
+/* Lets the lock go between two chunks of a long step and takes it back. */
+static void lock_yield(eng *e)
+{
+    pthread_mutex_unlock(&e->lock);
+    lock_pause();
+    pthread_mutex_lock(&e->lock);
+    eng_take_failure_locked(e);
+}
+
 void inst_link_paced(eng *e)
 {
     /* Chunks come off the end of the backlog, so nothing in it moves; each
@@ -300,10 +309,7 @@ void inst_link_paced(eng *e)
         link_sorted(e, v, CHUNK);
         inst_unlinked_set(e, n - CHUNK);
         if (util_mono_ns() - since >= WALK_HOLD_NS) {
-            pthread_mutex_unlock(&e->lock);
-            lock_pause();
-            pthread_mutex_lock(&e->lock);
-            eng_take_failure_locked(e);
+            lock_yield(e);
             since = util_mono_ns();
         }
     }
@@ -327,10 +333,7 @@ instance *inst_walk_next(eng *e, inst_walk *w, instance *in)
         return in->next[0];
     free(*w->cursor);
     *w->cursor = xstrdup(in->id);
-    pthread_mutex_unlock(&e->lock);
-    lock_pause();
-    pthread_mutex_lock(&e->lock);
-    eng_take_failure_locked(e);
+    lock_yield(e);
     w->since = util_mono_ns();
     return inst_after(e, *w->cursor);
 }
