@@ -37,18 +37,6 @@ void htab_free(htab *t)
     t->size = t->old_size = t->old_next = t->n = 0;
 }
 
-size_t htab_chains(const htab *t, uint64_t h, void **heads[2])
-{
-    if (!t->size) return 0;
-    size_t n = 0;
-    heads[n++] = &t->tab[h & (t->size - 1)];
-    if (t->old) {
-        size_t b = h & (t->old_size - 1);
-        if (b >= t->old_next) heads[n++] = &t->old[b];
-    }
-    return n;
-}
-
 static void move_some(htab *t)
 {
     for (int k = 0; k < HTAB_MOVE && t->old_next < t->old_size; k++, t->old_next++)

@@ -39,8 +39,18 @@ void htab_reserve(htab *t, size_t n);
 void htab_free(htab *t);
 /* The chains an entry of hash h may be on: fills heads with pointers to
  * their first links (so a caller can unlink through them) and returns how
- * many (0, 1 or 2). */
-size_t htab_chains(const htab *t, uint64_t h, void **heads[2]);
+ * many (0, 1 or 2). Inline: every GET and APPLY looks an id up. */
+static inline size_t htab_chains(const htab *t, uint64_t h, void **heads[2])
+{
+    if (!t->size) return 0;
+    size_t n = 0;
+    heads[n++] = &t->tab[h & (t->size - 1)];
+    if (t->old) {
+        size_t b = h & (t->old_size - 1);
+        if (b >= t->old_next) heads[n++] = &t->old[b];
+    }
+    return n;
+}
 /* Adds an entry that is not in the table. */
 void htab_add(htab *t, void *entry, uint64_t h);
 /* Takes entry out; false if it was not in the table. */
