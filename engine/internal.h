@@ -132,7 +132,8 @@ struct eng {
     instance *head;             /* skip list sentinel */
     int skip_level;
     /* Instances added since the list was last walked: linked in, sorted, by
-     * inst_link_all before any walk. A create's path stays off the list
+     * inst_link_all or inst_link_paced before any walk (and by the
+     * background compactor past a few thousand). A create's path stays off the list
      * (one cache miss per node of an O(log n) descent, 5.6% of the RCP
      * loop's user cycles under a create-heavy load), and a sorted batch is
      * linked with a finger. */
@@ -264,7 +265,7 @@ void inst_link_all(eng *e);
 /* The same for a caller that may let the lock go meanwhile (not inside an
  * atomic batch): it links a chunk at a time and pauses (lock_pause) once it
  * has held the lock WALK_HOLD_NS. Linking 100,000 creates at once held it
- * 90-110 ms, which a GET beside the first LIST or COMPACT after them
+ * 75-110 ms, which a GET beside the first LIST or COMPACT after them
  * waited. */
 void inst_link_paced(eng *e);
 /* e->n_unlinked is written atomically (under e->lock as well) so that

@@ -1778,8 +1778,8 @@ START_TEST(compaction_takes_one_record_while_writes_go_on)
 }
 END_TEST
 
-/* A long LIST_INSTANCES lets the lock go every 1,024 instances it walks,
- * so writers go on in the middle of a page. Each page must still be a
+/* A long LIST_INSTANCES lets the lock go after each millisecond it holds
+ * it, so writers go on in the middle of a page. Each page must still be a
  * sorted list of distinct ids that exist (never an instance twice, never
  * a freed one), whatever was created or deleted during it. */
 static void *create_delete_loop(void *arg)
