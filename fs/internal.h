@@ -182,6 +182,7 @@ typedef struct fs {
     char *self_name;
     /* watch files */
     fs_watchfh *watches;
+    struct fs_ack *acks;        /* writes the notifier answers (under nlock) */
 } fs;
 
 /* ---- inode.c ------------------------------------------------------------- */
@@ -240,6 +241,27 @@ void fs_notify_stop(fs *f);
  * up to seq: a writer calls it before replying, so its own change is visible
  * to the next read of any file. */
 void fs_notify_wait_seq(fs *f, uint64_t seq);
+/* A write answered by the notifier thread once its records are durable and
+ * invalidated, so the handler's thread need not sleep twice (the engine's
+ * wait, then the notifier's) for every line: with many writers those two
+ * wake-ups cost more than the line. */
+typedef struct fs_ack fs_ack;
+struct fs_ack {
+    fuse_req_t req;
+    uint64_t seq;               /* the write's last record */
+    size_t size;                /* what write(2) returns on success */
+    /* The log failed before seq was durable: records why where the user will
+     * look and returns the errno, and in *ino an inode to invalidate before
+     * the answer (0: none). Runs on the notifier or the handler's thread. */
+    int (*failed)(fs *f, fs_ack *a, const stm_err *err, uint64_t *ino);
+    void (*done)(fs_ack *a);    /* after the answer: drops what arg holds */
+    void *arg;
+    uint64_t since_ns;
+    fs_ack *next;
+};
+/* Takes a; answers a->req when the notifier has passed a->seq (at once if
+ * it has), with a->size or, if the log fails first, a->failed's errno. */
+void fs_notify_answer_at(fs *f, fs_ack *a);
 /* Queues invalidation of an inode (data and attrs) or of a name in a dir,
  * and waits until it is done (never call with f->lock held). */
 void fs_notify_inval(fs *f, uint64_t ino, uint64_t parent, const char *name, bool wait);

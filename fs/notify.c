@@ -838,6 +838,90 @@ void fs_watch_release(fs *f, fs_watchfh *w)
     free(w);
 }
 
+/* ---- writes the notifier answers ------------------------------------------ */
+
+/* Answers a write whose records may not be durable yet, waiting for them in
+ * this thread. direct: the caller may tell the kernel itself and must not
+ * wait for the notifier (the notifier, or the stop once it is gone). */
+static void ack_settle(fs *f, fs_ack *a, bool direct)
+{
+    stm_err err;
+    if (eng_wait(f->e, a->seq, &err) == STM_OK) {
+        if (!direct) fs_notify_wait_seq(f, a->seq);
+        fuse_reply_write(a->req, a->size);
+    } else {
+        uint64_t ino = 0;
+        int r = a->failed(f, a, &err, &ino);
+        if (ino && direct) fuse_lowlevel_notify_inval_inode(f->se, ino, 0, 0);
+        else if (ino) fs_notify_inval(f, ino, 0, NULL, true);
+        fuse_reply_err(a->req, r);
+    }
+    a->done(a);
+}
+
+void fs_notify_answer_at(fs *f, fs_ack *a)
+{
+    a->since_ns = util_mono_ns();
+    pthread_mutex_lock(&f->nlock);
+    bool now = f->nstop || f->done_seq >= a->seq;
+    if (!now) {
+        a->next = f->acks;
+        f->acks = a;
+    }
+    pthread_mutex_unlock(&f->nlock);
+    if (now) {
+        ack_settle(f, a, false);
+        return;
+    }
+    /* a may be touched by the notifier from here on */
+    eng_kick(f->e, a->seq);
+    /* a failure seen by a round that ran before a was queued brings no
+     * other round soon */
+    if (eng_failed(f->e)) kick();
+}
+
+/* Takes out of f->acks (caller holds nlock) those the notifier can answer:
+ * passed (done_seq reached them), or never to be durable (the log failed
+ * first), or acknowledged 2 s ago without the feed showing them (as
+ * fs_notify_wait_seq gives up waiting). The answers are given without the
+ * lock (answer_acks). */
+static fs_ack *take_acks(fs *f)
+{
+    if (!f->acks) return NULL;
+    bool failed = eng_failed(f->e);
+    uint64_t acked = eng_acked_seq(f->e);
+    uint64_t now = util_mono_ns();
+    fs_ack *ready = NULL;
+    for (fs_ack **pp = &f->acks; *pp;) {
+        fs_ack *a = *pp;
+        bool passed = a->seq <= f->done_seq;
+        bool lost = failed && a->seq > acked;
+        bool late = a->seq <= acked && now - a->since_ns > 2000000000u;
+        if (passed || lost || late) {
+            *pp = a->next;
+            a->next = ready;
+            ready = a;
+        } else {
+            pp = &a->next;
+        }
+    }
+    return ready;
+}
+
+static void answer_acks(fs *f, fs_ack *ready)
+{
+    while (ready) {
+        fs_ack *a = ready;
+        ready = a->next;
+        if (a->seq <= __atomic_load_n(&f->done_seq, __ATOMIC_ACQUIRE)) {
+            fuse_reply_write(a->req, a->size);
+            a->done(a);
+        } else {
+            ack_settle(f, a, true);
+        }
+    }
+}
+
 /* ---- the notifier -------------------------------------------------------- */
 
 static void *notifier_main(void *arg)
@@ -903,8 +987,10 @@ static void *notifier_main(void *arg)
         if (maxseq > f->done_seq) __atomic_store_n(&f->done_seq, maxseq, __ATOMIC_RELEASE);
         if (ticket > f->done_ticket) __atomic_store_n(&f->done_ticket, ticket, __ATOMIC_RELEASE);
         if (f->self_q) pthread_cond_signal(&f->hcond);
+        fs_ack *ready = take_acks(f);
         pthread_mutex_unlock(&f->nlock);
         util_gate_open(&f->done_gate);
+        answer_acks(f, ready);
     }
     free(data.inos);
     free(attrs.inos);
@@ -986,6 +1072,12 @@ void fs_notify_stop(fs *f)
     if (f->notifier_started) pthread_join(f->notifier, NULL);
     if (f->helper_started) pthread_join(f->helper, NULL);
     f->notifier_started = f->helper_started = false;
+    /* nobody queues any more (nstop): what is left waits here */
+    while (f->acks) {
+        fs_ack *a = f->acks;
+        f->acks = a->next;
+        ack_settle(f, a, true);
+    }
     if (f->sub) eng_unsubscribe(f->sub);
     f->sub = NULL;
     while (f->self_q) {

@@ -10,8 +10,10 @@
  * (never writeback_cache: that loses write errors).
  *
  * Writing: a write to events/new applies each complete line in order and
- * returns only once the records are durable (eng_wait) and the notifier has
- * invalidated what they changed, so the writer's next read sees them. A
+ * is answered only once the records are durable and the notifier has
+ * invalidated what they changed, so the writer's next read sees them; the
+ * notifier answers it (fs_notify_answer_at), and the handler's thread goes
+ * back to the next request instead of sleeping through the fsync. A
  * definition is collected in the handle and put at flush (close(2)), so it
  * may come in any chunks; a rejected one fails close. The kernel sends a
  * FLUSH at every close(2) of any descriptor of the open file, also when a
@@ -761,6 +763,13 @@ static void fh_put(fh *h)
     free(h);
 }
 
+static void fh_hold(fh *h)
+{
+    pthread_mutex_lock(&fh_lock);
+    h->refs++;
+    pthread_mutex_unlock(&fh_lock);
+}
+
 /* Takes the handle out of the table and drops the table's reference. */
 static void fh_free(fh *h)
 {
@@ -1089,8 +1098,11 @@ static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, stm_err *ferr)
  * current write that were applied), like a pipe that takes part of a
  * buffer: the caller sends the rest again and then gets the errno, so
  * nothing after a failing line is ever applied. why (may be NULL) gets the
- * error when the result is one. */
-static int apply_lines(fs *f, fh *h, bool all, size_t prev, size_t *consumed, stm_err *why)
+ * error when the result is one. When every line was taken and later is
+ * not NULL, the wait for them is left to the caller: *later is the seq
+ * to answer at (0: nothing to wait for). */
+static int apply_lines(fs *f, fh *h, bool all, size_t prev, size_t *consumed, stm_err *why,
+                       uint64_t *later)
 {
     uint64_t seq = 0;
     stm_code failed = STM_OK;
@@ -1116,6 +1128,10 @@ static int apply_lines(fs *f, fh *h, bool all, size_t prev, size_t *consumed, st
     memmove(h->w.data, h->w.data + start, h->w.len - start);
     h->w.len -= start;
     if (h->w.data) h->w.data[h->w.len] = 0;
+    if (later && failed == STM_OK) {
+        *later = seq;
+        return 0;
+    }
     int r = settle(f, h, seq, failed, &err);
     if (r && why) *why = err;
     return r;
@@ -1221,6 +1237,29 @@ static void write_at(buf *b, const char *data, size_t size, off_t off)
     memcpy(b->data + off, data, size);
 }
 
+/* A write's lines were applied and the log failed before they were
+ * durable (notify.c answers): as settle does for a write that waited. */
+static int ack_failed(fs *f, fs_ack *a, const stm_err *err, uint64_t *ino)
+{
+    fh *h = a->arg;
+    int r = fs_errno_of_err(err);
+    pthread_mutex_lock(&h->lock);
+    fs_set_error(f, h->kind != K_EVENTS, h->a, err, NULL, NULL, 0);
+    h->failed = r;
+    pthread_mutex_unlock(&h->lock);
+    pthread_mutex_lock(&f->lock);
+    fs_node *en = fs_node_find(f, h->kind == K_EVENTS ? K_IERROR : K_MERROR, h->a, NULL, 0);
+    *ino = en ? en->ino : 0;
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static void ack_done(fs_ack *a)
+{
+    fh_put(a->arg);
+    free(a);
+}
+
 static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t off)
 {
     fs *f = F(req);
@@ -1234,6 +1273,7 @@ static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t
     }
     pthread_mutex_lock(&h->lock);
     int r = 0;
+    uint64_t later = 0;
     switch (h->kind) {
     case K_EVENTS:
     case K_NEW:
@@ -1245,7 +1285,11 @@ static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t
         }
         size_t prev = h->w.len;
         buf_add(&h->w, data, size);
-        r = apply_lines(f, h, false, prev, &size, NULL);
+        /* A line too long is refused only once the lines before it are
+         * durable: such a write waits here, as do those of the helper. */
+        const char *nl = memrchr(h->w.data, '\n', h->w.len);
+        size_t rest = nl ? (size_t)(h->w.data + h->w.len - nl - 1) : h->w.len;
+        r = apply_lines(f, h, false, prev, &size, NULL, rest <= f->max_line ? &later : NULL);
         if (!r && h->w.len > f->max_line) {
             /* refuse before it eats memory */
             stm_err err;
@@ -1281,10 +1325,21 @@ static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t
     default: r = EACCES;
     }
     pthread_mutex_unlock(&h->lock);
-    if (r)
+    if (r) {
         fuse_reply_err(req, r);
-    else
+    } else if (later) {
+        fs_ack *a = xcalloc(1, sizeof *a);
+        a->req = req;
+        a->seq = later;
+        a->size = size;
+        a->failed = ack_failed;
+        a->done = ack_done;
+        a->arg = h;
+        fh_hold(h);
+        fs_notify_answer_at(f, a);
+    } else {
         fuse_reply_write(req, size);
+    }
 }
 
 /* Ends the input of a handle: applies the last partial line, or puts the
@@ -1300,7 +1355,7 @@ static int finish(fs *f, fh *h, stm_err *why)
     case K_NEW:
         if (h->w.len && !h->failed) {
             size_t consumed;
-            r = apply_lines(f, h, true, 0, &consumed, why);
+            r = apply_lines(f, h, true, 0, &consumed, why, NULL);
             if (r) h->failed = r;
         }
         break;

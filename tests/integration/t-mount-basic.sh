@@ -372,6 +372,33 @@ test_expect_success PYTHON 'files opened before rmdir of their instance stay rea
 	PY
 EOT
 
+# A write is answered only once what it changed reads back: the kernel's
+# cached pages of ctx.json and history, read just before, must be gone
+# when write(2) returns, line after line.
+test_expect_success PYTHON 'each line written is what the very next read shows' - <<\EOT
+    mkdir "$M/machines/tick" &&
+    echo '{"states":["on"],"initial":"on","transitions":[{"from":"on","event":"TICK","to":"on"}]}' \
+        >"$M/machines/tick/definition.json" &&
+    echo t-1 >"$M/machines/tick/new" &&
+    python3 - "$I/t-1" <<-\PY
+	import json, os, sys
+	d = sys.argv[1]
+	def read(name):
+	    with open(os.path.join(d, name)) as f:
+	        return f.read()
+	fd = os.open(os.path.join(d, "events"), os.O_WRONLY)
+	for n in range(1, 1001):
+	    read("ctx.json"), read("history")
+	    os.write(fd, b'TICK {"n": %d}\n' % n)
+	    ctx = json.loads(read("ctx.json"))
+	    lines = read("history").splitlines()
+	    assert ctx.get("n") == n, "after line %d ctx.json shows %r" % (n, ctx)
+	    assert len(lines) == n + 1, "after line %d history has %d lines" % (n, len(lines))
+	os.close(fd)
+	print("1000 lines, each read back at once")
+	PY
+EOT
+
 test_expect_success 'SIGTERM unmounts and stops the daemon' - <<\EOT
     cp "$I/o-1/history" history.o-1 &&
     cp "$I/o-1/ctx.json" ctx.o-1 &&
