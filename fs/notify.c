@@ -262,13 +262,18 @@ static void set_self(fs *f, int kind, const char *name)
  * descriptor but its socket, so when the daemon dies the connection is
  * aborted, the child's request fails, and the child dies of PDEATHSIG.
  * It is forked before the mount exists and, since the daemon has threads
- * by then, runs only async-signal-safe calls. One message = one operation;
- * it answers each with one byte, so the daemon knows which operation its
- * handlers are seeing. */
+ * by then, runs only async-signal-safe calls. One message = one kind of
+ * operation (a mkdir, an rmdir, or the touches of several instances, for
+ * which the handlers need no name); the child answers each with one byte,
+ * so the daemon knows which operation its handlers are seeing. A batch of
+ * touches costs one exchange with the child instead of one per instance. */
+#define SELF_MSG_MAX (4 * PATH_MAX)
 struct selfmsg {
     int kind;
-    unsigned files;
-    char path[PATH_MAX];
+    unsigned files;             /* unused: a touch entry says its own */
+    /* SELF_CREATE, SELF_DELETE: one path; SELF_TOUCH: entries of one byte
+     * of TOUCH_* then an instance dir's path, each ending in 0 */
+    char path[SELF_MSG_MAX];
 };
 
 static void child_touch(const char *path)
@@ -287,6 +292,22 @@ static void child_touch(const char *path)
         /* the instance went away meanwhile */
     }
     close(fd);
+}
+
+/* Touches those of state, ctx.json and history (TOUCH_* in which) in the
+ * instance dir of len bytes at dir. */
+static void child_touch_files(const char *dir, size_t len, unsigned which)
+{
+    static const char *const files[] = {"/state", "/ctx.json", "/history"};
+    static char path[PATH_MAX];
+    for (size_t i = 0; i < 3; i++) {
+        if (!(which & (1u << i))) continue; /* TOUCH_STATE, _CTX, _HISTORY */
+        size_t fl = strlen(files[i]);
+        if (len + fl + 1 > sizeof path) break;
+        memcpy(path, dir, len);
+        memcpy(path + len, files[i], fl + 1);
+        child_touch(path);
+    }
 }
 
 static void child_main(int sock, pid_t parent)
@@ -308,15 +329,13 @@ static void child_main(int sock, pid_t parent)
         } else if (m.kind == SELF_DELETE) {
             rmdir(m.path);
         } else {
-            /* path is the instance dir */
-            static const char *const files[] = {"/state", "/ctx.json", "/history"};
-            size_t base = strlen(m.path);
-            for (size_t i = 0; i < 3; i++) {
-                if (!(m.files & (1u << i))) continue; /* TOUCH_STATE, _CTX, _HISTORY */
-                size_t fl = strlen(files[i]);
-                if (base + fl + 1 > sizeof m.path) break;
-                memcpy(m.path + base, files[i], fl + 1);
-                child_touch(m.path);
+            const char *end = (const char *)&m + n;
+            for (const char *e = m.path; e + 1 < end;) {
+                unsigned which = (unsigned char)*e++;
+                size_t len = strnlen(e, (size_t)(end - e));
+                if (e + len >= end) break;
+                child_touch_files(e, len, which);
+                e += len + 1;
             }
         }
         char ack = 0;
@@ -351,19 +370,38 @@ void fs_notify_reap(fs *f)
     fs_reaper_stop();
 }
 
-/* Has the child perform one operation; false when it is gone. */
-static bool child_do(int kind, unsigned files, const char *path)
+/* Has the child perform one message's operations (len bytes of
+ * selfmsg.path at data); false when it is gone. */
+static bool child_send(int kind, const char *data, size_t len)
 {
     static struct selfmsg m;
+    if (len > sizeof m.path) return true; /* a path no call could take */
     m.kind = kind;
-    m.files = files;
-    size_t n = strlen(path);
-    if (n >= sizeof m.path) return true;
-    memcpy(m.path, path, n + 1);
-    if (send(helper_sock, &m, offsetof(struct selfmsg, path) + n + 1, MSG_NOSIGNAL) < 0)
+    m.files = 0;
+    memcpy(m.path, data, len);
+    if (send(helper_sock, &m, offsetof(struct selfmsg, path) + len, MSG_NOSIGNAL) < 0)
         return false;
     char ack;
     return recv(helper_sock, &ack, 1, 0) == 1;
+}
+
+/* Whether s's touch entry still fits in the message being built in msg; a
+ * first entry that never could is let through, for child_send to drop. */
+static bool touch_fits(fs *f, const buf *msg, const struct fs_selfop *s)
+{
+    size_t need = 1 + strlen(f->mnt) + strlen("/instances/") + strlen(s->name) + 1;
+    return msg->len == 0 || msg->len + need <= SELF_MSG_MAX;
+}
+
+/* The queue ran empty: the next batch gathers for a new window, at least
+ * as long as this batch took, so under a storm of changes the helper uses
+ * at most about half of one loop thread (a duty cycle). */
+static void end_batch(bool *coalesced, uint64_t *window, uint64_t batch_start)
+{
+    *coalesced = false;
+    uint64_t took = util_mono_ns() - batch_start;
+    *window = SELF_COALESCE_NS + took;
+    if (*window > SELF_WINDOW_MAX_NS) *window = SELF_WINDOW_MAX_NS;
 }
 
 static void *helper_main(void *arg)
@@ -391,16 +429,38 @@ static void *helper_main(void *arg)
             continue;
         }
         struct fs_selfop *s = f->self_q;
-        f->self_q = s->next;
-        if (!f->self_q) {
-            coalesced = false;
-            /* a duty cycle: the next window is at least what this batch
-             * took, so under a storm of changes the helper uses at most
-             * about half of one loop thread */
-            uint64_t took = util_mono_ns() - batch_start;
-            window = SELF_COALESCE_NS + took;
-            if (window > SELF_WINDOW_MAX_NS) window = SELF_WINDOW_MAX_NS;
+        bool alive = true;
+        if (s->kind == SELF_TOUCH) {
+            /* with the touches queued right behind it, in one message */
+            buf_reset(&path);
+            while ((s = f->self_q) && s->kind == SELF_TOUCH && touch_fits(f, &path, s)) {
+                f->self_q = s->next;
+                n_self--;
+                self_unmark(s->kind, s->name);
+                buf_putc(&path, (char)s->files);
+                buf_printf(&path, "%s/instances/%s", f->mnt, s->name);
+                buf_putc(&path, 0);
+                free(s->name);
+                free(s);
+            }
+            if (!f->self_q) end_batch(&coalesced, &window, batch_start);
+            pthread_mutex_unlock(&f->nlock);
+            if (path.len) {
+                set_self(f, SELF_TOUCH, NULL);
+                alive = child_send(SELF_TOUCH, path.data, path.len);
+                set_self(f, SELF_NONE, NULL);
+            }
+            if (!alive) {
+                log_warn("mount: the inotify helper is gone; file watchers see only changes "
+                         "made through the mount from now on");
+                pthread_mutex_lock(&f->nlock);
+                break;
+            }
+            pthread_mutex_lock(&f->nlock);
+            continue;
         }
+        f->self_q = s->next;
+        if (!f->self_q) end_batch(&coalesced, &window, batch_start);
         n_self--;
         /* from here a new change to this instance queues a new op */
         self_unmark(s->kind, s->name);
@@ -417,7 +477,7 @@ static void *helper_main(void *arg)
             pthread_mutex_unlock(&f->lock);
             if (iino) fuse_lowlevel_notify_inval_entry(f->se, iino, s->name, strlen(s->name));
         }
-        bool alive = child_do(s->kind, s->files, buf_cstr(&path));
+        alive = child_send(s->kind, path.data, path.len + 1);
         set_self(f, SELF_NONE, NULL);
         if (alive && s->kind == SELF_CREATE && instance_gone(f, s->name)) {
             /* Deleted before its CREATE was shown (an rmdir waits for
@@ -432,7 +492,7 @@ static void *helper_main(void *arg)
                 if (fs_name_decode(s->name, &raw)) fs_notify_skip(f, buf_cstr(&raw));
                 buf_free(&raw);
                 set_self(f, SELF_DELETE, s->name);
-                alive = child_do(SELF_DELETE, 0, buf_cstr(&path));
+                alive = child_send(SELF_DELETE, path.data, path.len + 1);
                 set_self(f, SELF_NONE, NULL);
             }
         }

@@ -163,6 +163,25 @@ test_expect_success INOTIFY 'an event that changes neither state nor context fir
     bg_stop "$inw"
 EOT
 
+# The helper touches the changed files of many instances in one go: each
+# of them fires, whichever of the batch it came in.
+test_expect_success INOTIFY 'one BATCH over RCP changing several instances fires for each' - <<\EOT
+    for id in b-1 b-2 b-3 b-4 b-5; do echo $id; done >"$O/new" &&
+    start_inotify "$I/b-1" "$I/b-2" "$I/b-3" "$I/b-4" "$I/b-5" &&
+    rcp_call BATCH '{"mode":"atomic","ops":[
+        {"op":"APPLY_EVENT","params":{"instance_id":"b-1","event":"PAY"}},
+        {"op":"APPLY_EVENT","params":{"instance_id":"b-2","event":"PAY"}},
+        {"op":"APPLY_EVENT","params":{"instance_id":"b-3","event":"CANCEL"}},
+        {"op":"APPLY_EVENT","params":{"instance_id":"b-4","event":"PAY","payload":{"n":4}}},
+        {"op":"APPLY_EVENT","params":{"instance_id":"b-5","event":"PAY"}}]}' >/dev/null &&
+    for id in b-1 b-2 b-3 b-4 b-5; do
+        test_poll 10 "grep -q ' $I/$id/state\$' inotify.out" &&
+        test_poll 10 "grep -q ' $I/$id/history\$' inotify.out" || return 1
+    done &&
+    test_poll 10 "grep -q ' $I/b-4/ctx.json\$' inotify.out" &&
+    bg_stop "$inw"
+EOT
+
 test_expect_success INOTIFY 'creating an instance fires in instances/, by new and by RCP' - <<\EOT
     start_inotify "$I" &&
     echo c-1 >"$O/new" &&
