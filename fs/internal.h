@@ -262,6 +262,10 @@ struct fs_ack {
 /* Takes a; answers a->req when the notifier has passed a->seq (at once if
  * it has), with a->size or, if the log fails first, a->failed's errno. */
 void fs_notify_answer_at(fs *f, fs_ack *a);
+/* Waits up to max_ms until the notifier has answered every write it holds:
+ * at a clean stop, while the kernel's connection can still take answers,
+ * so that a writer whose line became durable is not told otherwise. */
+void fs_notify_drain(fs *f, unsigned max_ms);
 /* Queues invalidation of an inode (data and attrs) or of a name in a dir,
  * and waits until it is done (never call with f->lock held). */
 void fs_notify_inval(fs *f, uint64_t ino, uint64_t parent, const char *name, bool wait);

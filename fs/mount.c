@@ -22,6 +22,10 @@
 #include "fs/internal.h"
 #include "src/config.h"
 
+/* How long a clean stop waits for the writes still waiting for their
+ * fdatasync (fs_notify_drain) before it unmounts. */
+#define STOP_DRAIN_MS 10000
+
 typedef struct {
     fs *f;
     void (*ready)(void *);
@@ -134,6 +138,7 @@ int fs_run(eng *e, const stm_config *c, const char *mountpoint, const char *fuse
     rc = r < 0 ? -1 : 0;
     if (rc) stm_fail(err, STM_INTERNAL_ERROR, "FUSE loop: %s", strerror(-r));
 
+    fs_notify_drain(f, STOP_DRAIN_MS);
     fuse_session_unmount(f->se);
     if (probing) pthread_join(pt, NULL);
     fs_notify_stop(f);

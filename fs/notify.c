@@ -940,6 +940,19 @@ void fs_notify_answer_at(fs *f, fs_ack *a)
     if (eng_failed(f->e)) kick();
 }
 
+void fs_notify_drain(fs *f, unsigned max_ms)
+{
+    uint64_t deadline = util_mono_ns() + (uint64_t)max_ms * 1000000u;
+    for (;;) {
+        pthread_mutex_lock(&f->nlock);
+        bool empty = !f->acks;
+        pthread_mutex_unlock(&f->nlock);
+        if (empty || util_mono_ns() >= deadline) return;
+        kick();
+        usleep(1000); /* once, at a stop */
+    }
+}
+
 /* Takes out of f->acks (caller holds nlock) those the notifier can answer:
  * passed (done_seq reached them), or never to be durable (the log failed
  * first), or acknowledged 2 s ago without the feed showing them (as

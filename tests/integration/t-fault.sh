@@ -393,4 +393,26 @@ test_expect_success 'the compaction finishes once nothing stalls; all still ther
     stop_mount "$M"
 EOT
 
+# A write waiting for its fdatasync when the daemon is told to stop: the
+# daemon unmounts only once the write is answered, so the writer is told
+# it succeeded, and it did.
+test_expect_success 'SIGTERM while a write waits for its fdatasync: the writer is told, the line stays' - <<\EOT
+    start_faulty &&
+    fault stall fdatasync &&
+    bg_run wpid sh -c "echo 'TICK {\"n\": 9}' >>'$I/t-m/events'" &&
+    test_poll 30 "grep -q 'fault control: fdatasync call stalled' '$D/stmfs.log'" &&
+    kill -TERM "$STMFS_PID" &&
+    sleep 0.5 &&
+    : "the writer still waits, and so does the unmount" &&
+    ! proc_gone "$wpid" && mountpoint -q "$M" &&
+    fault clear &&
+    test_poll 20 "proc_gone $wpid" &&
+    wait "$wpid" &&
+    echo 9 >>acked.t-m &&
+    test_poll 20 "daemon_gone $STMFS_PID" &&
+    start_plain &&
+    the_acked_state &&
+    stop_mount "$M"
+EOT
+
 test_done
