@@ -5,9 +5,12 @@
  * (SIGTERM/INT/HUP end the loop), mount, notifier and helper threads, a
  * readiness probe (a real stat of the mountpoint, answered by the loop)
  * that calls ready(), then the multithreaded loop with max_threads from the
- * config: many writers can sit in eng_wait at once and share one fsync.
- * On the way out the mount goes first (so the helper's pending operations
- * on it fail instead of hanging), then the threads, then the session.
+ * config: writers of events and new hold no thread while their fsync runs
+ * (the notifier answers them), but opens, definitions and mkdirs wait in
+ * their handler. On the way out the writes still waiting for their fsync
+ * are answered first (fs_notify_drain), then the mount goes (so the
+ * helper's pending operations on it fail instead of hanging), then the
+ * threads, then the session.
  */
 #include <errno.h>
 #include <limits.h>
