@@ -922,6 +922,7 @@ static void ack_settle(fs *f, fs_ack *a, bool direct)
 void fs_notify_answer_at(fs *f, fs_ack *a)
 {
     a->since_ns = util_mono_ns();
+    uint64_t seq = a->seq;
     pthread_mutex_lock(&f->nlock);
     bool now = f->nstop || f->done_seq >= a->seq;
     if (!now) {
@@ -933,8 +934,8 @@ void fs_notify_answer_at(fs *f, fs_ack *a)
         ack_settle(f, a, false);
         return;
     }
-    /* a may be touched by the notifier from here on */
-    eng_kick(f->e, a->seq);
+    /* from here the notifier may answer a and free it */
+    eng_kick(f->e, seq);
     /* a failure seen by a round that ran before a was queued brings no
      * other round soon */
     if (eng_failed(f->e)) kick();
