@@ -956,9 +956,9 @@ void fs_notify_drain(fs *f, unsigned max_ms)
 
 /* Takes out of f->acks (caller holds nlock) those the notifier can answer:
  * passed (done_seq reached them), or never to be durable (the log failed
- * first), or acknowledged 2 s ago without the feed showing them (as
- * fs_notify_wait_seq gives up waiting). The answers are given without the
- * lock (answer_acks). */
+ * first), or acknowledged but still not shown by the feed 2 s after they
+ * were queued (fs_notify_wait_seq gives up waiting after 2 s too). The
+ * answers are given without the lock (answer_acks). */
 static fs_ack *take_acks(fs *f)
 {
     if (!f->acks) return NULL;
