@@ -365,6 +365,7 @@ stm_code eng_call_atomic(eng *e, size_t n, const char *const *ops, const cJSON *
     }
     static const cJSON empty = {.type = cJSON_Object};
     pthread_mutex_lock(&e->lock);
+    uint64_t before = e->applied_seq;
     e->atomic_batch = true;
     e->dry_run = true;
     e->txn_written = 0;
@@ -399,6 +400,8 @@ stm_code eng_call_atomic(eng *e, size_t n, const char *const *ops, const cJSON *
         if (rc != STM_OK) free_results(results, n);
     }
     e->atomic_batch = false;
+    uint64_t after = e->applied_seq;
     pthread_mutex_unlock(&e->lock);
+    if (after > before) eng_feed_catch_up(e, after);
     return rc;
 }

@@ -844,6 +844,11 @@ static void on_acked(void *arg, uint64_t acked, bool failed)
     if (e->hub) hub_wake(e->hub);
 }
 
+void eng_feed_catch_up(eng *e, uint64_t last)
+{
+    if (e->hub && last <= __atomic_load_n(&e->acked, __ATOMIC_ACQUIRE)) hub_wake(e->hub);
+}
+
 stm_code eng_sync(eng *e, stm_err *err)
 {
     if (e->opts.read_only) return STM_OK;

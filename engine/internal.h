@@ -436,6 +436,13 @@ void hub_publish(hub *h, const wal_record *rec, const entry_fields *f, const ins
 bool hub_active(hub *h);
 /* The acked watermark advanced: wake subscribers. */
 void hub_wake(hub *h);
+/* After a call that applied records up to last, without the engine lock:
+ * the flusher may have acknowledged them between their append and their
+ * publication to the hub, and the wake of that acknowledgement came
+ * before they were there to be taken; without another, a subscriber
+ * would hear of them only at the next acknowledgement. Wakes the hub's
+ * subscribers again if last is acknowledged already. */
+void eng_feed_catch_up(eng *e, uint64_t last);
 size_t hub_count(hub *h);
 
 /* ops.c */

@@ -1047,8 +1047,11 @@ stm_code ops_call(eng *e, const char *op, const cJSON *params, cJSON **result, u
         if (!ops[i].locked) return ops[i].fn(e, params, result, seq, err);
         pthread_mutex_lock(&e->lock);
         eng_take_failure_locked(e);
+        uint64_t before = e->applied_seq;
         stm_code rc = ops[i].fn(e, params, result, seq, err);
+        uint64_t after = e->applied_seq;
         pthread_mutex_unlock(&e->lock);
+        if (after > before) eng_feed_catch_up(e, after);
         return rc;
     }
     return stm_fail(err, STM_BAD_REQUEST, "invalid request: unknown operation '%s'", op);
