@@ -936,12 +936,10 @@ void fs_notify_answer_at(fs *f, fs_ack *a)
     }
     /* from here the notifier may answer a and free it */
     eng_kick(f->e, seq);
-    /* The flusher may have made the record durable, and woken the notifier,
-     * between its append and its publication to the feed: that round found
-     * nothing to show, and no other acknowledgement may come for a long
-     * time (a lone writer waited for the notifier's 1 s poll). A failure
-     * seen by a round that ran before a was queued is the same. */
-    if (eng_failed(f->e) || eng_acked_seq(f->e) >= seq) kick();
+    /* A failure seen by a round that ran before a was queued brings no
+     * other round soon. (A record acknowledged before it reached the feed
+     * is the engine's to announce again: eng_feed_catch_up.) */
+    if (eng_failed(f->e)) kick();
 }
 
 void fs_notify_drain(fs *f, unsigned max_ms)

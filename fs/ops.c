@@ -1064,6 +1064,17 @@ static stm_code apply_line(fs *f, fh *h, const char *line, size_t len, uint64_t 
 /* Makes the records up to seq durable and visible; queues the error file's
  * invalidation if one was written. ferr is the error of the failed line; if
  * the log fails instead, it becomes that error. */
+/* The inode of the error file a handle's rejections go to; 0 while the
+ * kernel has not looked it up (nothing cached to invalidate). */
+static uint64_t error_ino(fs *f, const fh *h)
+{
+    pthread_mutex_lock(&f->lock);
+    fs_node *en = fs_node_find(f, h->kind == K_EVENTS ? K_IERROR : K_MERROR, h->a, NULL, 0);
+    uint64_t ino = en ? en->ino : 0;
+    pthread_mutex_unlock(&f->lock);
+    return ino;
+}
+
 static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, stm_err *ferr)
 {
     stm_err err;
@@ -1081,10 +1092,7 @@ static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, stm_err *ferr)
         }
     }
     if (failed != STM_OK) {
-        pthread_mutex_lock(&f->lock);
-        fs_node *en = fs_node_find(f, h->kind == K_EVENTS ? K_IERROR : K_MERROR, h->a, NULL, 0);
-        uint64_t ino = en ? en->ino : 0;
-        pthread_mutex_unlock(&f->lock);
+        uint64_t ino = error_ino(f, h);
         if (ino) fs_notify_inval(f, ino, 0, NULL, true);
         if (!r) r = fs_errno_of_err(ferr);
     }
@@ -1247,10 +1255,7 @@ static int ack_failed(fs *f, fs_ack *a, const stm_err *err, uint64_t *ino)
     fs_set_error(f, h->kind != K_EVENTS, h->a, err, NULL, NULL, 0);
     h->failed = r;
     pthread_mutex_unlock(&h->lock);
-    pthread_mutex_lock(&f->lock);
-    fs_node *en = fs_node_find(f, h->kind == K_EVENTS ? K_IERROR : K_MERROR, h->a, NULL, 0);
-    *ino = en ? en->ino : 0;
-    pthread_mutex_unlock(&f->lock);
+    *ino = error_ino(f, h);
     return r;
 }
 
