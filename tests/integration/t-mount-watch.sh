@@ -318,7 +318,8 @@ test_expect_success PYTHON 'a stopped wal/watch reader: daemon memory stays boun
     big_ticks "$SM/instances/slow-1/events" 20000 &&
     rss1=$(awk "/VmRSS/ {print \$2}" /proc/"$STMFS_PID"/status) &&
     echo "daemon VmRSS $rss0 kB -> $rss1 kB" &&
-    if ldd "$STMFS" | grep -qE "libasan|libtsan"; then
+    # the runtimes' init symbols: clang links them statically, out of ldd's sight
+    if grep -qaE "__asan_init|__tsan_init" "$STMFS"; then
         echo "ASan and TSan keep freed memory in their own allocators: the bound is not checked here"
     else
         test $((rss1 - rss0)) -lt 65536
