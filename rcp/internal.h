@@ -152,6 +152,7 @@ struct rcp_server {
     bool holding;       /* eng_hold is in force for the group being gathered */
     size_t last_group_waiters; /* connections the last group answered */
     bool wal_failed;    /* responses waiting for the WAL become WAL_IO_ERROR */
+    int ack_interest;   /* some connection needs to hear acks (atomic; on_acked) */
 };
 
 /* server.c */

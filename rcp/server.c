@@ -77,10 +77,18 @@ void rcp_server_wake(rcp_server *s)
     }
 }
 
+/* Only a connection with marks or watches has anything to settle when the
+ * log moves; with none, the wake would cost the loop a context switch per
+ * group for nothing (every group of the mount's writers, say). Dekker on
+ * both sides: the watermark is published before this load, and the loop
+ * sets its interest before it reads the watermark (note_ack_interest). */
 static void on_acked(void *arg, uint64_t acked)
 {
+    rcp_server *s = arg;
     (void)acked;
-    rcp_server_wake(arg);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (loop_server != s && !__atomic_load_n(&s->ack_interest, __ATOMIC_RELAXED)) return;
+    rcp_server_wake(s);
 }
 
 /* ---- output queue -------------------------------------------------------- */
@@ -590,6 +598,19 @@ static void commit_held(rcp_server *s)
     s->group_since_ns = 0;
 }
 
+/* Keeps ack_interest true while a connection is busy. A connection that
+ * became busy while it was false may wait for a record acknowledged
+ * unheard, so the loop settles once more before sleeping. */
+static void note_ack_interest(rcp_server *s)
+{
+    int want = s->n_busy > 0;
+    if (want == __atomic_load_n(&s->ack_interest, __ATOMIC_RELAXED)) return;
+    __atomic_store_n(&s->ack_interest, want, __ATOMIC_RELAXED);
+    if (!want) return;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    s->self_woken = true;
+}
+
 static bool before_sleep(rcp_loop *l, void *arg)
 {
     rcp_server *s = arg;
@@ -611,6 +632,7 @@ static bool before_sleep(rcp_loop *l, void *arg)
         settle_all(s);
     }
     if (s->stopping && s->n_conns == 0) rcp_loop_stop(l);
+    note_ack_interest(s);
     /* settling may have read new requests: look again before sleeping */
     return s->need_pass || s->self_woken || (s->kick_seq && !s->group_since_ns);
 }
