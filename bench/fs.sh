@@ -15,7 +15,7 @@
 #     "TICK\n" lines, under fsync_policy every_write and never; yardstick:
 #     the same writers appending the same lines to tmpfs files;
 #   - open+read+close/s of state and ctx.json from a C loop, on the
-#     every_write mount and again on the same data mounted -o ro (where
+#     every_write mount (state also through machines/tick/instances/) and again on the same data mounted -o ro (where
 #     files open without a round trip); yardstick: tmpfs files of the
 #     same sizes, measured right after each;
 #   - `ls -l instances/` with NLS instances; yardstick: `ls -l` of a tmpfs
@@ -119,6 +119,10 @@ for policy in every_write never; do
             R[rt-$f]=$(runs_median "$FSBENCH" read "$READS" "$shm/$f")
             log "  $f: ${R[r-$f]}/s (tmpfs ${R[rt-$f]}/s)"
         done
+        # The same file through the machine's link to the instance, the
+        # path a user browsing machines/ takes
+        R[rl-state]=$(runs_median "$FSBENCH" read "$READS" "$MNT/machines/tick/instances/r-1/state")
+        log "  state via machines/tick/instances/: ${R[rl-state]}/s"
         # The same data on a read-only mount, where files open without a
         # round trip (FUSE no_open): the audit mount's reads.
         fusermount3 -u "$MNT"
@@ -183,6 +187,7 @@ Measured $(date -u +%Y-%m-%d) on $(nproc) vCPUs, kernel $(uname -r), medians of 
 | events writes, 4 writers, never | $(fmt "${R[w-never-4]}") transitions/s | $(fmt "${R[t-4]}") lines/s | $(ratio "${R[t-4]}" "${R[w-never-4]}") |
 | events writes, 16 writers, never | $(fmt "${R[w-never-16]}") transitions/s | $(fmt "${R[t-16]}") lines/s | $(ratio "${R[t-16]}" "${R[w-never-16]}") |
 | open+read+close state (${R[size-state]} B) | $(fmt "${R[r-state]}")/s ($(us "${R[r-state]}") us) | $(fmt "${R[rt-state]}")/s ($(us "${R[rt-state]}") us) | $(ratio "${R[rt-state]}" "${R[r-state]}") |
+| open+read+close state via \`machines/tick/instances/r-1\` | $(fmt "${R[rl-state]}")/s ($(us "${R[rl-state]}") us) | $(fmt "${R[rt-state]}")/s ($(us "${R[rt-state]}") us) | $(ratio "${R[rt-state]}" "${R[rl-state]}") |
 | open+read+close ctx.json (${R[size-ctx.json]} B) | $(fmt "${R[r-ctx.json]}")/s ($(us "${R[r-ctx.json]}") us) | $(fmt "${R[rt-ctx.json]}")/s ($(us "${R[rt-ctx.json]}") us) | $(ratio "${R[rt-ctx.json]}" "${R[r-ctx.json]}") |
 | open+read+close state, \`-o ro\` mount | $(fmt "${R[ro-state]}")/s ($(us "${R[ro-state]}") us) | $(fmt "${R[rot-state]}")/s ($(us "${R[rot-state]}") us) | $(ratio "${R[rot-state]}" "${R[ro-state]}") |
 | open+read+close ctx.json, \`-o ro\` mount | $(fmt "${R[ro-ctx.json]}")/s ($(us "${R[ro-ctx.json]}") us) | $(fmt "${R[rot-ctx.json]}")/s ($(us "${R[rot-ctx.json]}") us) | $(ratio "${R[rot-ctx.json]}" "${R[ro-ctx.json]}") |

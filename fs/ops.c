@@ -2003,6 +2003,10 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
     conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
     if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+    /* A machine's link to an instance names the same target for as long as
+     * its inode lives (op_readlink), so the kernel may keep it: otherwise
+     * every path through machines/M/instances/ pays a READLINK round trip. */
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
     conn->max_write = 1u << 20;
     f->no_open = f->ro && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT);
 }
