@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "base/util.h"
 #include "src/cmds.h"
 
 static const struct {
@@ -30,6 +31,9 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    /* Every command that opens the log holds a descriptor per segment
+     * (wal_open), so the soft limit goes up to the hard one for all. */
+    util_raise_fd_limit();
     if (argc < 2) {
         usage(stderr);
         return 2;

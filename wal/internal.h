@@ -9,6 +9,7 @@
 #ifndef STM_WAL_INTERNAL_H
 #define STM_WAL_INTERNAL_H
 
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 
@@ -124,7 +125,7 @@ struct wal {
     uint64_t written_seq, synced_seq, acked_seq, sync_target;
     uint64_t unsynced_records;
     bool stop, failed;
-    char fail_msg[400];
+    char fail_msg[768];
 
     uint64_t bytes_written, writes, fsyncs, bytes_read, reads;
 
@@ -183,5 +184,15 @@ stm_code wal_iter_open_internal(wal *w, uint64_t from, bool with_chain, wal_iter
 /* Recovery (recover.c): lists, scans, cuts and fills w's segments, anchors,
  * next_seq and chain. Called by wal_open before the flusher starts. */
 stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err);
+
+/* What to do about an errno that a user can fix outside stmfs, for the end
+ * of an error message ("" for the others). */
+static inline const char *wal_errno_hint(int e)
+{
+    if (e == EMFILE || e == ENFILE)
+        return " (every segment of the log keeps a file descriptor open: raise the limit of open "
+               "files, with ulimit -n or LimitNOFILE=, or compact the log)";
+    return "";
+}
 
 #endif

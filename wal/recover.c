@@ -303,7 +303,8 @@ static bool save_cut(wal *w, wal_seg *s, uint64_t from, uint64_t to, const char 
 
 static stm_code io_fail(stm_err *err, const char *what, const char *path, int e)
 {
-    return stm_fail(err, STM_WAL_IO_ERROR, "%s %s failed: %s", what, path, strerror(e));
+    return stm_fail(err, STM_WAL_IO_ERROR, "%s %s failed: %s%s", what, path, strerror(e),
+                    wal_errno_hint(e));
 }
 
 stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err)

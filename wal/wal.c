@@ -451,9 +451,9 @@ static void fail_locked(wal *w, const char *what, const char *path, int e)
 {
     if (!w->failed) {
         snprintf(w->fail_msg, sizeof w->fail_msg,
-                 "%s failed on %s: %s; the write-ahead log takes no more writes until stmfs is "
-                 "restarted",
-                 what, path, strerror(e));
+                 "%s failed on %s: %s%s; the write-ahead log takes no more writes until stmfs "
+                 "is restarted",
+                 what, path, strerror(e), wal_errno_hint(e));
         __atomic_store_n(&w->failed, true, __ATOMIC_RELEASE);
     }
     for (size_t i = 0; i < w->nchunks; i++)

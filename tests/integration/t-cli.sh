@@ -114,5 +114,21 @@ expect "replay --at just before the event shows the old state" sh -c "'$STMFS' r
 expect "replay --at the event shows the new state" sh -c "'$STMFS' replay '$T/data' --at $off --instance o-1 | grep -q '\"state\": \"paid\"'"
 expect "replay --verify agrees with recovery" sh -c "'$STMFS' replay '$T/data' --verify | grep -q identical"
 
+# a log with more segments than the hard limit of open files: the refusal
+# says what to raise (the segments are empty files after the last one,
+# which recovery accepts)
+cp -r "$T/data" "$T/data-fds"
+last=$(find "$T/data-fds/wal" -name '*.wal' | sort | tail -1)
+first_new=$((16#$(basename "$last" .wal) + 1))
+for i in $(seq "$first_new" $((first_new + 80))); do
+    : >"$T/data-fds/wal/$(printf '%016x' "$i").wal"
+done
+(ulimit -n 64 && exec "$STMFS" serve "$T/data-fds" --bind 127.0.0.1:0) >/dev/null 2>"$T/err"
+expect "a log past the hard limit of open files is refused (exit 1)" test $? -eq 1
+expect "and the message says which limit to raise" \
+    grep -q "Too many open files (every segment of the log keeps a file descriptor open: raise the limit of open files, with ulimit -n or LimitNOFILE=, or compact the log)" "$T/err"
+(ulimit -Sn 64 && exec "$STMFS" wal verify "$T/data-fds") >/dev/null 2>&1
+expect "below the hard limit the same log opens" test $? -eq 0
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
