@@ -46,6 +46,7 @@ int fs_child_fds(int fd)
 static pid_t reaper_pid;
 static int reaper_fd = -1;
 static char reaper_mnt[PATH_MAX];
+
 /* The minor device number of the last FUSE mount on mnt in
  * /proc/self/mountinfo (its fusectl connection), or -1. Field 5 is the
  * mount point with space, tab, newline and backslash as \ooo; field 3 is

@@ -125,7 +125,7 @@ struct wal {
     uint64_t written_seq, synced_seq, acked_seq, sync_target;
     uint64_t unsynced_records;
     bool stop, failed;
-    char fail_msg[768];
+    char fail_msg[400];
 
     uint64_t bytes_written, writes, fsyncs, bytes_read, reads;
 
@@ -189,9 +189,9 @@ stm_code wal_recover(wal *w, bool repair, wal_recovery *rep, stm_err *err);
  * of an error message ("" for the others). */
 static inline const char *wal_errno_hint(int e)
 {
-    if (e == EMFILE || e == ENFILE)
-        return " (every segment of the log keeps a file descriptor open: raise the limit of open "
-               "files, with ulimit -n or LimitNOFILE=, or compact the log)";
+    if (e == EMFILE)
+        return " (the log keeps a descriptor per segment: raise ulimit -n or LimitNOFILE=, or "
+               "compact the log)";
     return "";
 }
 

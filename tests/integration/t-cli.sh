@@ -126,7 +126,7 @@ done
 (ulimit -n 64 && exec "$STMFS" serve "$T/data-fds" --bind 127.0.0.1:0) >/dev/null 2>"$T/err"
 expect "a log past the hard limit of open files is refused (exit 1)" test $? -eq 1
 expect "and the message says which limit to raise" \
-    grep -q "Too many open files (every segment of the log keeps a file descriptor open: raise the limit of open files, with ulimit -n or LimitNOFILE=, or compact the log)" "$T/err"
+    grep -q "Too many open files (the log keeps a descriptor per segment: raise ulimit -n or LimitNOFILE=, or compact the log)" "$T/err"
 (ulimit -Sn 64 && exec "$STMFS" wal verify "$T/data-fds") >/dev/null 2>&1
 expect "below the hard limit the same log opens" test $? -eq 0
 
