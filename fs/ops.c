@@ -1061,9 +1061,6 @@ static stm_code apply_line(fs *f, fh *h, const char *line, size_t len, uint64_t 
     return c;
 }
 
-/* Makes the records up to seq durable and visible; queues the error file's
- * invalidation if one was written. ferr is the error of the failed line; if
- * the log fails instead, it becomes that error. */
 /* The inode of the error file a handle's rejections go to; 0 while the
  * kernel has not looked it up (nothing cached to invalidate). */
 static uint64_t error_ino(fs *f, const fh *h)
@@ -1075,6 +1072,9 @@ static uint64_t error_ino(fs *f, const fh *h)
     return ino;
 }
 
+/* Makes the records up to seq durable and visible; queues the error file's
+ * invalidation if one was written. ferr is the error of the failed line; if
+ * the log fails instead, it becomes that error. */
 static int settle(fs *f, fh *h, uint64_t seq, stm_code failed, stm_err *ferr)
 {
     stm_err err;
@@ -1290,14 +1290,18 @@ static void do_write(fuse_req_t req, fh *h, const char *data, size_t size, off_t
         }
         size_t prev = h->w.len;
         buf_add(&h->w, data, size);
-        /* A line too long is refused only once the lines before it are
-         * durable: such a write waits here, as do those of the helper. */
-        const char *nl = memrchr(h->w.data, '\n', h->w.len);
-        size_t rest = nl ? (size_t)(h->w.data + h->w.len - nl - 1) : h->w.len;
-        r = apply_lines(f, h, false, prev, &size, NULL, rest <= f->max_line ? &later : NULL);
+        r = apply_lines(f, h, false, prev, &size, NULL, &later);
         if (!r && h->w.len > f->max_line) {
-            /* refuse before it eats memory */
+            /* Refuse the partial line before it eats memory, but only once
+             * the lines before it are durable: this write waits for them
+             * here instead of in the notifier. */
             stm_err err;
+            if (later) r = settle(f, h, later, STM_OK, &err);
+            later = 0;
+            if (r) {
+                h->failed = r;
+                break;
+            }
             stm_fail(&err, STM_BAD_REQUEST,
                      "a line longer than %zu bytes (limits.max_line_bytes)", f->max_line);
             fs_set_error(f, h->kind == K_NEW, h->a, &err, "line", h->w.data, 64);
