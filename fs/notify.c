@@ -270,7 +270,6 @@ static void set_self(fs *f, int kind, const char *name)
 #define SELF_MSG_MAX (4 * PATH_MAX)
 struct selfmsg {
     int kind;
-    unsigned files;             /* unused: a touch entry says its own */
     /* SELF_CREATE, SELF_DELETE: one path; SELF_TOUCH: entries of one byte
      * of TOUCH_* then an instance dir's path, each ending in 0 */
     char path[SELF_MSG_MAX];
@@ -377,7 +376,6 @@ static bool child_send(int kind, const char *data, size_t len)
     static struct selfmsg m;
     if (len > sizeof m.path) return true; /* a path no call could take */
     m.kind = kind;
-    m.files = 0;
     memcpy(m.path, data, len);
     if (send(helper_sock, &m, offsetof(struct selfmsg, path) + len, MSG_NOSIGNAL) < 0)
         return false;
@@ -404,6 +402,61 @@ static void end_batch(bool *coalesced, uint64_t *window, uint64_t batch_start)
     if (*window > SELF_WINDOW_MAX_NS) *window = SELF_WINDOW_MAX_NS;
 }
 
+/* Takes the touches at the head of the queue (caller holds nlock) into
+ * one message for the child, in path, as many as fit. */
+static void take_touches(fs *f, buf *path)
+{
+    struct fs_selfop *s;
+    buf_reset(path);
+    while ((s = f->self_q) && s->kind == SELF_TOUCH && touch_fits(f, path, s)) {
+        f->self_q = s->next;
+        n_self--;
+        self_unmark(s->kind, s->name);
+        buf_putc(path, (char)s->files);
+        buf_printf(path, "%s/instances/%s", f->mnt, s->name);
+        buf_putc(path, 0);
+        free(s->name);
+        free(s);
+    }
+}
+
+/* Has the child mkdir or rmdir s's instance dir (path is scratch); false
+ * when the child is gone. */
+static bool make_or_remove(fs *f, const struct fs_selfop *s, buf *path)
+{
+    buf_reset(path);
+    buf_printf(path, "%s/instances/%s", f->mnt, s->name);
+    set_self(f, s->kind, s->name);
+    if (s->kind == SELF_CREATE) {
+        /* drop any cached dentry so the mkdir reaches us */
+        pthread_mutex_lock(&f->lock);
+        fs_node *in = fs_node_find(f, K_INSTANCES, NULL, NULL, 0);
+        uint64_t iino = in ? in->ino : 0;
+        pthread_mutex_unlock(&f->lock);
+        if (iino) fuse_lowlevel_notify_inval_entry(f->se, iino, s->name, strlen(s->name));
+    }
+    bool alive = child_send(s->kind, path->data, path->len + 1);
+    set_self(f, SELF_NONE, NULL);
+    if (alive && s->kind == SELF_CREATE && instance_gone(f, s->name)) {
+        /* Deleted before its CREATE was shown (an rmdir waits for nothing
+         * of ours, so its DELETE may come first): end with a DELETE, unless
+         * one is queued already; a delete record still to come is told it
+         * was shown (the skip). */
+        pthread_mutex_lock(&f->nlock);
+        bool queued = self_key_queued(SELF_DELETE, s->name);
+        pthread_mutex_unlock(&f->nlock);
+        if (!queued) {
+            buf raw = {0};
+            if (fs_name_decode(s->name, &raw)) fs_notify_skip(f, buf_cstr(&raw));
+            buf_free(&raw);
+            set_self(f, SELF_DELETE, s->name);
+            alive = child_send(SELF_DELETE, path->data, path->len + 1);
+            set_self(f, SELF_NONE, NULL);
+        }
+    }
+    return alive;
+}
+
 static void *helper_main(void *arg)
 {
     fs *f = arg;
@@ -428,85 +481,32 @@ static void *helper_main(void *arg)
             batch_start = util_mono_ns();
             continue;
         }
-        struct fs_selfop *s = f->self_q;
-        bool alive = true;
-        if (s->kind == SELF_TOUCH) {
-            /* with the touches queued right behind it, in one message */
-            buf_reset(&path);
-            while ((s = f->self_q) && s->kind == SELF_TOUCH && touch_fits(f, &path, s)) {
-                f->self_q = s->next;
-                n_self--;
-                self_unmark(s->kind, s->name);
-                buf_putc(&path, (char)s->files);
-                buf_printf(&path, "%s/instances/%s", f->mnt, s->name);
-                buf_putc(&path, 0);
-                free(s->name);
-                free(s);
-            }
+        bool alive;
+        if (f->self_q->kind == SELF_TOUCH) {
+            take_touches(f, &path);
             if (!f->self_q) end_batch(&coalesced, &window, batch_start);
             pthread_mutex_unlock(&f->nlock);
-            if (path.len) {
-                set_self(f, SELF_TOUCH, NULL);
-                alive = child_send(SELF_TOUCH, path.data, path.len);
-                set_self(f, SELF_NONE, NULL);
-            }
-            if (!alive) {
-                log_warn("mount: the inotify helper is gone; file watchers see only changes "
-                         "made through the mount from now on");
-                pthread_mutex_lock(&f->nlock);
-                break;
-            }
-            pthread_mutex_lock(&f->nlock);
-            continue;
-        }
-        f->self_q = s->next;
-        if (!f->self_q) end_batch(&coalesced, &window, batch_start);
-        n_self--;
-        /* from here a new change to this instance queues a new op */
-        self_unmark(s->kind, s->name);
-        pthread_mutex_unlock(&f->nlock);
-
-        buf_reset(&path);
-        buf_printf(&path, "%s/instances/%s", f->mnt, s->name);
-        set_self(f, s->kind, s->name);
-        if (s->kind == SELF_CREATE) {
-            /* drop any cached dentry so the mkdir reaches us */
-            pthread_mutex_lock(&f->lock);
-            fs_node *in = fs_node_find(f, K_INSTANCES, NULL, NULL, 0);
-            uint64_t iino = in ? in->ino : 0;
-            pthread_mutex_unlock(&f->lock);
-            if (iino) fuse_lowlevel_notify_inval_entry(f->se, iino, s->name, strlen(s->name));
-        }
-        alive = child_send(s->kind, path.data, path.len + 1);
-        set_self(f, SELF_NONE, NULL);
-        if (alive && s->kind == SELF_CREATE && instance_gone(f, s->name)) {
-            /* Deleted before its CREATE was shown (an rmdir waits for
-             * nothing of ours, so its DELETE may come first): end with a
-             * DELETE, unless one is queued already; a delete record still
-             * to come is told it was shown (the skip). */
-            pthread_mutex_lock(&f->nlock);
-            bool queued = self_key_queued(SELF_DELETE, s->name);
+            set_self(f, SELF_TOUCH, NULL);
+            alive = child_send(SELF_TOUCH, path.data, path.len);
+            set_self(f, SELF_NONE, NULL);
+        } else {
+            struct fs_selfop *s = f->self_q;
+            f->self_q = s->next;
+            if (!f->self_q) end_batch(&coalesced, &window, batch_start);
+            n_self--;
+            /* from here a new change to this instance queues a new op */
+            self_unmark(s->kind, s->name);
             pthread_mutex_unlock(&f->nlock);
-            if (!queued) {
-                buf raw = {0};
-                if (fs_name_decode(s->name, &raw)) fs_notify_skip(f, buf_cstr(&raw));
-                buf_free(&raw);
-                set_self(f, SELF_DELETE, s->name);
-                alive = child_send(SELF_DELETE, path.data, path.len + 1);
-                set_self(f, SELF_NONE, NULL);
-            }
+            alive = make_or_remove(f, s, &path);
+            free(s->name);
+            free(s);
         }
+        pthread_mutex_lock(&f->nlock);
         if (!alive) {
             log_warn("mount: the inotify helper is gone; file watchers see only changes "
                      "made through the mount from now on");
-            free(s->name);
-            free(s);
-            pthread_mutex_lock(&f->nlock);
             break;
         }
-        free(s->name);
-        free(s);
-        pthread_mutex_lock(&f->nlock);
     }
     pthread_mutex_unlock(&f->nlock);
     buf_free(&path);
