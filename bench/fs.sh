@@ -15,9 +15,10 @@
 #     "TICK\n" lines, under fsync_policy every_write and never; yardstick:
 #     the same writers appending the same lines to tmpfs files;
 #   - open+read+close/s of state and ctx.json from a C loop, on the
-#     every_write mount (state also through machines/tick/instances/) and again on the same data mounted -o ro (where
-#     files open without a round trip); yardstick: tmpfs files of the
-#     same sizes, measured right after each;
+#     every_write mount (state also through machines/tick/instances/)
+#     and again on the same data mounted -o ro (where files open without
+#     a round trip); yardstick: tmpfs files of the same sizes, measured
+#     right after each;
 #   - `ls -l instances/` with NLS instances; yardstick: `ls -l` of a tmpfs
 #     directory with NLS subdirectories.
 # Everything is mounted under /tmp and unmounted on exit, whatever happens.
